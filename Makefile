@@ -1,0 +1,41 @@
+# riskmon: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck unit bench clean broker
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# Mosquitto is installed from Debian's packages when missing and installable.
+broker:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
+	  { command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; } \
+	    || echo "warning: mosquitto not installed; broker tests will be skipped" >&2; }
+
+lint: install
+	$(BIN)/ruff check monitor tests bench
+	$(BIN)/ruff format --check monitor tests bench
+	$(BIN)/mypy
+
+unit: install broker
+	$(BIN)/pytest -q
+
+test: lint unit
+
+demo: install
+	$(BIN)/python -m monitor.demo_snapshot examples/riskmon.yaml examples/scenario.yaml
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache state

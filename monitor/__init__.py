@@ -1,0 +1,3 @@
+"""riskmon: real-time risk monitoring for trading accounts."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,28 @@
+"""Configuration: the model (plain dataclasses) and the YAML loader that builds it."""
+
+from monitor.config.model import (
+    AccountConfig,
+    Config,
+    DiscoveryConfig,
+    HttpConfig,
+    MqttConfig,
+    ParamValue,
+    PolymarketAuthConfig,
+    TlsConfig,
+    VenueConfig,
+)
+from monitor.config.secret import Secret, SecretUnavailable
+
+__all__ = [
+    "AccountConfig",
+    "Config",
+    "DiscoveryConfig",
+    "HttpConfig",
+    "MqttConfig",
+    "ParamValue",
+    "PolymarketAuthConfig",
+    "Secret",
+    "SecretUnavailable",
+    "TlsConfig",
+    "VenueConfig",
+]

@@ -1,0 +1,83 @@
+"""Secrets that never show themselves, and key files that are re-read when they change."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+
+class Secret:
+    """A credential: a literal (from `${VAR}`) or a file re-read when it changes on disk.
+
+    A Kubernetes Secret mounted as a file is rotated by swapping a symlink, so the file is
+    checked by its inode, size and modification time, cheaply, on every `get()`.
+    `repr` and `str` never show the value.
+    """
+
+    __slots__ = ("_cached", "_lock", "_path", "_stamp", "_value", "name")
+
+    def __init__(self, name: str, *, value: str | None = None, path: Path | None = None) -> None:
+        if (value is None) == (path is None):
+            raise ValueError("a Secret needs exactly one of value or path")
+        self.name = name
+        self._value = value
+        self._path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._cached: str | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def literal(cls, name: str, value: str) -> Secret:
+        return cls(name, value=value)
+
+    @classmethod
+    def file(cls, name: str, path: Path) -> Secret:
+        return cls(name, path=path)
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    def get(self) -> str:
+        """The current value; a file secret is re-read when the file changed."""
+        if self._value is not None:
+            return self._value
+        assert self._path is not None
+        try:
+            st = os.stat(self._path)
+        except OSError as exc:
+            raise SecretUnavailable(
+                f"{self.name}: cannot read {self._path}: {exc.strerror}"
+            ) from None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if stamp != self._stamp or self._cached is None:
+                try:
+                    text = self._path.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    reason = getattr(exc, "strerror", None) or str(type(exc).__name__)
+                    raise SecretUnavailable(
+                        f"{self.name}: cannot read {self._path}: {reason}"
+                    ) from None
+                self._cached = text.strip()
+                self._stamp = stamp
+            return self._cached
+
+    def __repr__(self) -> str:
+        where = f"file {self._path}" if self._path is not None else "literal"
+        return f"Secret({self.name}, {where}, value hidden)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return (self.name, self._value, self._path) == (other.name, other._value, other._path)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self._path))
+
+
+class SecretUnavailable(Exception):
+    """A secret file that cannot be read; the message names the file, never the value."""

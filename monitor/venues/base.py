@@ -1,0 +1,74 @@
+"""The one small interface every venue adapter implements, and the registry of them.
+
+An adapter knows one venue: its URLs, auth, error bodies and field names. It returns a
+Snapshot or raises a named error from `monitor.errors`. It knows nothing about rules,
+schedules or other venues. A new venue is one module here that calls `register`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from monitor.config import AccountConfig, VenueConfig
+from monitor.snapshot import FieldSchema, Snapshot
+from monitor.venues.http import HttpClient
+
+
+class VenueAdapter(abc.ABC):
+    """Polls one configured venue. `deadline` values are `loop.time()` instants."""
+
+    kind: ClassVar[str]
+    schema: ClassVar[FieldSchema]
+    #: A mapping table for the docs: normalized field -> the venue field it comes from.
+    normalized_from: ClassVar[dict[str, str]]
+
+    def __init__(self, config: VenueConfig, http: HttpClient) -> None:
+        self.config = config
+        self.http = http
+
+    @abc.abstractmethod
+    async def fetch(self, account: AccountConfig, deadline: float) -> Snapshot:
+        """One account's balances now, or a VenueError."""
+
+    @abc.abstractmethod
+    async def list_accounts(self, deadline: float) -> list[str]:
+        """The ids of every account these credentials can see (discovery)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what the adapter holds besides the shared HTTP client."""
+
+
+_REGISTRY: dict[str, type[VenueAdapter]] = {}
+
+
+def register(cls: type[VenueAdapter]) -> type[VenueAdapter]:
+    """Class decorator: make an adapter available under its `kind`."""
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def adapter_class(kind: str) -> type[VenueAdapter]:
+    _load_builtin()
+    try:
+        return _REGISTRY[kind]
+    except KeyError:
+        raise KeyError(f"unknown venue kind {kind!r}; known: {', '.join(known_kinds())}") from None
+
+
+def known_kinds() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def create_adapter(config: VenueConfig, http: HttpClient) -> VenueAdapter:
+    return adapter_class(config.kind)(config, http)
+
+
+def _load_builtin() -> None:
+    # Imported lazily so `base` has no import cycle with the adapters that register here.
+    from monitor.venues import clearstreet, polymarket  # noqa: F401
+
+
+Factory = Callable[..., Any]
