@@ -8,8 +8,8 @@ schedules or other venues. A new venue is one module here that calls `register`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
-from typing import Any, ClassVar
+import importlib
+from typing import ClassVar
 
 from monitor.config import AccountConfig, VenueConfig
 from monitor.snapshot import FieldSchema, Snapshot
@@ -41,6 +41,7 @@ class VenueAdapter(abc.ABC):
 
 
 _REGISTRY: dict[str, type[VenueAdapter]] = {}
+BUILTIN_ADAPTERS = ("monitor.venues.clearstreet", "monitor.venues.polymarket")
 
 
 def register(cls: type[VenueAdapter]) -> type[VenueAdapter]:
@@ -68,7 +69,6 @@ def create_adapter(config: VenueConfig, http: HttpClient) -> VenueAdapter:
 
 def _load_builtin() -> None:
     # Imported lazily so `base` has no import cycle with the adapters that register here.
-    from monitor.venues import clearstreet, polymarket  # noqa: F401
+    for module in BUILTIN_ADAPTERS:
+        importlib.import_module(module)
 
-
-Factory = Callable[..., Any]

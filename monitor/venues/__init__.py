@@ -1,0 +1,1 @@
+"""Venue adapters: one module per venue, behind the interface in `base`."""

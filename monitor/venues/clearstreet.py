@@ -1,0 +1,270 @@
+"""Clear Street Trading API: bearer key, balances, paginated account listing."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+from monitor.config import AccountConfig, SecretUnavailable, VenueConfig
+from monitor.errors import (
+    AccountNotFound,
+    SnapshotParseError,
+    VenueAuthError,
+    VenueError,
+    VenueRateLimited,
+    VenueRequestError,
+    VenueUnavailable,
+)
+from monitor.snapshot import FieldSchema, FieldType, Snapshot, flatten
+from monitor.venues.base import VenueAdapter, register
+from monitor.venues.http import HttpClient, HttpResponse, retry_after_seconds
+from monitor.venues.limits import VenueLimits
+from monitor.venues.retry import with_retries
+from monitor.venues.wire import clip, decode_json, try_decode_json
+
+DEC, INT, BOOL, STR = FieldType.DECIMAL, FieldType.INTEGER, FieldType.BOOLEAN, FieldType.STRING
+
+_MONEY = (
+    "buying_power daily_realized_pnl daily_total_pnl daily_unrealized_pnl daily_change "
+    "daily_pnl unrealized_pnl equity long_market_value short_market_value multiplier "
+    "open_order_adjustment settled_cash trade_cash unsettled_credits unsettled_debits "
+    "withdrawable_cash"
+).split()
+_SOD = (
+    "buying_power day_trade_buying_power equity long_market_value short_market_value "
+    "maintenance_margin_excess maintenance_margin_requirement trade_cash"
+).split()
+_MARGIN = (
+    "initial_margin_excess initial_margin_requirement maintenance_margin_excess "
+    "maintenance_margin_requirement day_trade_buying_power_usage"
+).split()
+_CONTRIBUTOR = (
+    "day_trade_buying_power_usage initial_margin_requirement maintenance_margin_requirement "
+    "market_value"
+).split()
+
+SCHEMA = FieldSchema(
+    types={
+        "account_id": INT,
+        "currency": STR,
+        "margin_type": STR,
+        **{name: DEC for name in _MONEY},
+        "sod.asof": STR,
+        **{f"sod.{name}": DEC for name in _SOD},
+        "margin_details.day_trade_count": INT,
+        "margin_details.pattern_day_trader": BOOL,
+        **{f"margin_details.{name}": DEC for name in _MARGIN},
+        **{f"margin_details.top_contributors.*.{name}": DEC for name in _CONTRIBUTOR},
+        "margin_details.top_contributors.*.underlying_instrument_id": STR,
+        "margin_details.usage.total": DEC,
+        "margin_details.usage.used": DEC,
+        "margin_details.intraday_details.buying_power": DEC,
+        "margin_details.intraday_details.multiplier": DEC,
+        "margin_details.overnight_details.buying_power": DEC,
+        "margin_details.overnight_details.multiplier": DEC,
+    },
+    # Deprecated by Clear Street on 2026-06-04 with the end of the FINRA PDT rule.
+    deprecated=frozenset(
+        {
+            "margin_details.day_trade_count",
+            "margin_details.pattern_day_trader",
+            "margin_details.day_trade_buying_power_usage",
+            "sod.day_trade_buying_power",
+            "daily_total_pnl",
+        }
+    ),
+)
+
+_ZERO = Decimal(0)
+_PAGE_SIZE = 500
+_MAX_PAGES = 1000
+
+
+@register
+class ClearStreetAdapter(VenueAdapter):
+    kind: ClassVar[str] = "clearstreet"
+    schema: ClassVar[FieldSchema] = SCHEMA
+    normalized_from: ClassVar[dict[str, str]] = {
+        "buying_power": "buying_power",
+        "equity": "equity",
+        "margin_excess": "margin_details.maintenance_margin_excess",
+        "margin_requirement": "margin_details.maintenance_margin_requirement",
+        "pattern_day_trader": "margin_details.pattern_day_trader (deprecated)",
+        "day_trade_count": "margin_details.day_trade_count (deprecated)",
+        "daily_pnl": "daily_pnl, else daily_total_pnl (deprecated)",
+    }
+
+    def __init__(self, config: VenueConfig, http: HttpClient) -> None:
+        super().__init__(config, http)
+        self.limits = VenueLimits(config.max_concurrency, config.max_requests_per_second)
+
+    async def fetch(self, account: AccountConfig, deadline: float) -> Snapshot:
+        path = f"/v1/accounts/{quote(account.id, safe='')}/balances"
+        params: dict[str, str | int] = {}
+        if self.config.top_margin_contributors_limit:
+            params["top_margin_contributors_limit"] = self.config.top_margin_contributors_limit
+        response = await self._get(path, params, deadline, account=account.id)
+        envelope = decode_json(response)
+        request_id = _request_id(envelope, response)
+        data = envelope.get("data") if isinstance(envelope, dict) else None
+        if not isinstance(data, dict):
+            raise SnapshotParseError(
+                "balances answer has no `data` object",
+                status=response.status,
+                request_id=request_id,
+                venue=self.config.name,
+                account=account.id,
+            )
+        try:
+            fields = self.parse_balances(data, account.id)
+        except SnapshotParseError as exc:
+            exc.request_id, exc.venue, exc.account = request_id, self.config.name, account.id
+            raise
+        currency = data.get("currency")
+        return Snapshot(
+            venue=self.config.name,
+            venue_kind=self.kind,
+            account=account.id,
+            fields=fields,
+            taken_at=time.time(),
+            currency=currency if isinstance(currency, str) else None,
+            request_id=request_id,
+            labels=account.labels,
+            params=account.params,
+        )
+
+    @staticmethod
+    def parse_balances(data: dict[str, Any], account_id: str) -> dict[str, Any]:
+        """The snapshot fields of one `AccountBalances` object, normalized set included."""
+        fields = flatten(data, SCHEMA)
+        if "buying_power" not in fields:
+            raise SnapshotParseError("balances answer lacks buying_power")
+        answered = fields.get("account_id")
+        if answered is not None and str(answered) != account_id:
+            raise SnapshotParseError(
+                f"asked for account {account_id}, the answer is for account {answered}"
+            )
+        fields.setdefault("short_market_value", _ZERO)
+        if "sod" in fields:
+            fields.setdefault("sod.short_market_value", _ZERO)
+        _normalize(fields)
+        return fields
+
+    async def list_accounts(self, deadline: float) -> list[str]:
+        """Every ACTIVE account the key can see (all statuses the discovery config lists)."""
+        wanted = set(self.config.discovery.statuses) if self.config.discovery else {"ACTIVE"}
+        ids: list[str] = []
+        token: str | None = None
+        for _ in range(_MAX_PAGES):
+            params: dict[str, str | int] = {"page_size": _PAGE_SIZE}
+            if token:
+                params["page_token"] = token
+            response = await self._get("/v1/accounts", params, deadline, account=None)
+            envelope = decode_json(response)
+            data = envelope.get("data") if isinstance(envelope, dict) else None
+            if not isinstance(data, list):
+                raise SnapshotParseError(
+                    "account listing has no `data` list",
+                    status=response.status,
+                    request_id=_request_id(envelope, response),
+                    venue=self.config.name,
+                )
+            for entry in data:
+                if isinstance(entry, dict) and entry.get("id") is not None:
+                    status = str(entry.get("status") or "ACTIVE").upper()
+                    if status in wanted:
+                        ids.append(str(entry["id"]))
+            metadata = envelope.get("metadata") or {}
+            token = metadata.get("next_page_token") if isinstance(metadata, dict) else None
+            if not token:
+                return ids
+        raise SnapshotParseError(
+            f"account listing did not end after {_MAX_PAGES} pages", venue=self.config.name
+        )
+
+    async def _get(
+        self, path: str, params: dict[str, str | int], deadline: float, *, account: str | None
+    ) -> HttpResponse:
+        url = self.config.base_url + path
+
+        async def attempt() -> HttpResponse:
+            try:
+                headers = {"authorization": f"Bearer {self._api_key()}"}
+                async with self.limits.slot(deadline):
+                    response = await self.http.request(
+                        "GET",
+                        url,
+                        params=params,
+                        headers=headers,
+                        deadline=deadline,
+                        max_bytes=self.config.max_response_bytes,
+                    )
+            except VenueError as exc:
+                exc.venue, exc.account = self.config.name, account
+                raise
+            if response.status != 200:
+                raise self._error(response, account)
+            return response
+
+        return await with_retries(attempt, deadline=deadline)
+
+    def _api_key(self) -> str:
+        if self.config.api_key is None:
+            raise VenueAuthError("no api_key configured", venue=self.config.name)
+        try:
+            return self.config.api_key.get()
+        except SecretUnavailable as exc:
+            raise VenueAuthError(str(exc), venue=self.config.name) from None
+
+    def _error(self, response: HttpResponse, account: str | None) -> VenueError:
+        body = try_decode_json(response)
+        request_id = _request_id(body, response)
+        error = body.get("error") if isinstance(body, dict) else None
+        message = clip(error.get("message")) if isinstance(error, dict) else ""
+        status = response.status
+        context: dict[str, Any] = {
+            "venue": self.config.name,
+            "account": account,
+            "status": status,
+            "request_id": request_id,
+        }
+        what = f"Clear Street answered {status}" + (f": {message}" if message else "")
+        if status in (401, 403):
+            return VenueAuthError(what, **context)
+        if status == 404:
+            return AccountNotFound(what, **context)
+        if status == 429:
+            return VenueRateLimited(
+                what, retry_after=retry_after_seconds(response.headers), **context
+            )
+        if status == 408 or status >= 500:
+            return VenueUnavailable(
+                what, retry_after=retry_after_seconds(response.headers), **context
+            )
+        # The official SDK retries 409 (a conflict that resolves itself).
+        return VenueRequestError(what, retryable=status == 409, **context)
+
+
+def _normalize(fields: dict[str, Any]) -> None:
+    for target, source in (
+        ("margin_excess", "margin_details.maintenance_margin_excess"),
+        ("margin_requirement", "margin_details.maintenance_margin_requirement"),
+        ("pattern_day_trader", "margin_details.pattern_day_trader"),
+        ("day_trade_count", "margin_details.day_trade_count"),
+    ):
+        value = fields.get(source)
+        if value is not None:
+            fields[target] = value
+    if "daily_pnl" not in fields and "daily_total_pnl" in fields:
+        fields["daily_pnl"] = fields["daily_total_pnl"]
+
+
+def _request_id(body: Any, response: HttpResponse) -> str | None:
+    if isinstance(body, dict):
+        metadata = body.get("metadata")
+        if isinstance(metadata, dict) and isinstance(metadata.get("request_id"), str):
+            return clip(metadata["request_id"], 100)
+    header = response.headers.get("x-request-id")
+    return clip(header, 100) if header else None

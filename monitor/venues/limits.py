@@ -1,0 +1,65 @@
+"""Per-venue request pacing: a token bucket (GCRA) plus a concurrency cap."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from monitor.errors import PollDeadlineExceeded
+
+
+class RateLimiter:
+    """At most `rate` requests per second on average, with bursts of `burst`.
+
+    Requests reserve their slot in call order, so waiting is fair; a caller whose slot
+    would come after its deadline does not reserve it and fails at once.
+    """
+
+    def __init__(
+        self, rate: float, *, burst: float = 1.0, clock: Callable[[], float] | None = None
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.interval = 1.0 / rate
+        self.tolerance = max(0.0, burst - 1.0) * self.interval
+        self._clock = clock
+        self._tat = 0.0  # theoretical arrival time of the next request
+
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    def reserve(self, deadline: float | None = None) -> float:
+        """Reserve the next slot; return how long to wait for it."""
+        now = self._now()
+        tat = max(self._tat, now)
+        wait = max(0.0, tat - self.tolerance - now)
+        if deadline is not None and now + wait > deadline:
+            raise PollDeadlineExceeded(
+                f"rate limit: next request slot in {wait:.3g}s is past the poll deadline"
+            )
+        self._tat = tat + self.interval
+        return wait
+
+    async def acquire(self, deadline: float | None = None) -> None:
+        wait = self.reserve(deadline)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+class VenueLimits:
+    """The concurrency cap and rate limit of one venue, applied to every request."""
+
+    def __init__(self, max_concurrency: int, max_requests_per_second: float) -> None:
+        self.semaphore = asyncio.Semaphore(max_concurrency)
+        # A burst of one second's worth lets a cycle start promptly without exceeding
+        # the average rate the venue allows.
+        self.rate = RateLimiter(
+            max_requests_per_second, burst=max(1.0, min(max_requests_per_second, 50.0))
+        )
+
+    @asynccontextmanager
+    async def slot(self, deadline: float) -> AsyncIterator[None]:
+        async with self.semaphore:
+            await self.rate.acquire(deadline)
+            yield

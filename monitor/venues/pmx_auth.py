@@ -1,0 +1,177 @@
+"""Polymarket Exchange auth: OAuth2 client credentials with a private-key JWT (RFC 7523).
+
+The client signs a short-lived RS256 assertion (`iss` = `sub` = client_id, `aud` = the
+token URL, a fresh `jti`) and trades it for an access token that lives about 180 s and
+has no refresh token. Tokens are minted ahead of expiry, one mint in flight at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from monitor.config import PolymarketAuthConfig, SecretUnavailable
+from monitor.errors import (
+    SnapshotParseError,
+    VenueAuthError,
+    VenueError,
+    VenueRateLimited,
+    VenueRequestError,
+    VenueUnavailable,
+)
+from monitor.venues.http import HttpClient, HttpResponse, retry_after_seconds
+from monitor.venues.wire import clip, decode_json, try_decode_json
+
+ASSERTION_LIFETIME = 300.0  # the most the token endpoint accepts between iat and exp
+RENEW_BEFORE_EXPIRY = 30.0
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    value: str
+    expires_at: float  # wall-clock seconds
+
+    def __repr__(self) -> str:
+        return f"AccessToken(expires_at={self.expires_at:.0f}, value hidden)"
+
+
+class TokenProvider:
+    """Hands out a valid access token, minting a new one shortly before expiry."""
+
+    def __init__(
+        self,
+        config: PolymarketAuthConfig,
+        http: HttpClient,
+        *,
+        audience: str,
+        venue: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.http = http
+        self.audience = audience
+        self.venue = venue
+        self._clock = clock
+        self._token: AccessToken | None = None
+        self._minting: asyncio.Future[AccessToken] | None = None
+        self._key: tuple[str, RSAPrivateKey] | None = None
+        self.mints = 0
+
+    async def token(self, deadline: float) -> AccessToken:
+        current = self._token
+        if current is not None and self._clock() < current.expires_at - RENEW_BEFORE_EXPIRY:
+            return current
+        return await self._mint_once(deadline)
+
+    def invalidate(self, token: AccessToken) -> None:
+        """The venue refused `token` (401): the next call mints a new one."""
+        if self._token is token:
+            self._token = None
+
+    async def _mint_once(self, deadline: float) -> AccessToken:
+        # One mint in flight: every caller that finds the token stale awaits the same one.
+        if self._minting is None:
+            self._minting = asyncio.ensure_future(self._mint(deadline))
+            self._minting.add_done_callback(self._minted)
+        return await asyncio.shield(self._minting)
+
+    def _minted(self, future: asyncio.Future[AccessToken]) -> None:
+        self._minting = None
+        if not future.cancelled() and future.exception() is None:
+            self._token = future.result()
+
+    def assertion(self) -> str:
+        """A fresh signed client assertion (unique `jti`, `exp` within 5 minutes)."""
+        now = int(self._clock())
+        claims: dict[str, Any] = {
+            "iss": self.config.client_id,
+            "sub": self.config.client_id,
+            "aud": self.config.token_url,
+            "iat": now,
+            "exp": now + int(ASSERTION_LIFETIME) - 60,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._private_key(), algorithm="RS256")
+
+    def _private_key(self) -> RSAPrivateKey:
+        try:
+            pem = self.config.private_key.get()
+        except SecretUnavailable as exc:
+            raise VenueAuthError(str(exc), venue=self.venue) from None
+        if self._key is not None and self._key[0] == pem:
+            return self._key[1]
+        try:
+            key = load_pem_private_key(pem.encode(), password=None)
+        except (ValueError, TypeError):
+            raise VenueAuthError(
+                f"{self.config.private_key.name} is not an unencrypted PEM private key",
+                venue=self.venue,
+            ) from None
+        if not isinstance(key, RSAPrivateKey):
+            raise VenueAuthError(
+                f"{self.config.private_key.name} is not an RSA key (RS256 needs one)",
+                venue=self.venue,
+            )
+        self._key = (pem, key)
+        return key
+
+    async def _mint(self, deadline: float) -> AccessToken:
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": CLIENT_ASSERTION_TYPE,
+            "client_assertion": self.assertion(),
+            "audience": self.audience,
+        }
+        started = self._clock()
+        try:
+            response = await self.http.request(
+                "POST", self.config.token_url, form=form, deadline=deadline, max_bytes=64 * 1024
+            )
+        except VenueError as exc:
+            exc.venue = self.venue
+            exc.message = f"token request: {exc.message}"
+            raise
+        if response.status != 200:
+            raise self._error(response)
+        body = decode_json(response)
+        token = body.get("access_token") if isinstance(body, dict) else None
+        expires_in = body.get("expires_in") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise SnapshotParseError("token answer has no access_token", venue=self.venue)
+        try:
+            lifetime = float(expires_in) if expires_in is not None else 180.0
+        except (TypeError, ValueError):
+            raise SnapshotParseError(
+                "token answer has a bad expires_in", venue=self.venue
+            ) from None
+        self.mints += 1
+        return AccessToken(token, started + lifetime)
+
+    def _error(self, response: HttpResponse) -> VenueError:
+        body = try_decode_json(response)
+        reason = ""
+        if isinstance(body, dict):
+            reason = clip(body.get("error_description") or body.get("error") or "")
+        status = response.status
+        what = f"token request refused with {status}" + (f": {reason}" if reason else "")
+        context: dict[str, Any] = {"venue": self.venue, "status": status}
+        if status in (400, 401, 403):
+            return VenueAuthError(what, **context)
+        if status == 429:
+            return VenueRateLimited(
+                what, retry_after=retry_after_seconds(response.headers), **context
+            )
+        if status >= 500:
+            return VenueUnavailable(
+                what, retry_after=retry_after_seconds(response.headers), **context
+            )
+        return VenueRequestError(what, **context)

@@ -1,0 +1,200 @@
+"""Polymarket Exchange (institutional) Positions API: balances per account and currency."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+from monitor.config import AccountConfig, VenueConfig
+from monitor.errors import (
+    AccountNotFound,
+    SnapshotParseError,
+    VenueAuthError,
+    VenueError,
+    VenueRateLimited,
+    VenueRequestError,
+    VenueUnavailable,
+)
+from monitor.snapshot import FieldSchema, FieldType, Snapshot, flatten
+from monitor.venues.base import VenueAdapter, register
+from monitor.venues.http import HttpClient, HttpResponse, retry_after_seconds
+from monitor.venues.limits import VenueLimits
+from monitor.venues.pmx_auth import TokenProvider
+from monitor.venues.retry import with_retries
+from monitor.venues.wire import clip, decode_json, try_decode_json
+
+DEC, INT, STR = FieldType.DECIMAL, FieldType.INTEGER, FieldType.STRING
+
+SCHEMA = FieldSchema(
+    types={
+        **{
+            name: DEC
+            for name in (
+                "balance capital_requirement excess_capital buying_power "
+                "total_security_notional_value total_security_available_value open_orders "
+                "alternate_capital_requirement unsettled_funds margin_requirement"
+            ).split()
+        },
+        "alternate_capital_requirement_currency": STR,
+        "update_time": STR,
+        "securities.*.balance": DEC,
+        "securities.*.market_value": DEC,
+        "securities.*.haircut": INT,
+        "securities.*.notional_value": DEC,
+        "securities.*.available_value": DEC,
+    },
+    maps=frozenset({"securities"}),
+)
+
+# gRPC codes that are worth another try: RESOURCE_EXHAUSTED, UNAVAILABLE, and the
+# HTTP statuses VENUES.md lists as retryable.
+_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@register
+class PolymarketAdapter(VenueAdapter):
+    kind: ClassVar[str] = "polymarket"
+    schema: ClassVar[FieldSchema] = SCHEMA
+    normalized_from: ClassVar[dict[str, str]] = {
+        "buying_power": "buyingPower",
+        "margin_excess": "excessCapital",
+        "margin_requirement": "marginRequirement",
+    }
+
+    def __init__(self, config: VenueConfig, http: HttpClient) -> None:
+        super().__init__(config, http)
+        if config.auth is None:
+            raise ValueError(f"venue {config.name}: polymarket needs an auth section")
+        self.auth = TokenProvider(
+            config.auth,
+            http,
+            audience=config.auth.audience or config.base_url,
+            venue=config.name,
+        )
+        self.limits = VenueLimits(config.max_concurrency, config.max_requests_per_second)
+
+    async def fetch(self, account: AccountConfig, deadline: float) -> Snapshot:
+        body = {"name": account.id, "currency": self.config.currency}
+        response = await self._call("POST", "/v1/positions/balance", body, deadline, account.id)
+        data = decode_json(response)
+        if not isinstance(data, dict):
+            raise SnapshotParseError(
+                "balance answer is not a JSON object",
+                status=response.status,
+                venue=self.config.name,
+                account=account.id,
+            )
+        try:
+            fields = self.parse_balance(data)
+        except SnapshotParseError as exc:
+            exc.venue, exc.account = self.config.name, account.id
+            raise
+        return Snapshot(
+            venue=self.config.name,
+            venue_kind=self.kind,
+            account=account.id,
+            fields=fields,
+            taken_at=time.time(),
+            currency=self.config.currency,
+            request_id=response.headers.get("x-request-id"),
+            labels=account.labels,
+            params=account.params,
+        )
+
+    @staticmethod
+    def parse_balance(data: dict[str, Any]) -> dict[str, Any]:
+        fields = flatten(data, SCHEMA)
+        if "buying_power" not in fields:
+            raise SnapshotParseError("balance answer lacks buyingPower")
+        excess = fields.get("excess_capital")
+        if excess is not None:
+            fields["margin_excess"] = excess
+        return fields
+
+    async def list_accounts(self, deadline: float) -> list[str]:
+        user = self.config.auth.participant_id if self.config.auth else ""
+        path = f"/v1/accounts?user={quote(user, safe='')}"
+        response = await self._call("GET", path, None, deadline, None)
+        body = decode_json(response)
+        names = body.get("accounts") if isinstance(body, dict) else None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise SnapshotParseError(
+                "account listing has no `accounts` list of names", venue=self.config.name
+            )
+        return list(names)
+
+    async def _call(
+        self, method: str, path: str, body: Any, deadline: float, account: str | None
+    ) -> HttpResponse:
+        url = self.config.base_url + path
+        participant = self.config.auth.participant_id if self.config.auth else ""
+
+        async def send() -> HttpResponse:
+            token = await self.auth.token(deadline)
+            async with self.limits.slot(deadline):
+                response = await self.http.request(
+                    method,
+                    url,
+                    json_body=body,
+                    deadline=deadline,
+                    headers={
+                        "authorization": f"Bearer {token.value}",
+                        "x-participant-id": participant,
+                    },
+                    max_bytes=self.config.max_response_bytes,
+                )
+            if response.status == 401:
+                # The token was revoked or expired early: mint a new one, retry once.
+                self.auth.invalidate(token)
+                token = await self.auth.token(deadline)
+                async with self.limits.slot(deadline):
+                    response = await self.http.request(
+                        method,
+                        url,
+                        json_body=body,
+                        deadline=deadline,
+                        headers={
+                            "authorization": f"Bearer {token.value}",
+                            "x-participant-id": participant,
+                        },
+                        max_bytes=self.config.max_response_bytes,
+                    )
+            return response
+
+        async def attempt() -> HttpResponse:
+            try:
+                response = await send()
+            except VenueError as exc:
+                exc.venue, exc.account = self.config.name, account
+                raise
+            if response.status != 200:
+                raise self._error(response, account)
+            return response
+
+        return await with_retries(attempt, deadline=deadline)
+
+    def _error(self, response: HttpResponse, account: str | None) -> VenueError:
+        body = try_decode_json(response)
+        message = clip(body.get("message", "")) if isinstance(body, dict) else ""
+        status = response.status
+        context: dict[str, Any] = {
+            "venue": self.config.name,
+            "account": account,
+            "status": status,
+            "request_id": response.headers.get("x-request-id"),
+        }
+        what = f"Polymarket answered {status}" + (f": {message}" if message else "")
+        if status in (401, 403):
+            return VenueAuthError(what, **context)
+        if status == 404:
+            return AccountNotFound(what, **context)
+        if status == 429:
+            return VenueRateLimited(
+                what, retry_after=retry_after_seconds(response.headers), **context
+            )
+        if status in _RETRYABLE_STATUSES:
+            return VenueUnavailable(
+                what, retry_after=retry_after_seconds(response.headers), **context
+            )
+        return VenueRequestError(what, **context)
