@@ -8,6 +8,7 @@ schedules or other venues. A new venue is one module here that calls `register`.
 from __future__ import annotations
 
 import abc
+import asyncio
 import importlib
 from typing import ClassVar
 
@@ -35,6 +36,10 @@ class VenueAdapter(abc.ABC):
     @abc.abstractmethod
     async def list_accounts(self, deadline: float) -> list[str]:
         """The ids of every account these credentials can see (discovery)."""
+
+    def attempt_deadline(self, deadline: float) -> float:
+        """One HTTP attempt may take `timeout`, and never past the poll's deadline."""
+        return min(deadline, asyncio.get_running_loop().time() + self.config.timeout)
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release what the adapter holds besides the shared HTTP client."""
@@ -71,4 +76,3 @@ def _load_builtin() -> None:
     # Imported lazily so `base` has no import cycle with the adapters that register here.
     for module in BUILTIN_ADAPTERS:
         importlib.import_module(module)
-

@@ -198,7 +198,7 @@ class ClearStreetAdapter(VenueAdapter):
                         url,
                         params=params,
                         headers=headers,
-                        deadline=deadline,
+                        deadline=self.attempt_deadline(deadline),
                         max_bytes=self.config.max_response_bytes,
                     )
             except VenueError as exc:

@@ -137,7 +137,7 @@ class PolymarketAdapter(VenueAdapter):
                     method,
                     url,
                     json_body=body,
-                    deadline=deadline,
+                    deadline=self.attempt_deadline(deadline),
                     headers={
                         "authorization": f"Bearer {token.value}",
                         "x-participant-id": participant,
@@ -153,7 +153,7 @@ class PolymarketAdapter(VenueAdapter):
                         method,
                         url,
                         json_body=body,
-                        deadline=deadline,
+                        deadline=self.attempt_deadline(deadline),
                         headers={
                             "authorization": f"Bearer {token.value}",
                             "x-participant-id": participant,

@@ -1,0 +1,98 @@
+"""The `riskmon` command: parses arguments and calls in; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from monitor import __version__
+from monitor.logs import configure_logging
+from monitor.yamlsource import SourceError
+
+DEFAULT_CONFIG = "riskmon.yaml"
+
+
+def _add_snapshot(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "snapshot",
+        help="poll every configured account once and print its fields",
+        description="Poll every configured account once and print its fields. Exit 0 when "
+        "every poll succeeded, 2 when some failed, 1 when the config is invalid.",
+    )
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file")
+    parser.add_argument("--venue", help="only this venue (by name)")
+    parser.add_argument("--account", help="only this account id")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from monitor.simulator import cli as simulator_cli
+
+    parser = commands.add_parser(
+        "simulate",
+        help="serve both venue APIs from simulated accounts",
+        description="Serve the Clear Street and Polymarket APIs (and Polymarket's token "
+        "endpoint) from simulated accounts driven by a scenario file.",
+    )
+    simulator_cli.add_arguments(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="riskmon", description="Real-time risk monitoring for trading accounts."
+    )
+    parser.add_argument("--version", action="version", version=f"riskmon {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("RISKMON_LOG_LEVEL", "warning"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_snapshot(commands)
+    _add_simulate(commands)
+    return parser
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from monitor.config import load_config
+    from monitor.snapshot_cmd import poll_all, render_json, render_table
+
+    config = load_config(args.config)
+    results = asyncio.run(poll_all(config, venue=args.venue, account=args.account))
+    if args.venue and not any(v.name == args.venue for v in config.venues):
+        known = ", ".join(v.name for v in config.venues)
+        print(
+            f"riskmon: no venue named {args.venue!r} in {args.config} (known: {known})",
+            file=sys.stderr,
+        )
+        return 1
+    (render_json if args.json else render_table)(results, sys.stdout)
+    return 0 if all(r.snapshot is not None for r in results) else 2
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from monitor.simulator import cli as simulator_cli
+
+    try:
+        return asyncio.run(simulator_cli.run(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    handlers = {"snapshot": _snapshot, "simulate": _simulate}
+    try:
+        return handlers[args.command](args)
+    except SourceError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

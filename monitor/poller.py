@@ -1,0 +1,330 @@
+"""When to poll: intervals, spreading, overruns, staleness, discovery and sharding.
+
+The poller knows nothing about a venue's wire format: it asks an adapter for a Snapshot
+and hands what happened to a listener. Each account has a fixed phase inside its
+venue's interval (a hash of its name), so requests are spread evenly over the interval
+instead of bursting at its start. A poll that is still running when its account comes
+due again is not stacked: that turn is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from monitor.config import AccountConfig, VenueConfig
+from monitor.errors import VenueAuthError, VenueError
+from monitor.shard import Shard
+from monitor.snapshot import Snapshot
+from monitor.venues.base import VenueAdapter
+
+log = structlog.get_logger("riskmon.poller")
+
+AUTH_BACKOFF_MIN = 30.0  # after a 401 the venue is probed again no sooner than this
+AUTH_BACKOFF_MAX = 300.0
+
+
+@dataclass(slots=True)
+class AccountState:
+    """What the poller knows about one account; read by the API and staleness checks."""
+
+    venue: str
+    account: AccountConfig
+    discovered: bool = False
+    added_at: float = field(default_factory=time.time)
+    last_snapshot: Snapshot | None = None
+    last_success: float | None = None  # wall-clock seconds
+    last_attempt: float | None = None
+    last_error: VenueError | None = None
+    consecutive_failures: int = 0
+    in_flight: bool = False
+    polls: int = 0
+    auth_retry_at: float = 0.0  # loop time before which a 403'd account is not polled
+
+    @property
+    def id(self) -> str:
+        return self.account.id
+
+    def age(self, now: float) -> float:
+        """Seconds since the last good snapshot (or since monitoring began)."""
+        return now - (self.last_success if self.last_success is not None else self.added_at)
+
+    def is_stale(self, now: float, stale_after: float) -> bool:
+        return self.age(now) > stale_after
+
+
+class PollListener:
+    """What the poller reports. Subclass and override what you need; all are no-ops."""
+
+    def on_snapshot(self, snapshot: Snapshot, duration: float) -> None:
+        """A poll succeeded."""
+
+    def on_failure(self, state: AccountState, error: VenueError, duration: float) -> None:
+        """A poll failed; `state.last_snapshot` is the last good one, kept for display."""
+
+    def on_skipped(self, state: AccountState, reason: str) -> None:
+        """A turn was not polled: `overrun` (still running) or `auth_backoff`."""
+
+    def on_accounts_changed(self, venue: str, added: list[str], removed: list[str]) -> None:
+        """Discovery (or sharding) changed the set of monitored accounts."""
+
+    def on_cycle(self, venue: str) -> None:
+        """Every account of `venue` has been polled at least once since start."""
+
+
+def phase_of(venue: str, account: str) -> float:
+    """A stable fraction in [0, 1): where in its interval an account is polled."""
+    digest = hashlib.blake2b(f"{venue}\x00{account}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class VenuePoller:
+    """Polls every account of one venue on its interval."""
+
+    def __init__(
+        self,
+        config: VenueConfig,
+        adapter: VenueAdapter,
+        listener: PollListener,
+        *,
+        shard: Shard | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.adapter = adapter
+        self.listener = listener
+        self.shard = shard
+        self.wall_clock = wall_clock
+        self.accounts: dict[str, AccountState] = {}
+        self.discovery_error: VenueError | None = None
+        self.first_cycle_done = asyncio.Event()
+        self._heap: list[tuple[float, int, str]] = []
+        self._generation: dict[str, int] = {}
+        self._wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._never_polled: set[str] = set()
+        self._auth_retry_at = 0.0
+        self._auth_backoff = AUTH_BACKOFF_MIN
+        self._stopping = False
+        self.set_accounts(config.accounts, discovered=False)
+
+    # -- the account set -------------------------------------------------------------
+
+    def set_accounts(self, accounts: Iterable[AccountConfig], *, discovered: bool) -> None:
+        """Replace the configured (or the discovered) accounts; keep the state of those
+        that stay. Configured accounts win over discovered ones with the same id."""
+        wanted = {
+            a.id: a
+            for a in accounts
+            if self.shard is None or self.shard.owns(self.config.name, a.id)
+        }
+        added, removed = [], []
+        for account_id, state in list(self.accounts.items()):
+            if state.discovered == discovered and account_id not in wanted:
+                del self.accounts[account_id]
+                self._generation.pop(account_id, None)
+                self._never_polled.discard(account_id)
+                removed.append(account_id)
+        for account_id, account in wanted.items():
+            existing = self.accounts.get(account_id)
+            if existing is not None:
+                if discovered and not existing.discovered:
+                    continue
+                existing.account = account
+                continue
+            self.accounts[account_id] = AccountState(
+                self.config.name, account, discovered=discovered, added_at=self.wall_clock()
+            )
+            self._never_polled.add(account_id)
+            added.append(account_id)
+            self._schedule_first(account_id)
+        if added or removed:
+            self.listener.on_accounts_changed(self.config.name, added, removed)
+            self._wakeup.set()
+        self._check_first_cycle()
+
+    def _schedule_first(self, account_id: str) -> None:
+        try:
+            loop_now = asyncio.get_running_loop().time()
+        except RuntimeError:  # built before the loop runs: schedule relative to zero
+            loop_now = 0.0
+        interval = self.config.poll_interval
+        phase = phase_of(self.config.name, account_id) * interval
+        due = loop_now - (loop_now % interval) + phase
+        if due < loop_now:
+            due += interval
+        generation = self._generation.get(account_id, 0) + 1
+        self._generation[account_id] = generation
+        heapq.heappush(self._heap, (due, generation, account_id))
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Poll until `stop()`; then wait for the polls in flight to end."""
+        loop = asyncio.get_running_loop()
+        # Accounts scheduled before the loop ran were placed relative to time zero.
+        if self._heap and self._heap[0][0] < loop.time() - self.config.poll_interval:
+            self._heap.clear()
+            for account_id in self.accounts:
+                self._schedule_first(account_id)
+        discovery = asyncio.create_task(self._discover_forever()) if self.config.discovery else None
+        try:
+            while not self._stopping:
+                await self._run_due(loop)
+        finally:
+            if discovery is not None:
+                discovery.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        while self._heap and self._heap[0][0] <= now:
+            due, generation, account_id = heapq.heappop(self._heap)
+            if self._generation.get(account_id) != generation:
+                continue  # the account left or was rescheduled
+            next_due = due + self.config.poll_interval
+            if next_due <= now:  # the loop fell behind: do not replay missed turns
+                next_due = now + self.config.poll_interval
+            heapq.heappush(self._heap, (next_due, generation, account_id))
+            self._start_poll(account_id, loop)
+        timeout = (self._heap[0][0] - loop.time()) if self._heap else None
+        self._wakeup.clear()
+        if timeout is None or timeout > 0:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+
+    def _start_poll(self, account_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        state = self.accounts[account_id]
+        now = loop.time()
+        if state.in_flight:
+            self.listener.on_skipped(state, "overrun")
+            return
+        if now < self._auth_retry_at or now < state.auth_retry_at:
+            self.listener.on_skipped(state, "auth_backoff")
+            return
+        state.in_flight = True
+        deadline = now + max(self.config.poll_interval, self.config.timeout)
+        task = loop.create_task(self._poll(state, deadline))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def poll_once(self, account_id: str) -> Snapshot | VenueError:
+        """Poll one account now (outside the schedule), reporting as usual."""
+        state = self.accounts[account_id]
+        loop = asyncio.get_running_loop()
+        state.in_flight = True
+        await self._poll(state, loop.time() + max(self.config.poll_interval, self.config.timeout))
+        return (
+            state.last_snapshot
+            if state.last_error is None and state.last_snapshot
+            else (state.last_error or VenueError("no result"))
+        )
+
+    async def _poll(self, state: AccountState, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        state.last_attempt = self.wall_clock()
+        try:
+            snapshot = await self.adapter.fetch(state.account, deadline)
+        except VenueError as error:
+            duration = loop.time() - started
+            self._failed(state, error, duration, loop)
+        except Exception as exc:  # a bug in an adapter must not stop the poller
+            duration = loop.time() - started
+            log.exception("adapter crashed", venue=self.config.name, account=state.id)
+            self._failed(state, VenueError(f"internal error: {type(exc).__name__}"), duration, loop)
+        else:
+            duration = loop.time() - started
+            if self.accounts.get(state.id) is state:  # it may have left meanwhile
+                state.last_snapshot = snapshot
+                state.last_success = snapshot.taken_at
+                state.last_error = None
+                state.consecutive_failures = 0
+                self._auth_backoff = AUTH_BACKOFF_MIN
+                self.listener.on_snapshot(snapshot, duration)
+        finally:
+            state.in_flight = False
+            state.polls += 1
+            self._never_polled.discard(state.id)
+            self._check_first_cycle()
+
+    def _failed(
+        self,
+        state: AccountState,
+        error: VenueError,
+        duration: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        error.venue = error.venue or self.config.name
+        error.account = error.account or state.id
+        state.last_error = error
+        state.consecutive_failures += 1
+        if isinstance(error, VenueAuthError):
+            if error.status == 403:  # permission on this account: back off this account
+                state.auth_retry_at = loop.time() + AUTH_BACKOFF_MIN
+            else:  # the credentials are wrong: back off the whole venue
+                self._auth_retry_at = loop.time() + self._auth_backoff
+                self._auth_backoff = min(self._auth_backoff * 2, AUTH_BACKOFF_MAX)
+        if self.accounts.get(state.id) is state:
+            self.listener.on_failure(state, error, duration)
+
+    def _check_first_cycle(self) -> None:
+        if not self._never_polled and not self.first_cycle_done.is_set():
+            self.first_cycle_done.set()
+            self.listener.on_cycle(self.config.name)
+
+    async def _discover_forever(self) -> None:
+        assert self.config.discovery is not None
+        discovery = self.config.discovery
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                ids = await self.adapter.list_accounts(loop.time() + max(self.config.timeout, 10.0))
+            except VenueError as error:
+                self.discovery_error = error
+                log.warning(
+                    "account discovery failed; keeping the accounts found before",
+                    venue=self.config.name,
+                    error=str(error),
+                    request_id=error.request_id,
+                )
+            else:
+                self.discovery_error = None
+                self.set_accounts(
+                    (AccountConfig(i, discovery.labels, discovery.params) for i in ids),
+                    discovered=True,
+                )
+            await asyncio.sleep(discovery.interval)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+
+
+class Poller:
+    """Every venue's poller, run together."""
+
+    def __init__(self, venues: Sequence[VenuePoller]) -> None:
+        self.venues = {v.config.name: v for v in venues}
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for venue in self.venues.values():
+                group.create_task(venue.run())
+
+    def stop(self) -> None:
+        for venue in self.venues.values():
+            venue.stop()
+
+    async def wait_first_cycle(self) -> None:
+        await asyncio.gather(*(v.first_cycle_done.wait() for v in self.venues.values()))
