@@ -35,6 +35,8 @@ class FieldType(enum.Enum):
     INTEGER = "integer"  # a JSON integer (or an integral decimal string)
     BOOLEAN = "boolean"
     STRING = "string"
+    OBJECT = "object"
+    LIST = "list"
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +189,18 @@ def _walk(
 
 
 def _convert(value: Any, path: str, pattern: str, schema: FieldSchema, out: dict[str, Any]) -> Any:
+    kind = schema.type_of(pattern)
+    if kind is FieldType.OBJECT or kind is FieldType.LIST:
+        wanted = dict if kind is FieldType.OBJECT else list
+        if not isinstance(value, wanted):
+            article = "an" if kind is FieldType.OBJECT else "a"
+            raise SnapshotParseError(
+                f"field {path}: expected {article} {kind.value}, got {_show(value)}"
+            )
+    elif kind is not None:  # a known scalar field: an object or list here is a wrong type
+        if isinstance(value, dict | list):
+            raise SnapshotParseError(f"field {path}: expected a {kind.value}, got {_show(value)}")
+        return _coerce(value, kind, path)
     if isinstance(value, dict):
         return _walk(value, path, pattern, schema, out)
     if isinstance(value, list):
@@ -198,7 +212,4 @@ def _convert(value: Any, path: str, pattern: str, schema: FieldSchema, out: dict
             item_path = _join(path, str(i))
             items.append(_convert(item, item_path, item_pattern, schema, out))
         return items
-    kind = schema.type_of(pattern)
-    if kind is not None and not isinstance(value, dict | list):
-        return _coerce(value, kind, path)
     return _coerce(value, None, path)

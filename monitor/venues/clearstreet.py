@@ -25,6 +25,7 @@ from monitor.venues.retry import with_retries
 from monitor.venues.wire import clip, decode_json, try_decode_json
 
 DEC, INT, BOOL, STR = FieldType.DECIMAL, FieldType.INTEGER, FieldType.BOOLEAN, FieldType.STRING
+OBJ, LIST = FieldType.OBJECT, FieldType.LIST
 
 _MONEY = (
     "buying_power daily_realized_pnl daily_total_pnl daily_unrealized_pnl daily_change "
@@ -51,7 +52,14 @@ SCHEMA = FieldSchema(
         "currency": STR,
         "margin_type": STR,
         **{name: DEC for name in _MONEY},
+        "sod": OBJ,
         "sod.asof": STR,
+        "margin_details": OBJ,
+        "margin_details.usage": OBJ,
+        "margin_details.top_contributors": LIST,
+        "margin_details.top_contributors.*": OBJ,
+        "margin_details.intraday_details": OBJ,
+        "margin_details.overnight_details": OBJ,
         **{f"sod.{name}": DEC for name in _SOD},
         "margin_details.day_trade_count": INT,
         "margin_details.pattern_day_trader": BOOL,

@@ -38,6 +38,8 @@ SCHEMA = FieldSchema(
         },
         "alternate_capital_requirement_currency": STR,
         "update_time": STR,
+        "securities": FieldType.OBJECT,
+        "securities.*": FieldType.OBJECT,
         "securities.*.balance": DEC,
         "securities.*.market_value": DEC,
         "securities.*.haircut": INT,

@@ -1,0 +1,199 @@
+"""Venue answers become exact, typed snapshot fields (seed examples from the venues' docs)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.errors import SnapshotParseError
+from monitor.snapshot import FieldSchema, FieldType, flatten, snake_case, to_decimal
+from monitor.venues.clearstreet import ClearStreetAdapter
+from monitor.venues.polymarket import PolymarketAdapter
+
+DATA = Path(__file__).parent / "data"
+
+
+def load(name: str) -> Any:
+    return json.loads((DATA / name).read_text(), parse_float=Decimal)
+
+
+def cs(name: str = "cs_balances_margin.json") -> dict[str, Any]:
+    return dict(load(name)["data"])
+
+
+def test_margin_account_fields_are_exact_decimals_by_path() -> None:
+    fields = ClearStreetAdapter.parse_balances(cs(), "19816")
+    assert fields["buying_power"] == Decimal("90000.00")
+    assert str(fields["settled_cash"]) == "99775.05"
+    assert fields["margin_details.maintenance_margin_excess"] == Decimal("75000.00")
+    assert fields["margin_details.usage.used"] == Decimal("5000.00")
+    assert fields["sod.equity"] == Decimal("100000.00")
+    assert fields["sod.asof"] == "2023-09-27"
+    assert fields["margin_type"] == "REG_T"
+    assert fields["margin_details.top_contributors.0.market_value"] == Decimal("50000.00")
+    assert fields["margin_details.top_contributors"][0]["market_value"] == Decimal("50000.00")
+    assert all(not isinstance(v, float) for v in fields.values())
+
+
+def test_normalized_set_for_clear_street() -> None:
+    fields = ClearStreetAdapter.parse_balances(cs(), "19816")
+    assert fields["margin_excess"] == Decimal("75000.00")
+    assert fields["margin_requirement"] == Decimal("25000.00")
+    assert fields["pattern_day_trader"] is False
+    assert fields["day_trade_count"] == 2
+    assert fields["daily_pnl"] == Decimal("1250.00")  # from the deprecated daily_total_pnl
+
+
+def test_new_daily_pnl_wins_over_deprecated_total() -> None:
+    data = cs()
+    data["daily_pnl"] = "-300.00"
+    assert ClearStreetAdapter.parse_balances(data, "19816")["daily_pnl"] == Decimal("-300.00")
+
+
+def test_cash_account_has_no_margin_fields_and_zero_short_value() -> None:
+    fields = ClearStreetAdapter.parse_balances(cs("cs_balances_cash.json"), "19816")
+    assert fields["short_market_value"] == Decimal(0)
+    assert fields["sod.short_market_value"] == Decimal(0)
+    for absent in ("margin_excess", "margin_details.maintenance_margin_excess", "margin_details"):
+        assert absent not in fields
+
+
+def test_null_margin_details_is_a_cash_account() -> None:
+    data = cs()
+    data["margin_details"] = None
+    fields = ClearStreetAdapter.parse_balances(data, "19816")
+    assert "margin_excess" not in fields
+    assert "margin_details" not in fields
+
+
+def test_deprecated_pdt_fields_missing_are_absent_never_false_or_zero() -> None:
+    data = cs()
+    md = copy.deepcopy(data["margin_details"])
+    for name in ("day_trade_count", "pattern_day_trader", "day_trade_buying_power_usage"):
+        del md[name]
+    data["margin_details"] = md
+    del data["daily_total_pnl"]
+    del data["sod"]["day_trade_buying_power"]
+    fields = ClearStreetAdapter.parse_balances(data, "19816")
+    for absent in (
+        "pattern_day_trader",
+        "day_trade_count",
+        "daily_pnl",
+        "margin_details.pattern_day_trader",
+        "margin_details.day_trade_count",
+        "sod.day_trade_buying_power",
+    ):
+        assert absent not in fields
+
+
+def test_optional_nulls_are_absent_and_unknown_fields_are_kept() -> None:
+    data = cs()
+    data["open_order_adjustment"] = None
+    data["brand_new_field"] = "12.50"
+    data["brandNewFlag"] = True
+    data["margin_details"]["intraday_details"] = {"buying_power": "4000.00", "multiplier": "4"}
+    fields = ClearStreetAdapter.parse_balances(data, "19816")
+    assert "open_order_adjustment" not in fields
+    assert fields["brand_new_field"] == Decimal("12.50")
+    assert fields["brand_new_flag"] is True
+    assert fields["margin_details.intraday_details.buying_power"] == Decimal("4000.00")
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (("buying_power",), {"a": 1}, "field buying_power: expected a decimal"),
+        (("buying_power",), True, "field buying_power: expected a decimal"),
+        (("equity",), "lots", "field equity: expected a decimal number"),
+        (("margin_details", "pattern_day_trader"), "no", "expected true or false"),
+        (("margin_details", "day_trade_count"), "2.5", "expected an integer"),
+        (("currency",), 840, "field currency: expected a string"),
+        (("margin_details",), "none", "field margin_details: expected an object"),
+        (("margin_details", "top_contributors"), {}, "top_contributors: expected a list"),
+    ],
+)
+def test_wrong_types_are_named_errors(path: tuple[str, ...], value: Any, expected: str) -> None:
+    data = cs()
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(SnapshotParseError, match=expected):
+        ClearStreetAdapter.parse_balances(data, "19816")
+
+
+def test_answer_for_another_account_is_refused() -> None:
+    with pytest.raises(SnapshotParseError, match="answer is for account 19816"):
+        ClearStreetAdapter.parse_balances(cs(), "12345")
+
+
+def test_missing_buying_power_is_refused() -> None:
+    data = cs()
+    del data["buying_power"]
+    with pytest.raises(SnapshotParseError, match="lacks buying_power"):
+        ClearStreetAdapter.parse_balances(data, "19816")
+
+
+def test_polymarket_fields_snake_case_with_symbols_kept_verbatim() -> None:
+    fields = PolymarketAdapter.parse_balance(load("pmx_balance.json"))
+    assert fields["buying_power"] == Decimal("640.00")
+    assert fields["excess_capital"] == Decimal("750.00")
+    assert fields["margin_excess"] == Decimal("750.00")
+    assert fields["margin_requirement"] == Decimal("0.00")
+    assert fields["securities.PRES-2028-DEM.market_value"] == Decimal("52.00")
+    assert fields["securities.PRES-2028-DEM.haircut"] == 5
+    assert fields["securities"]["PRES-2028-DEM"]["notional_value"] == Decimal("100.00")
+    assert fields["update_time"] == "2026-11-21T10:00:00Z"
+    for absent in ("pattern_day_trader", "day_trade_count", "equity"):
+        assert absent not in fields
+
+
+def test_polymarket_haircut_must_be_an_integer_string() -> None:
+    data = load("pmx_balance.json")
+    data["securities"]["PRES-2028-DEM"]["haircut"] = "0.5"
+    with pytest.raises(SnapshotParseError, match=r"securities\.PRES-2028-DEM\.haircut"):
+        PolymarketAdapter.parse_balance(data)
+
+
+@pytest.mark.parametrize(
+    ("name", "snake"),
+    [
+        ("buyingPower", "buying_power"),
+        ("excessCapital", "excess_capital"),
+        ("buying_power", "buying_power"),
+        ("totalSecurityNotionalValue", "total_security_notional_value"),
+        ("updateTime", "update_time"),
+        ("HTTPCode", "http_code"),
+    ],
+)
+def test_snake_case(name: str, snake: str) -> None:
+    assert snake_case(name) == snake
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1.10", Decimal("1.10")),
+        ("-0.5", Decimal("-0.5")),
+        (3, Decimal(3)),
+        ("1e3", Decimal("1e3")),
+        ("abc", None),
+        ("NaN", None),
+        ("Infinity", None),
+        (True, None),
+        ("", None),
+    ],
+)
+def test_to_decimal(value: Any, expected: Decimal | None) -> None:
+    assert to_decimal(value) == expected
+
+
+def test_flatten_skips_null_items_and_keeps_lists_whole() -> None:
+    schema = FieldSchema({"xs.*.v": FieldType.DECIMAL})
+    fields = flatten({"xs": [{"v": "1"}, None, {"v": "2"}]}, schema)
+    assert fields["xs"] == [{"v": Decimal(1)}, {"v": Decimal(2)}]
