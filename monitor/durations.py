@@ -34,9 +34,11 @@ def parse_duration(text: str) -> float:
 
 def format_duration(seconds: float) -> str:
     """The shortest Prometheus-style spelling of a number of seconds."""
-    if seconds == 0:
-        return "0s"
     ms = round(seconds * 1000)
+    if ms == 0:  # also what rounds to zero: never an empty string
+        return "0s"
+    if ms < 0:
+        return "-" + format_duration(-seconds)
     parts = []
     for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
         if ms >= size:

@@ -1,5 +1,6 @@
 """Configuration: the model (plain dataclasses) and the YAML loader that builds it."""
 
+from monitor.config.loader import load_config
 from monitor.config.model import (
     AccountConfig,
     Config,
@@ -25,4 +26,5 @@ __all__ = [
     "SecretUnavailable",
     "TlsConfig",
     "VenueConfig",
+    "load_config",
 ]

@@ -1,0 +1,1201 @@
+"""Build the validated `Config` from a YAML file, reporting every mistake at once.
+
+Each problem points at the key or value it is about (`path:line:col: message`), unknown
+keys come with the closest known one, and no message ever shows a secret: values that
+took text from the environment are shown as the `${VAR}` written in the file, and the
+secret fields (api_key, password, private_key) are never shown at all.
+
+String scalars may use `${VAR}` (an environment variable; an error if it is unset),
+`${VAR:-default}` (the default when VAR is unset or empty) and `$$` (a literal `$`); a
+`$` followed by anything else is kept as it is. A value that came from the environment
+is text, so where a number, duration or true/false is expected it is read from that
+text (`max_concurrency: ${CS_CONCURRENCY}` works).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import ipaddress
+import math
+import os
+import re
+import socket
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from monitor.config.model import (
+    AccountConfig,
+    Config,
+    DiscoveryConfig,
+    HttpConfig,
+    MqttConfig,
+    ParamValue,
+    PolymarketAuthConfig,
+    TlsConfig,
+    VenueConfig,
+)
+from monitor.config.secret import Secret
+from monitor.durations import format_duration, parse_duration
+from monitor.yamlsource import (
+    KeyPath,
+    Location,
+    Problem,
+    SourceError,
+    YamlDocument,
+    parse_yaml,
+)
+
+__all__ = ["load_config", "parse_config"]
+
+T = TypeVar("T")
+
+KINDS = ("clearstreet", "polymarket")
+
+_TOP_KEYS = ("instance", "state_dir", "http", "mqtt", "rules", "stale_after", "venues")
+_HTTP_KEYS = ("listen",)
+_MQTT_KEYS = (
+    "url",
+    "topic_prefix",
+    "username",
+    "password",
+    "password_file",
+    "client_id",
+    "tls",
+)
+_TLS_KEYS = ("ca_file", "cert_file", "key_file", "insecure")
+_VENUE_KEYS = (
+    "name",
+    "kind",
+    "base_url",
+    "poll_interval",
+    "timeout",
+    "max_concurrency",
+    "max_requests_per_second",
+    "stale_after",
+    "max_response_bytes",
+    "accounts",
+)
+_KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "clearstreet": ("api_key", "api_key_file", "top_margin_contributors_limit"),
+    "polymarket": ("currency", "auth"),
+}
+# What to tell someone who used a key of the other kind: "<key> is for <kind> venues; ..."
+_KIND_HINTS = {
+    "clearstreet": "clearstreet venues use api_key or api_key_file",
+    "polymarket": "polymarket venues use auth",
+}
+_AUTH_KEYS = ("token_url", "client_id", "private_key", "private_key_file", "participant_id")
+_AUTH_KEYS_ALL = (*_AUTH_KEYS, "audience")
+_ACCOUNT_KEYS = ("id", "labels", "params")
+_DISCOVER_KEYS = ("discover", "interval", "statuses", "labels", "params")
+
+_VENUE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_PARTICIPANT = re.compile(r"firms/[^/\s]+/users/[^/\s]+")
+_PMX_ACCOUNT = re.compile(r"firms/[^/\s]+/accounts/[^/\s]+")
+_INSTANCE = re.compile(r"[^\s/+#]+")
+_HOST = re.compile(
+    r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?"
+)
+_LISTEN = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]]+):(?P<port>[0-9]{1,5})")
+_NUMBER_TOKEN = re.compile(r"[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?")
+_PLAIN_TOKEN = re.compile(r"[^\s,\]}#]+")
+_PROPERTIES = re.compile(r"(?:[&!]\S*\s+)+")
+_DURATION_HINT = "a duration such as 500ms, 2s or 1m30s"
+# defaults, read from instances: slotted dataclasses keep no defaults on the class
+_HTTP = HttpConfig()
+_MQTT = MqttConfig()
+_DISCOVERY = DiscoveryConfig()
+
+
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, check and build the config at `path`; SourceError lists every problem."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise SourceError([Problem(Location(name, 1, 1), f"cannot read: {reason}")]) from None
+    except UnicodeDecodeError as exc:
+        raise SourceError(
+            [Problem(Location(name, 1, 1), f"not UTF-8 text: {exc.reason}")]
+        ) from None
+    # absolute() and not resolve(): a Kubernetes ConfigMap is a symlink into a folder
+    # that is replaced on every update, so relative paths follow the link's folder.
+    source = Path(os.path.normpath(Path(path).absolute()))
+    return _build(parse_yaml(text, name), text, source, source.parent, environ)
+
+
+def parse_config(
+    text: str,
+    file: str,
+    *,
+    base_dir: Path,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Check and build a config from YAML text; `file` names it in messages."""
+    return _build(parse_yaml(text, file), text, Path(file), base_dir, environ)
+
+
+def _build(
+    doc: YamlDocument,
+    text: str,
+    source: Path,
+    base_dir: Path,
+    environ: Mapping[str, str] | None,
+) -> Config:
+    checker = _Checker(
+        doc, text, Path(base_dir).absolute(), os.environ if environ is None else environ
+    )
+    config = checker.config(source)
+    if checker.problems:
+        # sorted by place; once each (a `<<` merged anchor is checked in every venue)
+        unique = dict.fromkeys(checker.problems)
+        problems = sorted(unique, key=lambda p: (p.location.line, p.location.col))
+        raise SourceError(problems)
+    return config
+
+
+@dataclass(slots=True)
+class _Section:
+    """A mapping in the document, already checked for unknown keys."""
+
+    path: KeyPath
+    data: dict[str, Any]
+    where: str  # "venue 'cs-prod'", for messages
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def at(self, key: str) -> KeyPath:
+        return (*self.path, key)
+
+
+class _Checker:
+    def __init__(
+        self, doc: YamlDocument, text: str, base_dir: Path, environ: Mapping[str, str]
+    ) -> None:
+        self.doc = doc
+        self.lines = text.split("\n")
+        self.base_dir = base_dir
+        self.environ = environ
+        self.problems: list[Problem] = []
+        self.from_env: dict[KeyPath, str] = {}  # value paths that took text from ${VAR}
+        self.failed: set[KeyPath] = set()  # value paths already reported (unset variable)
+        self.value = self._expand(doc.value, ())
+
+    # -- reporting -------------------------------------------------------------------
+
+    def error(self, path: KeyPath, message: str, *, key: bool = False) -> None:
+        self.problems.append(self.doc.problem(path, message, key=key))
+
+    def show(self, path: KeyPath, value: Any) -> str:
+        """A value for a message; never text that came from the environment."""
+        if path in self.from_env:
+            template = re.sub(r"(\$\{[^}:]*):-[^}]*\}", r"\1:-...}", self.from_env[path])
+            return f"{_describe(template)} (from the environment)"
+        return _describe(value)
+
+    # -- ${VAR} ----------------------------------------------------------------------
+
+    def _expand(self, value: Any, path: KeyPath) -> Any:
+        if isinstance(value, dict):
+            return {k: self._expand(v, (*path, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._expand(v, (*path, i)) for i, v in enumerate(value)]
+        if not isinstance(value, str) or "$" not in value:
+            return value
+        out: list[str] = []
+        substituted = False
+        i = 0
+        while True:
+            j = value.find("$", i)
+            if j < 0:
+                out.append(value[i:])
+                break
+            out.append(value[i:j])
+            following = value[j + 1 : j + 2]
+            if following == "$":
+                out.append("$")
+                i = j + 2
+                continue
+            if following != "{":
+                out.append("$")
+                i = j + 1
+                continue
+            end = value.find("}", j + 2)
+            if end < 0:
+                self.error(path, "unterminated ${...}: add the closing } (or write $$ for a $)")
+                self.failed.add(path)
+                return value
+            name, has_default, default = value[j + 2 : end].partition(":-")
+            i = end + 1
+            substituted = True
+            if not _ENV_NAME.fullmatch(name):
+                self.error(
+                    path,
+                    f"invalid environment variable name {name[:40]!r} in ${{...}}: "
+                    "use letters, digits and _ (write $$ for a $)",
+                )
+                self.failed.add(path)
+                continue
+            found = self.environ.get(name)
+            if found is not None and not (has_default and found == ""):
+                out.append(found)
+            elif has_default:
+                out.append(default)
+            else:
+                self.error(path, f"environment variable {name} is not set")
+                self.failed.add(path)
+        if substituted:
+            self.from_env[path] = value
+        return "".join(out)
+
+    # -- structure ---------------------------------------------------------------------
+
+    def section(
+        self,
+        path: KeyPath,
+        value: Any,
+        where: str,
+        known: Collection[str],
+        *,
+        foreign: Mapping[str, str] | None = None,
+    ) -> _Section:
+        """Check a mapping's keys; anything else is reported and read as empty."""
+        if value is None and path:
+            return _Section(path, {}, where)
+        if not isinstance(value, dict):
+            self.error(
+                path,
+                f"expected a mapping of {where} settings, got {self.show(path, value)}",
+            )
+            return _Section(path, {}, where)
+        for key in value:
+            if key in known:
+                continue
+            if foreign and key in foreign:
+                self.error((*path, key), foreign[key], key=True)
+                continue
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = (
+                f"; did you mean {close[0]!r}?" if close else f" (known keys: {', '.join(known)})"
+            )
+            self.error((*path, key), f"unknown key {key!r} in {where}{hint}", key=True)
+        return _Section(path, {k: v for k, v in value.items() if k in known}, where)
+
+    def require(self, s: _Section, *keys: str) -> bool:
+        missing = [k for k in keys if k not in s.data]
+        for key in missing:
+            self.error(s.path, f"missing required key {key!r} in {s.where}")
+        return not missing
+
+    def field(
+        self,
+        s: _Section,
+        key: str,
+        default: T,
+        check: Callable[[KeyPath, Any], T | None],
+        *,
+        required: bool = False,
+    ) -> T:
+        """The checked value of `key`, or `default` when absent or wrong (and reported)."""
+        if key not in s.data:
+            if required:
+                self.require(s, key)
+            return default
+        path = s.at(key)
+        if path in self.failed:
+            return default
+        result = check(path, s.data[key])
+        return default if result is None else result
+
+    # -- scalars -----------------------------------------------------------------------
+
+    def _env_text(self, path: KeyPath, value: Any) -> str | None:
+        return value if path in self.from_env and isinstance(value, str) else None
+
+    def string(self, path: KeyPath, value: Any, *, secret: bool = False) -> str | None:
+        name = _name(path)
+        if not isinstance(value, str):
+            got = _kind_of(value) if secret else self.show(path, value)
+            self.error(path, f"{name}: expected text, got {got}")
+            return None
+        if not value.strip():
+            self.error(path, f"{name} is empty")
+            return None
+        return value
+
+    def secret_text(self, path: KeyPath, value: Any) -> str | None:
+        return self.string(path, value, secret=True)
+
+    def integer(self, path: KeyPath, value: Any, *, minimum: int) -> int | None:
+        text = self._env_text(path, value)
+        if text is not None and re.fullmatch(r"\s*[-+]?[0-9]+\s*", text):
+            value = int(text)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(
+                path, f"{_name(path)}: expected a whole number, got {self.show(path, value)}"
+            )
+            return None
+        if value < minimum:
+            self.error(path, f"{_name(path)} must be at least {minimum}, got {value}")
+            return None
+        return value
+
+    def positive_number(self, path: KeyPath, value: Any) -> float | None:
+        text = self._env_text(path, value)
+        if text is not None:
+            with contextlib.suppress(ValueError):
+                value = float(text)
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            self.error(path, f"{_name(path)}: expected a number, got {self.show(path, value)}")
+            return None
+        if not 0 < value < math.inf:
+            self.error(path, f"{_name(path)} must be a number greater than 0, got {value}")
+            return None
+        return float(value)
+
+    def boolean(self, path: KeyPath, value: Any) -> bool | None:
+        text = self._env_text(path, value)
+        if text is not None and text.strip().lower() in ("true", "false"):
+            value = text.strip().lower() == "true"
+        if not isinstance(value, bool):
+            self.error(path, f"{_name(path)}: expected true or false, got {self.show(path, value)}")
+            return None
+        return value
+
+    def duration(self, path: KeyPath, value: Any) -> float | None:
+        """A Prometheus-style duration greater than zero."""
+        name = _name(path)
+        if not isinstance(value, str):
+            unit_hint = " (add a unit)" if isinstance(value, int | float) and value else ""
+            self.error(
+                path, f"{name}: expected {_DURATION_HINT}, got {self.show(path, value)}{unit_hint}"
+            )
+            return None
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            self.error(
+                path,
+                f"{name}: invalid duration {self.show(path, value)}: expected a number and a "
+                "unit (ms, s, m, h, d, w, y) such as 500ms, 2s or 1m30s",
+            )
+            return None
+        if seconds <= 0:
+            self.error(path, f"{name} must be longer than 0, e.g. 2s")
+            return None
+        return seconds
+
+    def path(self, path: KeyPath, value: Any) -> Path | None:
+        text = self.string(path, value)
+        if text is None:
+            return None
+        return _resolve(self.base_dir, text)
+
+    def readable_file(self, path: KeyPath, value: Any) -> Path | None:
+        resolved = self.path(path, value)
+        if resolved is None:
+            return None
+        if not resolved.is_file():
+            reason = "is not a file" if resolved.exists() else "does not exist"
+            self.error(path, f"{_name(path)} {resolved} {reason}")
+            return None
+        if not os.access(resolved, os.R_OK):
+            self.error(path, f"{_name(path)} {resolved} is not readable")
+            return None
+        return resolved
+
+    def secret_file(self, path: KeyPath, value: Any, name: str) -> Secret | None:
+        """A secret kept in a file, which must be readable now (and is re-read later)."""
+        resolved = self.readable_file(path, value)
+        if resolved is None:
+            return None
+        try:
+            content = resolved.read_text(encoding="utf-8")
+        except OSError as exc:
+            self.error(path, f"{_name(path)} {resolved}: cannot read: {exc.strerror}")
+            return None
+        except UnicodeDecodeError:
+            self.error(path, f"{_name(path)} {resolved} is not UTF-8 text")
+            return None
+        if not content.strip():
+            self.error(path, f"{_name(path)} {resolved} is empty")
+            return None
+        return Secret.file(name, resolved)
+
+    def http_url(self, path: KeyPath, value: Any) -> str | None:
+        """An http(s) URL, possibly with a path prefix; without a trailing slash."""
+        text = self.exact_url(path, value)
+        return None if text is None else text.rstrip("/")
+
+    def exact_url(self, path: KeyPath, value: Any) -> str | None:
+        """An http(s) URL, kept exactly as written."""
+        text = self.string(path, value)
+        if text is None:
+            return None
+        name = _name(path)
+        expected = "expected an http:// or https:// URL such as https://api.example.com"
+        parts = urlsplit(text)
+        if "@" in parts.netloc:  # never echo what may be a password
+            self.error(path, f"{name} must not hold credentials (user:password@)")
+            return None
+        if parts.scheme not in ("http", "https") or any(c.isspace() for c in text):
+            self.error(path, f"{name}: {expected}, got {self.show(path, text)}")
+            return None
+        if not parts.hostname or not _valid_host(parts.hostname):
+            self.error(path, f"{name}: no valid host in {self.show(path, text)}")
+            return None
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            self.error(path, f"{name}: invalid port in {self.show(path, text)}")
+            return None
+        if parts.query or parts.fragment or text.endswith(("?", "#")):
+            self.error(path, f"{name} must not have a query (?) or fragment (#)")
+            return None
+        return text
+
+    # -- sections ----------------------------------------------------------------------
+
+    def config(self, source: Path) -> Config:
+        value = self.value
+        if not isinstance(value, dict):
+            if value is None:
+                self.error((), "the config file is empty; it needs at least a list of venues")
+            else:
+                self.error(
+                    (), f"expected a mapping of settings at the top level, got {_describe(value)}"
+                )
+            return Config(source, "", self.base_dir, _HTTP, _MQTT, (), 30.0, (), self.doc)
+        top = self.section((), value, "the config", _TOP_KEYS)
+        instance = self.field(top, "instance", "", self.instance) or socket.gethostname()
+        state_dir = self.field(top, "state_dir", self.base_dir / "state", self.path)
+        stale_after = self.field(top, "stale_after", 30.0, self.duration)
+        rules: tuple[str, ...] = self.field(top, "rules", (), self.rules)
+        http = self.http(top)
+        mqtt = self.mqtt(top)
+        venues: tuple[VenueConfig, ...] = ()
+        if self.require(top, "venues"):
+            venues = self.venues(top.at("venues"), top.data["venues"], stale_after)
+        return Config(
+            source=source,
+            instance=instance,
+            state_dir=state_dir,
+            http=http,
+            mqtt=mqtt,
+            rules=rules,
+            stale_after=stale_after,
+            venues=venues,
+            document=self.doc,
+        )
+
+    def instance(self, path: KeyPath, value: Any) -> str | None:
+        text = self.string(path, value)
+        if text is not None and not _INSTANCE.fullmatch(text):
+            self.error(
+                path,
+                f"instance {self.show(path, text)} must not contain spaces or the MQTT "
+                "characters / + #",
+            )
+            return None
+        return text
+
+    def rules(self, path: KeyPath, value: Any) -> tuple[str, ...] | None:
+        if not isinstance(value, list):
+            self.error(
+                path,
+                'rules: expected a list of file patterns such as ["rules/*.yaml"], '
+                f"got {self.show(path, value)}",
+            )
+            return None
+        patterns = [self.path((*path, i), item) for i, item in enumerate(value)]
+        return tuple(str(p) for p in patterns if p is not None)
+
+    def http(self, top: _Section) -> HttpConfig:
+        s = self.section(top.at("http"), top.data.get("http"), "http", _HTTP_KEYS)
+        return HttpConfig(listen=self.field(s, "listen", _HTTP.listen, self.listen))
+
+    def listen(self, path: KeyPath, value: Any) -> str | None:
+        text = self.string(path, value)
+        if text is None:
+            return None
+        expected = "expected HOST:PORT such as 127.0.0.1:9817, 0.0.0.0:9817 or [::1]:9817"
+        m = _LISTEN.fullmatch(text)
+        if m is None or int(m["port"]) > 65535:
+            self.error(path, f"listen: {expected}, got {self.show(path, text)}")
+            return None
+        host = m["host"]
+        if host.startswith("["):
+            try:
+                ipaddress.IPv6Address(host[1:-1])
+            except ValueError:
+                self.error(path, f"listen: invalid IPv6 address {host}")
+                return None
+        elif not _valid_host(host):
+            self.error(path, f"listen: invalid host {host!r}; {expected}")
+            return None
+        return text
+
+    def mqtt(self, top: _Section) -> MqttConfig:
+        s = self.section(top.at("mqtt"), top.data.get("mqtt"), "mqtt", _MQTT_KEYS)
+        url = self.field(s, "url", _MQTT.url, self.mqtt_url)
+        prefix = self.field(s, "topic_prefix", _MQTT.topic_prefix, self.topic_prefix)
+        username = self.field(s, "username", None, self.string)
+        client_id = self.field(s, "client_id", None, self.string)
+        password: Secret | None = None
+        if s.has("password") and s.has("password_file"):
+            self.error(
+                s.at("password_file"),
+                "mqtt takes password or password_file, not both",
+                key=True,
+            )
+        elif s.has("password"):
+            text = self.field(s, "password", "", self.secret_text)
+            password = Secret.literal("mqtt password", text) if text else None
+        elif s.has("password_file"):
+            password = self.field(
+                s,
+                "password_file",
+                None,
+                lambda p, v: self.secret_file(p, v, "mqtt password_file"),
+            )
+        if password is not None and username is None and not s.has("username"):
+            key = "password" if s.has("password") else "password_file"
+            self.error(s.at(key), "an MQTT password needs a username too", key=True)
+        tls: TlsConfig | None = None
+        if s.has("tls"):
+            tls = self.tls(s)
+            if url.startswith("mqtt://"):
+                self.error(
+                    s.at("tls"),
+                    "tls is set but url starts with mqtt://; use mqtts:// for TLS",
+                    key=True,
+                )
+        elif url.startswith("mqtts://"):
+            tls = TlsConfig()  # system CAs: tls is set whenever the connection uses TLS
+        return MqttConfig(
+            url=url,
+            topic_prefix=prefix,
+            username=username,
+            password=password,
+            tls=tls,
+            client_id=client_id,
+        )
+
+    def mqtt_url(self, path: KeyPath, value: Any) -> str | None:
+        text = self.string(path, value)
+        if text is None:
+            return None
+        if text == "embedded":
+            return text
+        expected = "expected mqtt://HOST:PORT, mqtts://HOST:PORT or embedded"
+        parts = urlsplit(text)
+        if "@" in parts.netloc:  # never echo what may be a password
+            self.error(path, "url must not hold credentials: use username and password_file")
+            return None
+        if parts.scheme not in ("mqtt", "mqtts") or any(c.isspace() for c in text):
+            self.error(path, f"url: {expected}, got {self.show(path, text)}")
+            return None
+        if not parts.hostname or not _valid_host(parts.hostname):
+            self.error(path, f"url: no valid host in {self.show(path, text)}; {expected}")
+            return None
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            self.error(path, f"url: invalid port in {self.show(path, text)}; {expected}")
+            return None
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            self.error(path, f"url: an MQTT url has no path or query; {expected}")
+            return None
+        return text.rstrip("/")
+
+    def topic_prefix(self, path: KeyPath, value: Any) -> str | None:
+        text = self.string(path, value)
+        if text is None:
+            return None
+        if "+" in text or "#" in text or "\0" in text:
+            self.error(path, "topic_prefix must not contain the MQTT wildcards + or #")
+            return None
+        if text.startswith("/") or text.endswith("/") or "//" in text:
+            self.error(
+                path,
+                f"topic_prefix {self.show(path, text)} must not start or end with / "
+                "or have empty levels (//)",
+            )
+            return None
+        return text
+
+    def tls(self, mqtt: _Section) -> TlsConfig:
+        s = self.section(mqtt.at("tls"), mqtt.data["tls"], "mqtt tls", _TLS_KEYS)
+        ca_file = self.field(s, "ca_file", None, self.readable_file)
+        cert_file = self.field(s, "cert_file", None, self.readable_file)
+        key_file = self.field(s, "key_file", None, self.readable_file)
+        if s.has("key_file") and not s.has("cert_file"):
+            self.error(s.at("key_file"), "key_file needs a cert_file too", key=True)
+        insecure = self.field(s, "insecure", False, self.boolean)
+        return TlsConfig(ca_file=ca_file, cert_file=cert_file, key_file=key_file, insecure=insecure)
+
+    # -- venues ------------------------------------------------------------------------
+
+    def venues(self, path: KeyPath, value: Any, stale_after: float) -> tuple[VenueConfig, ...]:
+        if not isinstance(value, list) or not value:
+            got = "an empty list" if value == [] else self.show(path, value)
+            self.error(path, f"venues: expected a list of venues (at least one), got {got}")
+            return ()
+        seen: dict[str, Location] = {}
+        result = []
+        for i, item in enumerate(value):
+            venue = self.venue((*path, i), item, stale_after, seen)
+            if venue is not None:
+                result.append(venue)
+        return tuple(result)
+
+    def venue_name(self, path: KeyPath, value: Any, seen: dict[str, Location]) -> str | None:
+        text = self.string(path, value)
+        if text is None:
+            return None
+        if not _VENUE_NAME.fullmatch(text):
+            self.error(
+                path,
+                f"venue name {self.show(path, text)} may only contain letters, digits, _ and -",
+            )
+            return None
+        if text in seen:
+            self.error(path, f"duplicate venue name {text!r} (first at line {seen[text].line})")
+            return None
+        seen[text] = self.doc.at(path)
+        return text
+
+    def venue_kind(self, path: KeyPath, value: Any) -> str | None:
+        text = self.string(path, value)
+        if text is None:
+            return None
+        if text not in KINDS:
+            close = difflib.get_close_matches(text, KINDS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            self.error(
+                path,
+                f"unknown venue kind {self.show(path, text)}{hint} "
+                f"(known kinds: {', '.join(KINDS)})",
+            )
+            return None
+        return text
+
+    def venue(
+        self, path: KeyPath, value: Any, default_stale: float, seen: dict[str, Location]
+    ) -> VenueConfig | None:
+        where = f"venues[{path[-1]}]"
+        if not isinstance(value, dict):
+            self.error(
+                path,
+                f"expected a venue (a mapping with name, kind, ...), got {self.show(path, value)}",
+            )
+            return None
+        # name and kind first: messages about the rest name the venue and know its kind
+        name_value = value.get("name")
+        if isinstance(name_value, str) and name_value and (*path, "name") not in self.from_env:
+            where = f"venue {value['name']!r}"
+        kind = None
+        if (*path, "kind") not in self.failed and "kind" in value:
+            kind = self.venue_kind((*path, "kind"), value["kind"])
+        known: tuple[str, ...] = _VENUE_KEYS
+        foreign: dict[str, str] = {}
+        if kind is None:
+            known = (*known, *(k for keys in _KIND_KEYS.values() for k in keys))
+        else:
+            known = (*known, *_KIND_KEYS[kind])
+            for other, keys in _KIND_KEYS.items():
+                if other != kind:
+                    for key in keys:
+                        foreign[key] = f"{key} is for {other} venues; {_KIND_HINTS[kind]}"
+        s = self.section(path, value, where, known, foreign=foreign)
+        name = self.field(s, "name", "", lambda p, v: self.venue_name(p, v, seen), required=True)
+        if "kind" not in s.data:
+            self.require(s, "kind")
+        base_url = self.field(s, "base_url", "", self.http_url, required=True)
+        before = len(self.problems)
+        poll_interval = self.field(s, "poll_interval", 2.0, self.duration)
+        stale_after = self.field(s, "stale_after", default_stale, self.duration)
+        if stale_after <= poll_interval and len(self.problems) == before:
+            at = s.at("stale_after") if s.has("stale_after") else s.at("poll_interval")
+            self.error(
+                at,
+                f"stale_after ({format_duration(stale_after)}) must be longer than "
+                f"poll_interval ({format_duration(poll_interval)}), or every account turns "
+                f"stale between polls; set a longer stale_after in {where}",
+            )
+        timeout = self.field(s, "timeout", 5.0, self.duration)
+        max_concurrency = self.field(
+            s, "max_concurrency", 16, lambda p, v: self.integer(p, v, minimum=1)
+        )
+        max_rps = self.field(s, "max_requests_per_second", 20.0, self.positive_number)
+        max_bytes = self.field(
+            s, "max_response_bytes", 1 << 20, lambda p, v: self.integer(p, v, minimum=1)
+        )
+        accounts, discovery = self.accounts(s, kind)
+        api_key: Secret | None = None
+        auth: PolymarketAuthConfig | None = None
+        currency = "USD"
+        top_limit: int | None = None
+        if kind == "clearstreet":
+            api_key = self.api_key(s, name)
+            top_limit = self.field(
+                s,
+                "top_margin_contributors_limit",
+                None,
+                lambda p, v: self.integer(p, v, minimum=1),
+            )
+        elif kind == "polymarket":
+            currency = self.field(s, "currency", "USD", self.currency)
+            if self.require(s, "auth"):
+                auth = self.auth(s, name)
+        return VenueConfig(
+            name=name,
+            kind=kind or "",
+            base_url=base_url,
+            poll_interval=poll_interval,
+            timeout=timeout,
+            max_concurrency=max_concurrency,
+            max_requests_per_second=max_rps,
+            stale_after=stale_after,
+            accounts=accounts,
+            discovery=discovery,
+            api_key=api_key,
+            auth=auth,
+            currency=currency,
+            top_margin_contributors_limit=top_limit,
+            max_response_bytes=max_bytes,
+        )
+
+    def api_key(self, s: _Section, venue: str) -> Secret | None:
+        if s.has("api_key") and s.has("api_key_file"):
+            self.error(s.at("api_key_file"), "give api_key or api_key_file, not both", key=True)
+            return None
+        if s.has("api_key"):
+            text = self.field(s, "api_key", "", self.secret_text)
+            return Secret.literal(f"{venue} api_key", text) if text else None
+        if s.has("api_key_file"):
+            return self.field(
+                s,
+                "api_key_file",
+                None,
+                lambda p, v: self.secret_file(p, v, f"{venue} api_key_file"),
+            )
+        self.error(
+            s.path,
+            f"missing api_key_file (or api_key) in {s.where}: clearstreet venues need an API key",
+        )
+        return None
+
+    def currency(self, path: KeyPath, value: Any) -> str | None:
+        text = self.string(path, value)
+        if text is not None and not _CURRENCY.fullmatch(text):
+            self.error(
+                path,
+                f"currency: expected a 3-letter upper-case code such as USD, got "
+                f"{self.show(path, text)}",
+            )
+            return None
+        return text
+
+    def auth(self, venue: _Section, name: str) -> PolymarketAuthConfig | None:
+        path, value = venue.at("auth"), venue.data["auth"]
+        if path in self.failed:
+            return None
+        if not isinstance(value, dict):
+            self.error(
+                path,
+                "auth: expected a mapping with token_url, client_id, private_key_file and "
+                f"participant_id, got {self.show(path, value)}",
+            )
+            return None
+        s = self.section(path, value, f"auth of {venue.where}", _AUTH_KEYS_ALL)
+        before = len(self.problems)
+        token_url = self.field(s, "token_url", "", self.exact_url, required=True)
+        client_id = self.field(s, "client_id", "", self.string, required=True)
+        participant = self.field(s, "participant_id", "", self.participant_id, required=True)
+        audience = self.field(s, "audience", None, self.exact_url)
+        key: Secret | None = None
+        if s.has("private_key") and s.has("private_key_file"):
+            self.error(
+                s.at("private_key_file"), "give private_key or private_key_file, not both", key=True
+            )
+        elif s.has("private_key"):
+            text = self.field(s, "private_key", "", self.secret_text)
+            if text and not _looks_like_pem(text):
+                self.error(
+                    s.at("private_key"),
+                    "private_key is not a PEM private key (-----BEGIN ... PRIVATE KEY-----)",
+                )
+            elif text:
+                key = Secret.literal(f"{name} private_key", text)
+        elif s.has("private_key_file"):
+            key = self.field(
+                s,
+                "private_key_file",
+                None,
+                lambda p, v: self.secret_file(p, v, f"{name} private_key_file"),
+            )
+            if key is not None and not _looks_like_pem(key.get()):
+                self.error(
+                    s.at("private_key_file"),
+                    f"private_key_file {key.path} is not a PEM private key "
+                    "(-----BEGIN ... PRIVATE KEY-----)",
+                )
+        else:
+            self.error(s.path, f"missing private_key_file (or private_key) in {s.where}")
+        if key is None or len(self.problems) > before:
+            return None
+        return PolymarketAuthConfig(
+            token_url=token_url,
+            client_id=client_id,
+            private_key=key,
+            participant_id=participant,
+            audience=audience,
+        )
+
+    def participant_id(self, path: KeyPath, value: Any) -> str | None:
+        text = self.string(path, value)
+        if text is not None and not _PARTICIPANT.fullmatch(text):
+            self.error(
+                path,
+                "participant_id must look like firms/<FIRM>/users/<USER>, got "
+                f"{self.show(path, text)}",
+            )
+            return None
+        return text
+
+    # -- accounts ----------------------------------------------------------------------
+
+    def accounts(
+        self, venue: _Section, kind: str | None
+    ) -> tuple[tuple[AccountConfig, ...], DiscoveryConfig | None]:
+        if not venue.has("accounts"):
+            self.error(
+                venue.path,
+                f"missing accounts in {venue.where}: list them (- id: ...) or add - discover: true",
+            )
+            return (), None
+        path = venue.at("accounts")
+        value = venue.data["accounts"]
+        if not isinstance(value, list):
+            self.error(
+                path,
+                "accounts: expected a list of accounts (- id: ... or - discover: true), "
+                f"got {self.show(path, value)}",
+            )
+            return (), None
+        if not value:
+            self.error(
+                path,
+                f"{venue.where} has no accounts: list some (- id: ...) or add - discover: true",
+            )
+            return (), None
+        accounts: list[AccountConfig] = []
+        ids: dict[str, Location] = {}
+        discovery: DiscoveryConfig | None = None
+        discovery_at: Location | None = None
+        for i, item in enumerate(value):
+            item_path = (*path, i)
+            if not isinstance(item, dict):
+                self.error(
+                    item_path,
+                    'expected an account such as {id: "19816"} or {discover: true}, '
+                    f"got {self.show(item_path, item)}",
+                )
+                continue
+            if "discover" in item and "id" in item:
+                self.error(
+                    (*item_path, "discover"),
+                    "an accounts entry has either id or discover, not both",
+                    key=True,
+                )
+                continue
+            if "discover" in item:
+                found = self.discovery(item_path, item, venue, kind)
+                if discovery_at is not None:
+                    self.error(
+                        (*item_path, "discover"),
+                        f"only one discover entry per venue (first at line {discovery_at.line})",
+                        key=True,
+                    )
+                else:
+                    discovery = found
+                    discovery_at = self.doc.key_at((*item_path, "discover"))
+                continue
+            account = self.account(item_path, item, venue, kind)
+            if not account.id:  # missing or invalid, and reported
+                continue
+            id_path = (*item_path, "id")
+            if account.id in ids:
+                self.error(
+                    id_path,
+                    f"duplicate account id {self.show(id_path, account.id)} in {venue.where} "
+                    f"(first at line {ids[account.id].line})",
+                )
+                continue
+            ids[account.id] = self.doc.at(id_path)
+            accounts.append(account)
+        return tuple(accounts), discovery
+
+    def account(
+        self, path: KeyPath, item: dict[str, Any], venue: _Section, kind: str | None
+    ) -> AccountConfig:
+        raw_id = item.get("id")
+        where = f"accounts[{path[-1]}] of {venue.where}"
+        if (
+            isinstance(raw_id, str | int)
+            and not isinstance(raw_id, bool)
+            and (*path, "id") not in self.from_env
+        ):
+            where = f"account {str(raw_id)!r} of {venue.where}"
+        s = self.section(path, item, where, _ACCOUNT_KEYS)
+        account_id = self.field(
+            s, "id", "", lambda p, v: self.account_id(p, v, kind), required=True
+        )
+        labels: Mapping[str, str] = self.field(s, "labels", {}, self.labels)
+        params: Mapping[str, ParamValue] = self.field(s, "params", {}, self.params)
+        return AccountConfig(id=account_id, labels=labels, params=params)
+
+    def account_id(self, path: KeyPath, value: Any, kind: str | None) -> str | None:
+        if isinstance(value, int) and not isinstance(value, bool):
+            token = self._token(path, _PLAIN_TOKEN)
+            if token is not None and token != str(value):
+                self.error(
+                    path,
+                    f"id: YAML reads {token} as the number {value}; put the id in quotes",
+                )
+                return None
+            value = str(value)
+        text = self.string(path, value)
+        if text is None:
+            return None
+        if kind == "clearstreet" and not (text.isascii() and text.isdigit()):
+            self.error(
+                path,
+                f"Clear Street account ids are numbers such as 19816, got {self.show(path, text)}",
+            )
+            return None
+        if kind == "polymarket" and not _PMX_ACCOUNT.fullmatch(text):
+            self.error(
+                path,
+                "Polymarket account ids look like firms/<FIRM>/accounts/<NAME>, got "
+                f"{self.show(path, text)}",
+            )
+            return None
+        return text
+
+    def discovery(
+        self, path: KeyPath, item: dict[str, Any], venue: _Section, kind: str | None
+    ) -> DiscoveryConfig | None:
+        foreign = {}
+        known: tuple[str, ...] = _DISCOVER_KEYS
+        if kind == "polymarket":
+            known = tuple(k for k in known if k != "statuses")
+            foreign["statuses"] = (
+                "statuses is for clearstreet venues; polymarket discovery has no account status"
+            )
+        s = self.section(path, item, f"the discover entry of {venue.where}", known, foreign=foreign)
+        before = len(self.problems)
+        discover = self.field(s, "discover", False, self.boolean)
+        if discover is not True and len(self.problems) == before:
+            self.error(
+                s.at("discover"),
+                "discover must be true (remove the entry to turn discovery off)",
+            )
+        interval = self.field(s, "interval", _DISCOVERY.interval, self.duration)
+        statuses = self.field(s, "statuses", _DISCOVERY.statuses, self.statuses)
+        labels: Mapping[str, str] = self.field(s, "labels", {}, self.labels)
+        params: Mapping[str, ParamValue] = self.field(s, "params", {}, self.params)
+        if len(self.problems) > before:
+            return None
+        return DiscoveryConfig(interval=interval, statuses=statuses, labels=labels, params=params)
+
+    def statuses(self, path: KeyPath, value: Any) -> tuple[str, ...] | None:
+        if not isinstance(value, list) or not value:
+            self.error(
+                path,
+                "statuses: expected a list of account statuses such as [ACTIVE, INACTIVE], "
+                f"got {self.show(path, value)}",
+            )
+            return None
+        result = [self.string((*path, i), item) for i, item in enumerate(value)]
+        return tuple(s.upper() for s in result if s is not None)
+
+    def labels(self, path: KeyPath, value: Any) -> dict[str, str] | None:
+        if not isinstance(value, dict):
+            self.error(
+                path,
+                f"labels: expected a mapping of name: value such as {{desk: equities}}, "
+                f"got {self.show(path, value)}",
+            )
+            return None
+        result: dict[str, str] = {}
+        for key, item in value.items():
+            item_path = (*path, key)
+            if not _LABEL_NAME.fullmatch(key) or key.startswith("__"):
+                self.error(
+                    item_path,
+                    f"invalid label name {key!r}: use letters, digits and _, not starting "
+                    "with a digit or __",
+                    key=True,
+                )
+                continue
+            if item_path in self.failed:
+                continue
+            if isinstance(item, int | Decimal) and not isinstance(item, bool):
+                item = str(item)
+            if not isinstance(item, str):
+                self.error(
+                    item_path,
+                    f"label {key}: expected text, got {self.show(item_path, item)}",
+                )
+                continue
+            result[key] = item
+        return result
+
+    def params(self, path: KeyPath, value: Any) -> dict[str, ParamValue] | None:
+        if not isinstance(value, dict):
+            self.error(
+                path,
+                "params: expected a mapping of name: value such as {buying_power_floor: 50000}, "
+                f"got {self.show(path, value)}",
+            )
+            return None
+        result: dict[str, ParamValue] = {}
+        for key, item in value.items():
+            item_path = (*path, key)
+            if not _LABEL_NAME.fullmatch(key):
+                self.error(
+                    item_path,
+                    f"invalid parameter name {key!r}: use letters, digits and _, "
+                    "not starting with a digit",
+                    key=True,
+                )
+                continue
+            if item_path in self.failed:
+                continue
+            param = self.param(item_path, item)
+            if param is not None:
+                result[key] = param
+        return result
+
+    def param(self, path: KeyPath, value: Any) -> ParamValue | None:
+        text = self._env_text(path, value)
+        if text is not None:  # from the environment: a number or true/false if it reads as one
+            lowered = text.strip().lower()
+            if lowered in ("true", "false"):
+                return lowered == "true"
+            try:
+                number = Decimal(text.strip())
+            except InvalidOperation:
+                return text
+            return number if number.is_finite() else text
+        if isinstance(value, bool | str):
+            return value
+        if isinstance(value, int):
+            return Decimal(value)
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                self.error(path, f"{_name(path)}: expected a finite number, got {value}")
+                return None
+            return self._exact(path, value)
+        self.error(
+            path,
+            f"{_name(path)}: expected a number, text or true/false, got {self.show(path, value)}",
+        )
+        return None
+
+    def _exact(self, path: KeyPath, value: float) -> Decimal:
+        """The decimal as written in the file (0.1 stays 0.1), else via str()."""
+        token = self._token(path, _NUMBER_TOKEN)
+        if token:
+            try:
+                written = Decimal(token.replace("_", ""))
+            except InvalidOperation:
+                written = None
+            if written is not None and float(written) == value:
+                return written
+        return Decimal(str(value))
+
+    def _token(self, path: KeyPath, pattern: re.Pattern[str]) -> str | None:
+        """The plain scalar text written at a value's location, if it can be found."""
+        loc = self.doc.at(path)
+        if path not in self.doc._value_locs or not 0 < loc.line <= len(self.lines):
+            return None
+        line = self.lines[loc.line - 1]
+        props = _PROPERTIES.match(line, loc.col - 1)  # skip an &anchor or !!tag
+        m = pattern.match(line, props.end() if props else loc.col - 1)
+        return m.group(0) if m and m.group(0) else None
+
+
+def _resolve(base_dir: Path, text: str) -> Path:
+    """A path from the file, absolute, relative ones against the config's folder."""
+    return Path(os.path.normpath(base_dir / Path(text).expanduser()))
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(_HOST.fullmatch(host)) and len(host) <= 253
+    return True
+
+
+def _looks_like_pem(text: str) -> bool:
+    return "-----BEGIN" in text and "PRIVATE KEY-----" in text
+
+
+def _name(path: KeyPath) -> str:
+    """The key a value stands under, for messages: `poll_interval`, `rules[2]`."""
+    if not path:
+        return "value"
+    last = path[-1]
+    if isinstance(last, int):
+        return f"{_name(path[:-1])}[{last}]"
+    return last
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _describe(value: Any) -> str:
+    """A value as a person would recognise it from the YAML."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return repr(shown)
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"{value} (a {type(value).__name__})"
