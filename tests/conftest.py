@@ -1,0 +1,137 @@
+"""Shared fixtures. Simulator fixtures: `rsa_keypair`, `sim_clock`, `sim_credentials`,
+`sim_scenario_data`, `simulator`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from monitor.simulator import Scenario, Simulator
+
+
+@dataclass(frozen=True)
+class RsaKeyPair:
+    private_key: rsa.RSAPrivateKey
+    private_pem: bytes  # PKCS#8
+    public_pem: bytes
+
+
+def _keypair() -> RsaKeyPair:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return RsaKeyPair(key, private_pem, public_pem)
+
+
+@pytest.fixture(scope="session")
+def rsa_keypair() -> RsaKeyPair:
+    """An RSA-2048 key pair (generated once per test session)."""
+    return _keypair()
+
+
+@pytest.fixture(scope="session")
+def other_rsa_keypair() -> RsaKeyPair:
+    """A second, unrelated key pair (for wrong-signature tests)."""
+    return _keypair()
+
+
+class FakeClock:
+    """A wall clock that moves only when told to; starts at the real time."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def sim_clock() -> FakeClock:
+    return FakeClock()
+
+
+@dataclass(frozen=True)
+class SimCredentials:
+    """What a client of the `simulator` fixture needs to call it."""
+
+    api_key: str
+    client_id: str
+    participant_id: str
+    keypair: RsaKeyPair
+
+    def assertion(self, audience: str, *, now: float | None = None, **claims: Any) -> str:
+        """A valid RS256 client assertion for the token endpoint; `claims` override."""
+        issued = int(time.time() if now is None else now)
+        payload: dict[str, Any] = {
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": audience,
+            "iat": issued,
+            "exp": issued + 60,
+            "jti": str(uuid.uuid4()),
+        }
+        payload.update(claims)
+        payload = {k: v for k, v in payload.items() if v is not None}
+        return jwt.encode(payload, self.keypair.private_pem, algorithm="RS256")
+
+
+@pytest.fixture
+def sim_credentials(rsa_keypair: RsaKeyPair) -> SimCredentials:
+    return SimCredentials("test-api-key", "riskmon-test", "firms/ACME/users/riskbot", rsa_keypair)
+
+
+@pytest.fixture
+def sim_scenario_data(sim_credentials: SimCredentials) -> dict[str, Any]:
+    """A small scenario as plain data; tests may change it before `simulator` starts."""
+    return {
+        "seed": 7,
+        "clearstreet": {
+            "api_keys": [sim_credentials.api_key],
+            "accounts": [
+                {"id": "19816", "template": "margin"},
+                {"id": "19817", "template": "cash"},
+                {"id": "19818", "template": "legacy_pdt"},
+            ],
+        },
+        "polymarket": {
+            "clients": [
+                {
+                    "client_id": sim_credentials.client_id,
+                    "public_key": sim_credentials.keypair.public_pem.decode(),
+                    "participant_id": sim_credentials.participant_id,
+                }
+            ],
+            "accounts": [
+                {"id": "firms/ACME/accounts/main"},
+                {"id": "firms/ACME/accounts/hedge"},
+            ],
+        },
+    }
+
+
+@pytest.fixture
+async def simulator(
+    sim_scenario_data: dict[str, Any], sim_clock: FakeClock
+) -> AsyncIterator[Simulator]:
+    """A started Simulator on a free port, on the fake `sim_clock`."""
+    sim = Simulator(Scenario.from_dict(sim_scenario_data), clock=sim_clock)
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
