@@ -14,7 +14,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from monitor.config import AccountConfig, PolymarketAuthConfig, Secret, VenueConfig
 from monitor.simulator import Scenario, Simulator
+from monitor.venues.http import HttpClient
 
 
 @dataclass(frozen=True)
@@ -135,3 +137,55 @@ async def simulator(
         yield sim
     finally:
         await sim.stop()
+
+
+# -- venue configs pointing at the `simulator` fixture (adapter and poller tests) ---------
+
+
+@pytest.fixture
+def cs_config(simulator: Simulator, sim_credentials: SimCredentials) -> VenueConfig:
+    """A Clear Street venue on the simulator with its three accounts."""
+    return VenueConfig(
+        name="cs",
+        kind="clearstreet",
+        base_url=simulator.clearstreet_url,
+        api_key=Secret.literal("cs api_key", sim_credentials.api_key),
+        accounts=(AccountConfig("19816"), AccountConfig("19817"), AccountConfig("19818")),
+        poll_interval=1.0,
+        timeout=2.0,
+        max_requests_per_second=1000,
+    )
+
+
+@pytest.fixture
+def pmx_config(simulator: Simulator, sim_credentials: SimCredentials) -> VenueConfig:
+    """A Polymarket venue on the simulator with its two accounts."""
+    return VenueConfig(
+        name="pmx",
+        kind="polymarket",
+        base_url=simulator.polymarket_url,
+        auth=PolymarketAuthConfig(
+            token_url=simulator.token_url,
+            client_id=sim_credentials.client_id,
+            private_key=Secret.literal(
+                "pmx private_key", sim_credentials.keypair.private_pem.decode()
+            ),
+            participant_id=sim_credentials.participant_id,
+        ),
+        accounts=(
+            AccountConfig("firms/ACME/accounts/main"),
+            AccountConfig("firms/ACME/accounts/hedge"),
+        ),
+        poll_interval=1.0,
+        timeout=2.0,
+        max_requests_per_second=1000,
+    )
+
+
+@pytest.fixture
+async def http_client() -> AsyncIterator[HttpClient]:
+    client = HttpClient()
+    try:
+        yield client
+    finally:
+        await client.aclose()

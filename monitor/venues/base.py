@@ -10,9 +10,12 @@ from __future__ import annotations
 import abc
 import asyncio
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import ClassVar
 
 from monitor.config import AccountConfig, VenueConfig
+from monitor.errors import VenueError
 from monitor.snapshot import FieldSchema, Snapshot
 from monitor.venues.http import HttpClient
 
@@ -36,6 +39,16 @@ class VenueAdapter(abc.ABC):
     @abc.abstractmethod
     async def list_accounts(self, deadline: float) -> list[str]:
         """The ids of every account these credentials can see (discovery)."""
+
+    @contextmanager
+    def errors_about(self, account: str | None) -> Iterator[None]:
+        """Name this venue (and account) on every VenueError raised inside."""
+        try:
+            yield
+        except VenueError as exc:
+            exc.venue = exc.venue or self.config.name
+            exc.account = exc.account or account
+            raise
 
     def attempt_deadline(self, deadline: float) -> float:
         """One HTTP attempt may take `timeout`, and never past the poll's deadline."""

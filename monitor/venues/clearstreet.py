@@ -113,23 +113,18 @@ class ClearStreetAdapter(VenueAdapter):
         params: dict[str, str | int] = {}
         if self.config.top_margin_contributors_limit:
             params["top_margin_contributors_limit"] = self.config.top_margin_contributors_limit
-        response = await self._get(path, params, deadline, account=account.id)
-        envelope = decode_json(response)
-        request_id = _request_id(envelope, response)
-        data = envelope.get("data") if isinstance(envelope, dict) else None
-        if not isinstance(data, dict):
-            raise SnapshotParseError(
-                "balances answer has no `data` object",
-                status=response.status,
-                request_id=request_id,
-                venue=self.config.name,
-                account=account.id,
-            )
-        try:
-            fields = self.parse_balances(data, account.id)
-        except SnapshotParseError as exc:
-            exc.request_id, exc.venue, exc.account = request_id, self.config.name, account.id
-            raise
+        with self.errors_about(account.id):
+            response = await self._get(path, params, deadline)
+            envelope = decode_json(response)
+            request_id = _request_id(envelope, response)
+            data = envelope.get("data") if isinstance(envelope, dict) else None
+            try:
+                if not isinstance(data, dict):
+                    raise SnapshotParseError("balances answer has no `data` object")
+                fields = self.parse_balances(data, account.id)
+            except SnapshotParseError as exc:
+                exc.request_id, exc.status = request_id, response.status
+                raise
         currency = data.get("currency")
         return Snapshot(
             venue=self.config.name,
@@ -161,7 +156,11 @@ class ClearStreetAdapter(VenueAdapter):
         return fields
 
     async def list_accounts(self, deadline: float) -> list[str]:
-        """Every ACTIVE account the key can see (all statuses the discovery config lists)."""
+        """Every account the key can see whose status discovery asks for (ACTIVE)."""
+        with self.errors_about(None):
+            return await self._list_accounts(deadline)
+
+    async def _list_accounts(self, deadline: float) -> list[str]:
         wanted = set(self.config.discovery.statuses) if self.config.discovery else {"ACTIVE"}
         ids: list[str] = []
         token: str | None = None
@@ -169,7 +168,7 @@ class ClearStreetAdapter(VenueAdapter):
             params: dict[str, str | int] = {"page_size": _PAGE_SIZE}
             if token:
                 params["page_token"] = token
-            response = await self._get("/v1/accounts", params, deadline, account=None)
+            response = await self._get("/v1/accounts", params, deadline)
             envelope = decode_json(response)
             data = envelope.get("data") if isinstance(envelope, dict) else None
             if not isinstance(data, list):
@@ -192,28 +191,22 @@ class ClearStreetAdapter(VenueAdapter):
             f"account listing did not end after {_MAX_PAGES} pages", venue=self.config.name
         )
 
-    async def _get(
-        self, path: str, params: dict[str, str | int], deadline: float, *, account: str | None
-    ) -> HttpResponse:
+    async def _get(self, path: str, params: dict[str, str | int], deadline: float) -> HttpResponse:
         url = self.config.base_url + path
 
         async def attempt() -> HttpResponse:
-            try:
-                headers = {"authorization": f"Bearer {self._api_key()}"}
-                async with self.limits.slot(deadline):
-                    response = await self.http.request(
-                        "GET",
-                        url,
-                        params=params,
-                        headers=headers,
-                        deadline=self.attempt_deadline(deadline),
-                        max_bytes=self.config.max_response_bytes,
-                    )
-            except VenueError as exc:
-                exc.venue, exc.account = self.config.name, account
-                raise
+            headers = {"authorization": f"Bearer {self._api_key()}"}
+            async with self.limits.slot(deadline):
+                response = await self.http.request(
+                    "GET",
+                    url,
+                    params=params,
+                    headers=headers,
+                    deadline=self.attempt_deadline(deadline),
+                    max_bytes=self.config.max_response_bytes,
+                )
             if response.status != 200:
-                raise self._error(response, account)
+                raise self._error(response)
             return response
 
         return await with_retries(attempt, deadline=deadline)
@@ -226,15 +219,13 @@ class ClearStreetAdapter(VenueAdapter):
         except SecretUnavailable as exc:
             raise VenueAuthError(str(exc), venue=self.config.name) from None
 
-    def _error(self, response: HttpResponse, account: str | None) -> VenueError:
+    def _error(self, response: HttpResponse) -> VenueError:
         body = try_decode_json(response)
         request_id = _request_id(body, response)
         error = body.get("error") if isinstance(body, dict) else None
         message = clip(error.get("message")) if isinstance(error, dict) else ""
         status = response.status
         context: dict[str, Any] = {
-            "venue": self.config.name,
-            "account": account,
             "status": status,
             "request_id": request_id,
         }

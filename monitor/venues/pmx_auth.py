@@ -60,7 +60,7 @@ class TokenProvider:
         self.http = http
         self.audience = audience
         self.venue = venue
-        self._clock = clock
+        self.clock = clock
         self._token: AccessToken | None = None
         self._minting: asyncio.Future[AccessToken] | None = None
         self._key: tuple[str, RSAPrivateKey] | None = None
@@ -68,7 +68,7 @@ class TokenProvider:
 
     async def token(self, deadline: float) -> AccessToken:
         current = self._token
-        if current is not None and self._clock() < current.expires_at - RENEW_BEFORE_EXPIRY:
+        if current is not None and self.clock() < current.expires_at - RENEW_BEFORE_EXPIRY:
             return current
         return await self._mint_once(deadline)
 
@@ -91,7 +91,7 @@ class TokenProvider:
 
     def assertion(self) -> str:
         """A fresh signed client assertion (unique `jti`, `exp` within 5 minutes)."""
-        now = int(self._clock())
+        now = int(self.clock())
         claims: dict[str, Any] = {
             "iss": self.config.client_id,
             "sub": self.config.client_id,
@@ -131,7 +131,7 @@ class TokenProvider:
             "client_assertion": self.assertion(),
             "audience": self.audience,
         }
-        started = self._clock()
+        started = self.clock()
         try:
             response = await self.http.request(
                 "POST", self.config.token_url, form=form, deadline=deadline, max_bytes=64 * 1024

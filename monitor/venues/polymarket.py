@@ -78,20 +78,16 @@ class PolymarketAdapter(VenueAdapter):
 
     async def fetch(self, account: AccountConfig, deadline: float) -> Snapshot:
         body = {"name": account.id, "currency": self.config.currency}
-        response = await self._call("POST", "/v1/positions/balance", body, deadline, account.id)
-        data = decode_json(response)
-        if not isinstance(data, dict):
-            raise SnapshotParseError(
-                "balance answer is not a JSON object",
-                status=response.status,
-                venue=self.config.name,
-                account=account.id,
-            )
-        try:
-            fields = self.parse_balance(data)
-        except SnapshotParseError as exc:
-            exc.venue, exc.account = self.config.name, account.id
-            raise
+        with self.errors_about(account.id):
+            response = await self._call("POST", "/v1/positions/balance", body, deadline)
+            data = decode_json(response)
+            try:
+                if not isinstance(data, dict):
+                    raise SnapshotParseError("balance answer is not a JSON object")
+                fields = self.parse_balance(data)
+            except SnapshotParseError as exc:
+                exc.status, exc.request_id = response.status, response.headers.get("x-request-id")
+                raise
         return Snapshot(
             venue=self.config.name,
             venue_kind=self.kind,
@@ -117,8 +113,9 @@ class PolymarketAdapter(VenueAdapter):
     async def list_accounts(self, deadline: float) -> list[str]:
         user = self.config.auth.participant_id if self.config.auth else ""
         path = f"/v1/accounts?user={quote(user, safe='')}"
-        response = await self._call("GET", path, None, deadline, None)
-        body = decode_json(response)
+        with self.errors_about(None):
+            response = await self._call("GET", path, None, deadline)
+            body = decode_json(response)
         names = body.get("accounts") if isinstance(body, dict) else None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise SnapshotParseError(
@@ -126,9 +123,7 @@ class PolymarketAdapter(VenueAdapter):
             )
         return list(names)
 
-    async def _call(
-        self, method: str, path: str, body: Any, deadline: float, account: str | None
-    ) -> HttpResponse:
+    async def _call(self, method: str, path: str, body: Any, deadline: float) -> HttpResponse:
         url = self.config.base_url + path
         participant = self.config.auth.participant_id if self.config.auth else ""
 
@@ -165,24 +160,18 @@ class PolymarketAdapter(VenueAdapter):
             return response
 
         async def attempt() -> HttpResponse:
-            try:
-                response = await send()
-            except VenueError as exc:
-                exc.venue, exc.account = self.config.name, account
-                raise
+            response = await send()
             if response.status != 200:
-                raise self._error(response, account)
+                raise self._error(response)
             return response
 
         return await with_retries(attempt, deadline=deadline)
 
-    def _error(self, response: HttpResponse, account: str | None) -> VenueError:
+    def _error(self, response: HttpResponse) -> VenueError:
         body = try_decode_json(response)
         message = clip(body.get("message", "")) if isinstance(body, dict) else ""
         status = response.status
         context: dict[str, Any] = {
-            "venue": self.config.name,
-            "account": account,
             "status": status,
             "request_id": response.headers.get("x-request-id"),
         }

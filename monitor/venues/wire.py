@@ -20,6 +20,7 @@ def decode_json(response: HttpResponse) -> Any:
         raise SnapshotParseError(
             f"response is not valid JSON ({reason}; {size} bytes, possibly truncated)",
             status=response.status,
+            request_id=response.headers.get("x-request-id"),
         ) from None
 
 
