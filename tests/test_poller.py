@@ -1,0 +1,221 @@
+"""The poller against the simulator: spreading, overruns, staleness, discovery, shards."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from monitor.config import AccountConfig, DiscoveryConfig, Secret, VenueConfig
+from monitor.errors import VenueAuthError, VenueError, VenueUnavailable
+from monitor.poller import AccountState, PollListener, VenuePoller, phase_of
+from monitor.shard import Shard
+from monitor.simulator import Simulator
+from monitor.snapshot import Snapshot
+from monitor.venues.base import create_adapter
+from monitor.venues.http import HttpClient
+
+
+class Recorder(PollListener):
+    """Keeps what the poller reported; tests wait on conditions over it."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[Snapshot] = []
+        self.failures: list[tuple[AccountState, VenueError]] = []
+        self.skips: list[tuple[str, str]] = []
+        self.changes: list[tuple[list[str], list[str]]] = []
+        self._changed = asyncio.Event()
+
+    def on_snapshot(self, snapshot: Snapshot, duration: float) -> None:
+        self.snapshots.append(snapshot)
+        self._changed.set()
+
+    def on_failure(self, state: AccountState, error: VenueError, duration: float) -> None:
+        self.failures.append((state, error))
+        self._changed.set()
+
+    def on_skipped(self, state: AccountState, reason: str) -> None:
+        self.skips.append((state.id, reason))
+        self._changed.set()
+
+    def on_accounts_changed(self, venue: str, added: list[str], removed: list[str]) -> None:
+        self.changes.append((added, removed))
+        self._changed.set()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(10):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@asynccontextmanager
+async def running(
+    config: VenueConfig, http: HttpClient, shard: Shard | None = None
+) -> AsyncIterator[tuple[VenuePoller, Recorder]]:
+    recorder = Recorder()
+    poller = VenuePoller(config, create_adapter(config, http), recorder, shard=shard)
+    task = asyncio.create_task(poller.run())
+    try:
+        yield poller, recorder
+    finally:
+        poller.stop()
+        await task
+
+
+def fast(config: VenueConfig, **changes: object) -> VenueConfig:
+    settings: dict[str, object] = {"poll_interval": 0.4, "timeout": 1.0, **changes}
+    return dataclasses.replace(config, **settings)  # type: ignore[arg-type]
+
+
+async def test_every_account_is_polled_each_interval_spread_over_it(
+    cs_config: VenueConfig, http_client: HttpClient, simulator: Simulator
+) -> None:
+    accounts = tuple(AccountConfig(str(100000 + i)) for i in range(30))
+    for account in accounts:
+        simulator.add_account("clearstreet", account.id)
+    config = fast(cs_config, accounts=accounts)
+    async with running(config, http_client) as (poller, recorder):
+        await poller.first_cycle_done.wait()
+        await recorder.until(lambda: len(recorder.snapshots) >= 90)
+    per_account = {a.id: 0 for a in accounts}
+    for snap in recorder.snapshots:
+        per_account[snap.account] += 1
+    assert min(per_account.values()) >= 2
+    times = sorted(r["t"] for r in simulator.requests(endpoint="balances"))[:30]
+    assert times[-1] - times[0] > 0.4 * 0.5  # the first turn is spread, not one burst
+    phases = [phase_of("cs", a.id) for a in accounts]
+    assert len(set(phases)) == len(phases)
+
+
+async def test_a_slow_poll_is_never_stacked(
+    cs_config: VenueConfig, http_client: HttpClient, simulator: Simulator
+) -> None:
+    simulator.add_fault(
+        {"venue": "clearstreet", "account": "19816", "kind": "delay", "seconds": 0.9}
+    )
+    config = fast(cs_config, accounts=(AccountConfig("19816"),), timeout=2.0)
+    async with running(config, http_client) as (_, recorder):
+        await recorder.until(lambda: len(recorder.snapshots) >= 2)
+    assert ("19816", "overrun") in recorder.skips
+    times = [r["t"] for r in simulator.requests(account="19816")]
+    assert all(b - a >= 0.85 for a, b in itertools.pairwise(times))
+
+
+async def test_failures_keep_the_last_good_snapshot_and_feed_staleness(
+    cs_config: VenueConfig, http_client: HttpClient, simulator: Simulator
+) -> None:
+    config = fast(cs_config, accounts=(AccountConfig("19816"),))
+    async with running(config, http_client) as (poller, recorder):
+        await recorder.until(lambda: len(recorder.snapshots) >= 1)
+        simulator.add_fault({"venue": "clearstreet", "kind": "status", "status": 404})
+        await recorder.until(lambda: len(recorder.failures) >= 2)
+        state = poller.accounts["19816"]
+        assert state.last_snapshot is recorder.snapshots[0]
+        assert state.consecutive_failures >= 2
+        assert state.last_success == recorder.snapshots[0].taken_at
+        assert not state.is_stale(state.last_success + 29, 30)
+        assert state.is_stale(state.last_success + 31, 30)
+        simulator.clear_faults()
+        await recorder.until(lambda: poller.accounts["19816"].consecutive_failures == 0)
+        assert state.last_success > recorder.snapshots[0].taken_at
+
+
+async def test_an_account_never_polled_successfully_goes_stale_from_its_start(
+    cs_config: VenueConfig, http_client: HttpClient, simulator: Simulator
+) -> None:
+    simulator.add_fault({"venue": "clearstreet", "kind": "status", "status": 400})
+    config = fast(cs_config, accounts=(AccountConfig("19816"),))
+    async with running(config, http_client) as (poller, recorder):
+        await recorder.until(lambda: len(recorder.failures) >= 1)
+    state = poller.accounts["19816"]
+    assert state.last_success is None
+    assert state.last_snapshot is None
+    assert state.is_stale(state.added_at + 31, 30)
+
+
+async def test_wrong_credentials_back_off_instead_of_hammering(
+    cs_config: VenueConfig, http_client: HttpClient, simulator: Simulator
+) -> None:
+    config = fast(cs_config, api_key=Secret.literal("cs api_key", "wrong"))
+    async with running(config, http_client) as (_, recorder):
+        await recorder.until(lambda: sum(r == "auth_backoff" for _, r in recorder.skips) >= 6)
+    assert all(isinstance(e, VenueAuthError) for _, e in recorder.failures)
+    # Only the polls already scheduled before the first 401 answered reach the venue.
+    assert len(simulator.requests(endpoint="balances")) <= len(config.accounts)
+
+
+async def test_discovery_adds_and_drops_accounts(
+    cs_config: VenueConfig, http_client: HttpClient, simulator: Simulator
+) -> None:
+    config = fast(
+        cs_config,
+        accounts=(AccountConfig("19816"),),
+        discovery=DiscoveryConfig(interval=0.2, labels={"source": "discovery"}),
+    )
+    async with running(config, http_client) as (poller, recorder):
+        await recorder.until(lambda: {"19817", "19818"} <= poller.accounts.keys())
+        simulator.add_account("clearstreet", "424242")
+        await recorder.until(lambda: any(s.account == "424242" for s in recorder.snapshots))
+        simulator.remove_account("clearstreet", "424242")
+        simulator.remove_account("clearstreet", "19816")  # configured: stays monitored
+        await recorder.until(lambda: "424242" not in poller.accounts)
+        assert "19816" in poller.accounts
+        assert not poller.accounts["19816"].discovered
+        assert poller.accounts["19817"].account.labels == {"source": "discovery"}
+    assert any("424242" in removed for _, removed in recorder.changes)
+
+
+async def test_discovery_failure_keeps_the_accounts_found_before(
+    cs_config: VenueConfig, http_client: HttpClient, simulator: Simulator
+) -> None:
+    config = fast(cs_config, accounts=(), discovery=DiscoveryConfig(interval=0.2))
+    async with running(config, http_client) as (poller, recorder):
+        await recorder.until(lambda: len(poller.accounts) == 3)
+        simulator.add_fault(
+            {"venue": "clearstreet", "endpoint": "accounts", "kind": "status", "status": 400}
+        )
+        await recorder.until(lambda: poller.discovery_error is not None)
+        assert len(poller.accounts) == 3
+
+
+async def test_shards_split_the_accounts_between_replicas(
+    cs_config: VenueConfig, http_client: HttpClient, simulator: Simulator
+) -> None:
+    for i in range(40):
+        simulator.add_account("clearstreet", str(500000 + i))
+    config = fast(cs_config, accounts=(), discovery=DiscoveryConfig(interval=30))
+    owned: list[set[str]] = []
+    for k in range(2):
+        async with running(config, http_client, Shard(k, 2)) as (poller, recorder):
+            await recorder.until(lambda r=recorder: bool(r.changes))
+            owned.append(set(poller.accounts))
+    assert owned[0].isdisjoint(owned[1])
+    assert len(owned[0] | owned[1]) == 43
+    assert 10 < len(owned[0]) < 33
+
+
+async def test_an_adapter_bug_is_a_failed_poll_not_a_dead_poller(
+    cs_config: VenueConfig, http_client: HttpClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = fast(cs_config, accounts=(AccountConfig("19816"),))
+    calls = 0
+
+    async with running(config, http_client) as (poller, recorder):
+        original = poller.adapter.fetch
+
+        async def flaky(account: AccountConfig, deadline: float) -> Snapshot:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise KeyError("bug")
+            return await original(account, deadline)
+
+        monkeypatch.setattr(poller.adapter, "fetch", flaky)
+        await recorder.until(lambda: len(recorder.snapshots) >= 1)
+    assert "internal error: KeyError" in str(recorder.failures[0][1])
+    assert not isinstance(recorder.failures[0][1], VenueUnavailable)
