@@ -32,7 +32,7 @@ unit: install broker
 test: lint unit
 
 demo: install
-	$(BIN)/python -m monitor.demo_snapshot examples/riskmon.yaml examples/scenario.yaml
+	$(BIN)/python examples/snapshot_demo.py
 
 bench: install
 	$(BIN)/python -m bench

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from bench.simulator_process import running_simulator
+from monitor.simulator.process import running_simulator
 from monitor.venues.http import HttpClient
 
 API_KEY = "bench-key"

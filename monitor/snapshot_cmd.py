@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from monitor.config import AccountConfig, Config, VenueConfig
 from monitor.errors import VenueError
 from monitor.snapshot import NORMALIZED_FIELDS, Snapshot
-from monitor.venues.base import VenueAdapter, create_adapter
+from monitor.venues.base import VenueAdapter, adapter_class, create_adapter
 from monitor.venues.http import HttpClient
 
 
@@ -94,10 +94,17 @@ def render_table(results: Sequence[PollResult], out: TextIO) -> None:
         meta += f", request_id {snap.request_id})" if snap.request_id else ")"
         out.write(f"{head}  ok  {meta}\n")
         fields = leaf_fields(snap)
-        width = max((len(k) for k in fields), default=0)
-        for name, value in fields.items():
-            marker = "*" if name in NORMALIZED_FIELDS else " "
-            out.write(f" {marker} {name.ljust(width)}  {_text(value)}\n")
+        # Normalized fields this venue kind maps but did not send are shown as missing.
+        mapped = adapter_class(snap.venue_kind).normalized_from
+        rows = [
+            (f"* {name}", _text(fields[name]) if name in fields else "(missing)")
+            for name in NORMALIZED_FIELDS
+            if name in fields or name in mapped
+        ]
+        rows += [(f"  {k}", _text(v)) for k, v in fields.items() if k not in NORMALIZED_FIELDS]
+        width = max((len(name) for name, _ in rows), default=0)
+        for name, text in rows:
+            out.write(f" {name.ljust(width)}  {text}\n")
         out.write("\n")
     failed = sum(1 for r in results if r.snapshot is None)
     out.write(

@@ -1,4 +1,4 @@
-"""Run `riskmon simulate` in its own process for a benchmark, on a free port."""
+"""Run `riskmon simulate` in a process of its own (benchmarks, end-to-end tests, demos)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,16 @@ import yaml
 
 
 @contextlib.contextmanager
-def running_simulator(scenario: dict[str, Any]) -> Iterator[str]:
-    """Start the simulator with `scenario`; yield its base URL; stop it afterwards."""
-    with tempfile.TemporaryDirectory(prefix="riskmon-bench-") as folder:
-        path = Path(folder) / "scenario.yaml"
-        path.write_text(yaml.safe_dump(scenario))
+def running_simulator(
+    scenario: dict[str, Any] | Path, *, listen: str = "127.0.0.1:0"
+) -> Iterator[str]:
+    """Start the simulator with a scenario (data or file); yield its base URL; stop it."""
+    with tempfile.TemporaryDirectory(prefix="riskmon-sim-") as folder:
+        if isinstance(scenario, Path):
+            path = scenario
+        else:
+            path = Path(folder) / "scenario.yaml"
+            path.write_text(yaml.safe_dump(scenario))
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -29,7 +34,7 @@ def running_simulator(scenario: dict[str, Any]) -> Iterator[str]:
                 "--scenario",
                 str(path),
                 "--listen",
-                "127.0.0.1:0",
+                listen,
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -39,7 +44,7 @@ def running_simulator(scenario: dict[str, Any]) -> Iterator[str]:
             assert process.stdout is not None
             line = process.stdout.readline()
             if "listening on" not in line:
-                raise RuntimeError(f"simulator did not start: {line!r}")
+                raise RuntimeError(f"the simulator did not start: {line.strip()!r}")
             yield line.split("listening on ", 1)[1].split()[0]
         finally:
             process.terminate()
