@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from monitor import __version__
 from monitor.logs import configure_logging
+from monitor.shard import Shard
 from monitor.yamlsource import SourceError
 
 DEFAULT_CONFIG = "riskmon.yaml"
@@ -26,6 +27,24 @@ def _add_snapshot(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     parser.add_argument("--venue", help="only this venue (by name)")
     parser.add_argument("--account", help="only this account id")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_shard(parser)
+
+
+def _add_shard(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        default=os.environ.get("RISKMON_SHARD"),
+        metavar="K/N",
+        help="only the accounts that shard K (from 0) of N owns (default: $RISKMON_SHARD)",
+    )
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,7 +80,6 @@ def _snapshot(args: argparse.Namespace) -> int:
     from monitor.snapshot_cmd import poll_all, render_json, render_table
 
     config = load_config(args.config)
-    results = asyncio.run(poll_all(config, venue=args.venue, account=args.account))
     if args.venue and not any(v.name == args.venue for v in config.venues):
         known = ", ".join(v.name for v in config.venues)
         print(
@@ -69,6 +87,8 @@ def _snapshot(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    shard = _shard(args.shard) if isinstance(args.shard, str) else args.shard
+    results = asyncio.run(poll_all(config, venue=args.venue, account=args.account, shard=shard))
     (render_json if args.json else render_table)(results, sys.stdout)
     return 0 if all(r.snapshot is not None for r in results) else 2
 

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from monitor.config import AccountConfig, Config, VenueConfig
 from monitor.errors import VenueError
+from monitor.shard import Shard
 from monitor.snapshot import NORMALIZED_FIELDS, Snapshot
 from monitor.venues.base import VenueAdapter, adapter_class, create_adapter
 from monitor.venues.http import HttpClient
@@ -26,19 +27,25 @@ class PollResult:
 
 
 async def poll_all(
-    config: Config, *, venue: str | None = None, account: str | None = None
+    config: Config,
+    *,
+    venue: str | None = None,
+    account: str | None = None,
+    shard: Shard | None = None,
 ) -> list[PollResult]:
     """One poll of every selected account (discovered ones included), concurrently."""
     http = HttpClient()
     try:
         adapters = [create_adapter(v, http) for v in config.venues if venue in (None, v.name)]
-        batches = await asyncio.gather(*(_poll_venue(a, account) for a in adapters))
+        batches = await asyncio.gather(*(_poll_venue(a, account, shard) for a in adapters))
     finally:
         await http.aclose()
     return [result for batch in batches for result in batch]
 
 
-async def _poll_venue(adapter: VenueAdapter, only: str | None) -> list[PollResult]:
+async def _poll_venue(
+    adapter: VenueAdapter, only: str | None, shard: Shard | None
+) -> list[PollResult]:
     config = adapter.config
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(config.timeout, config.poll_interval)
@@ -52,7 +59,11 @@ async def _poll_venue(adapter: VenueAdapter, only: str | None) -> list[PollResul
                 )
         except VenueError as error:
             results.append(PollResult(config, "(discovery)", None, error, 0.0))
-    selected = [a for a in accounts.values() if only in (None, a.id)]
+    selected = [
+        a
+        for a in accounts.values()
+        if only in (None, a.id) and (shard is None or shard.owns(config.name, a.id))
+    ]
 
     async def one(account: AccountConfig) -> PollResult:
         started = loop.time()
