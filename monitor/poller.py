@@ -246,6 +246,13 @@ class VenuePoller:
         else:
             duration = loop.time() - started
             if self.accounts.get(state.id) is state:  # it may have left meanwhile
+                if state.consecutive_failures:
+                    log.info(
+                        "poll recovered",
+                        venue=self.config.name,
+                        account=state.id,
+                        after_failures=state.consecutive_failures,
+                    )
                 state.last_snapshot = snapshot
                 state.last_success = snapshot.taken_at
                 state.last_error = None
@@ -267,8 +274,22 @@ class VenuePoller:
     ) -> None:
         error.venue = error.venue or self.config.name
         error.account = error.account or state.id
+        previous = state.last_error
         state.last_error = error
         state.consecutive_failures += 1
+        # Log when an account starts failing or fails differently; repeats are debug only,
+        # so a venue outage does not flood the log with one line per account per poll.
+        changed = previous is None or type(previous) is not type(error)
+        (log.warning if changed else log.debug)(
+            "poll failed",
+            venue=self.config.name,
+            account=state.id,
+            error=str(error),
+            error_type=type(error).__name__,
+            status=error.status,
+            request_id=error.request_id,
+            consecutive_failures=state.consecutive_failures,
+        )
         if isinstance(error, VenueAuthError):
             if error.status == 403:  # permission on this account: back off this account
                 state.auth_retry_at = loop.time() + AUTH_BACKOFF_MIN
