@@ -1,0 +1,1 @@
+"""The rule half of riskmon: expressions, rule evaluation and alert lifecycle."""

@@ -1,0 +1,314 @@
+"""Random expressions and snapshots: refused at load, or evaluated without ever raising.
+
+The grammar mixes allowed and forbidden constructs, so most generated expressions are
+refused; those that load are evaluated alone and in a rule set over random snapshots,
+with an audit hook and patched builtins proving nothing outside the allow-list runs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from monitor.engine.expr import MISSING, EvalError, compile_expression, compile_rules
+from monitor.snapshot import Snapshot
+from monitor.yamlsource import Location, SourceError
+
+SAFE_FIELDS = [
+    "a",
+    "b",
+    "flag",
+    "name",
+    "m.x",
+    "m.y",
+    "securities",
+    "positions",
+    "buying_power",
+    "venue",
+    "venue_kind",
+    "account",
+    "currency",
+    "labels.team",
+    "labels",
+    "params.p",
+    "params.q",
+    "params.n.x",
+    "params",
+    "nope",
+    "_private",
+]
+DUNDER_FIELDS = ["__class__", "__import__", "a.__globals__", "__builtins__.open", "x.__dict__"]
+FIELD_NAMES = SAFE_FIELDS + DUNDER_FIELDS
+FUNCTIONS = ["abs", "min", "max", "round", "len", "present", "coalesce"]
+FORBIDDEN_FUNCTIONS = ["open", "eval", "exec", "getattr", "__import__", "print", "sum", "type"]
+BINARY = ["+", "-", "*", "/", "%"]
+FORBIDDEN_BINARY = ["**", "//", "|", "&", "^", "<<", ">>", "@"]
+COMPARE = ["<", "<=", ">", ">=", "==", "!=", "in", "not in"]
+ALLOWED_ATOMS = [
+    "0",
+    "1",
+    "0.1",
+    "-3",
+    "1e3",
+    "0x1F",
+    "1_000",
+    "True",
+    "False",
+    "None",
+    "''",
+    "'a'",
+]
+FORBIDDEN_ATOMS = [
+    "1e999999",
+    "9" * 60,
+    "1j",
+    "...",
+    "b'x'",
+    "lambda: 1",
+    "f'{a}'",
+    "[x for x in a]",
+    "(x for x in a)",
+    "{k: 1 for k in a}",
+    "().__class__",
+    "().__class__.__bases__[0].__subclasses__()",
+    "__import__('os').system('true')",
+    "open('/etc/passwd')",
+    "(a := 1)",
+    "{1: 2}",
+    "[1, 2]",
+    "*a",
+    "a[0]",
+    "a.y()",
+    "len",
+    "x is None",
+    "~a",
+]
+ATOMS = ALLOWED_ATOMS + FORBIDDEN_ATOMS
+
+numbers = st.one_of(
+    st.integers(-(10**6), 10**6).map(str),
+    st.decimals(allow_nan=False, allow_infinity=False, places=4).map(
+        lambda d: str(d) if d >= 0 else f"({d})"
+    ),
+)
+safe_leaves = st.one_of(
+    st.sampled_from(SAFE_FIELDS),
+    st.sampled_from(ALLOWED_ATOMS),
+    numbers,
+    st.text(max_size=4).map(repr),
+)
+FORBIDDEN_WRAPPERS = [
+    "({})[0]",
+    "({}).real",
+    "({}).__class__",
+    "({}).y()",
+    "max({0}, key={0})",
+    "max(*{})",
+    "max(1, **{})",
+    "[{} for x in a]",
+    "sum(x for x in {})",
+    "(lambda: {})()",
+    "f'{{{}}}'",
+    "({0} is {0})",
+    "~({})",
+    "({} ** 3)",
+    "({} // 2)",
+    "({} | 1)",
+    "open({})",
+    "eval({})",
+    "getattr({}, 'x')",
+    "__import__({})",
+    "({} + (y := 1))",
+]
+
+
+def extend(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    def call(name: str, args: list[str]) -> str:
+        return f"{name}({', '.join(args)})"
+
+    return st.one_of(
+        st.tuples(children, st.sampled_from(BINARY), children).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
+        st.tuples(children, st.sampled_from(COMPARE), children).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
+        st.tuples(children, st.sampled_from(["<", "<="]), children, children).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]} < {t[3]})"
+        ),
+        st.tuples(children, st.sampled_from(["and", "or"]), children).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
+        st.tuples(st.sampled_from(["not ", "-", "+"]), children).map(lambda t: f"{t[0]}({t[1]})"),
+        st.tuples(st.sampled_from(FUNCTIONS), st.lists(children, min_size=1, max_size=3)).map(
+            lambda t: call(*t)
+        ),
+        st.tuples(
+            st.sampled_from(["sum_of", "max_of", "min_of"]),
+            st.sampled_from(["securities", "positions", "a", "nope", "params.n"]),
+            st.sampled_from(["'market_value'", "'pnl'", "'x'", "'risk.delta'"]),
+        ).map(lambda t: f"{t[0]}({t[1]}, {t[2]})"),
+        st.tuples(children, children, children).map(lambda t: f"({t[0]} if {t[1]} else {t[2]})"),
+        st.tuples(children, st.lists(children, max_size=3)).map(
+            lambda t: f"({t[0]} in ({''.join(x + ', ' for x in t[1])}))"
+        ),
+    )
+
+
+allowed_expressions = st.recursive(safe_leaves, extend, max_leaves=10)
+
+
+@st.composite
+def expressions(draw: st.DrawFn) -> str:
+    """Allowed expressions; one in three spoiled by a forbidden construct or name."""
+    text = draw(allowed_expressions)
+    spoil = draw(st.integers(0, 5))
+    if spoil == 0:
+        text = draw(st.sampled_from(FORBIDDEN_WRAPPERS)).format(text)
+    elif spoil == 1:
+        bad = draw(st.sampled_from(FORBIDDEN_ATOMS + DUNDER_FIELDS))
+        op = draw(st.sampled_from([*BINARY, "and", "or", "<", "in"]))
+        text = f"({text}) {op} {bad}" if draw(st.booleans()) else f"{bad} {op} ({text})"
+    return text
+
+
+decimals = st.one_of(
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.sampled_from([Decimal(0), Decimal("-0"), Decimal("9E+999990"), Decimal("1E-999990")]),
+)
+scalars = st.one_of(decimals, st.booleans(), st.text(max_size=4), st.integers(), st.none())
+elements = st.dictionaries(
+    st.sampled_from(["market_value", "pnl", "x", "risk"]),
+    st.one_of(scalars, st.fixed_dictionaries({"delta": decimals})),
+    max_size=3,
+)
+collections = st.one_of(
+    st.dictionaries(st.sampled_from(["AAPL", "MSFT", "GOOG"]), elements, max_size=3),
+    st.lists(st.one_of(elements, scalars), max_size=4),
+)
+values = st.one_of(decimals, decimals, scalars, collections)
+snapshots = st.builds(
+    Snapshot,
+    venue=st.sampled_from(["cs", "pm"]),
+    venue_kind=st.sampled_from(["clearstreet", "polymarket"]),
+    account=st.text(max_size=3),
+    fields=st.dictionaries(st.sampled_from(FIELD_NAMES), values, max_size=8),
+    taken_at=st.just(0.0),
+    currency=st.one_of(st.none(), st.sampled_from(["USD", "USDC"])),
+    labels=st.dictionaries(st.sampled_from(["team", "tier"]), st.text(max_size=3), max_size=2),
+)
+params = st.dictionaries(
+    st.sampled_from(["p", "q", "n"]),
+    st.one_of(values, st.floats(allow_nan=True), st.fixed_dictionaries({"x": decimals})),
+    max_size=3,
+)
+
+RESULT_TYPES = (Decimal, bool, str, type(None), type(MISSING), EvalError)
+FORBIDDEN_EVENTS = ("exec", "compile", "import", "open", "os.", "subprocess.", "socket.")
+_events: list[str] | None = None
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _events is not None and event.startswith(FORBIDDEN_EVENTS):
+        _events.append(event)
+
+
+sys.addaudithook(_audit)
+
+
+class Escaped(BaseException):
+    """Raised by a patched builtin; a BaseException so evaluate cannot swallow it."""
+
+
+@contextmanager
+def sandbox_watch() -> Iterator[list[str]]:
+    """Record forbidden audit events and calls of dangerous builtins while active."""
+    global _events
+    calls: list[str] = []
+    names = ("__import__", "open", "eval", "exec", "compile", "getattr", "setattr", "input")
+    namespace = vars(builtins)  # patched through the dict: setattr itself is trapped
+    saved = {name: namespace[name] for name in names}
+
+    def trap(name: str) -> Any:
+        def trapped(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            raise Escaped(name)
+
+        return trapped
+
+    _events = calls
+    for name in names:
+        namespace[name] = trap(name)
+    try:
+        yield calls
+    finally:
+        namespace.update(saved)
+        _events = None
+
+
+def check_result(result: Any) -> None:
+    assert isinstance(result, RESULT_TYPES), repr(result)
+
+
+@settings(
+    max_examples=2000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(text=expressions(), snapshot=snapshots, rule_params=params)
+def test_refused_or_evaluates_without_raising(
+    text: str, snapshot: Snapshot, rule_params: dict[str, Any]
+) -> None:
+    try:
+        expr = compile_expression(text, where=Location("rules.yaml", 5, 9))
+    except SourceError as exc:
+        problems = exc.problems
+    else:
+        problems = []
+    if problems:
+        for problem in problems:
+            assert problem.location.file == "rules.yaml"
+            assert problem.location.line >= 5
+            assert problem.location.col >= 1
+            assert problem.message
+        return
+    segments = [segment for path in expr.fields for segment in path.split(".")]
+    assert not any(seg.startswith("__") or seg.endswith("__") for seg in segments)
+    rules = compile_rules([expr, expr])
+    prepared = rules.prepare([rule_params, {}])
+    with sandbox_watch() as calls:
+        alone = expr.evaluate(snapshot, rule_params)
+        in_set = rules.run(snapshot, prepared)
+    assert calls == []
+    check_result(alone)
+    for result in in_set:
+        check_result(result)
+    if isinstance(alone, EvalError):
+        assert isinstance(in_set[0], EvalError)
+    else:
+        assert type(in_set[0]) is type(alone)
+        assert in_set[0] == alone or alone is MISSING
+
+
+def test_the_forbidden_atoms_never_load() -> None:
+    for text in ALLOWED_ATOMS:
+        compile_expression(text)
+    for text in FORBIDDEN_ATOMS + DUNDER_FIELDS:
+        try:
+            compile_expression(text)
+        except SourceError:
+            continue
+        raise AssertionError(f"{text!r} loaded")
+
+
+def test_the_sandbox_watch_notices_escapes() -> None:
+    with sandbox_watch() as calls, suppress(Escaped):
+        builtins.eval("1")
+    assert calls == ["eval"]
