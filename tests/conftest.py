@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -13,10 +14,17 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import settings
 
 from monitor.config import AccountConfig, PolymarketAuthConfig, Secret, VenueConfig
 from monitor.simulator import Scenario, Simulator
 from monitor.venues.http import HttpClient
+
+# CI runs the property tests on a fixed seed, so a green main stays green; local runs
+# explore new examples every time (and keep failing ones in .hypothesis/).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @dataclass(frozen=True)

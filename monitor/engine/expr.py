@@ -776,10 +776,11 @@ def _matches(a: Any, element: Any) -> bool:
 
 def _in_seq(a: Any, items: Iterable[Any]) -> Any:
     a = _scalar(a, "the left side of `in`")
+    elements = [_norm(element) for element in items]  # surfaces a failed params subtree
     if a is MISSING:
         return MISSING
     missing = False
-    for element in items:
+    for element in elements:
         if element is MISSING:
             missing = True
         elif _matches(a, element):
