@@ -47,6 +47,24 @@ def _shard(text: str) -> Shard:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "check",
+        help="validate the config and its rule files, or just the rule files given",
+        description="Validate the config and its rule files, or just the rule files given, "
+        "and warn where a rule reads a field its venue kind does not send or has "
+        "deprecated. Prints path:line:col: message; exit 0 when clean (warnings allowed), "
+        "1 on errors.",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=None,
+        help=f"config file (default: {DEFAULT_CONFIG} when no rule file is given)",
+    )
+    parser.add_argument("rule_files", nargs="*", metavar="RULEFILE", help="rule files to check")
+
+
 def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from monitor.simulator import cli as simulator_cli
 
@@ -71,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_snapshot(commands)
+    _add_check(commands)
     _add_simulate(commands)
     return parser
 
@@ -93,6 +112,12 @@ def _snapshot(args: argparse.Namespace) -> int:
     return 0 if all(r.snapshot is not None for r in results) else 2
 
 
+def _check(args: argparse.Namespace) -> int:
+    from monitor.engine.check import run_check
+
+    return run_check(args.config, args.rule_files, sys.stdout, sys.stderr)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from monitor.simulator import cli as simulator_cli
 
@@ -105,7 +130,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
-    handlers = {"snapshot": _snapshot, "simulate": _simulate}
+    handlers = {"snapshot": _snapshot, "check": _check, "simulate": _simulate}
     try:
         return handlers[args.command](args)
     except SourceError as exc:
