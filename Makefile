@@ -27,6 +27,8 @@ lint: install
 	$(BIN)/mypy
 
 unit: install broker
+	$(BIN)/riskmon check rules/*.yaml
+	$(BIN)/riskmon test rules/tests/*.yaml
 	$(BIN)/pytest -q
 
 test: lint unit

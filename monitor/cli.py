@@ -65,6 +65,37 @@ def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("rule_files", nargs="*", metavar="RULEFILE", help="rule files to check")
 
 
+def _add_test(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "test",
+        help="run rule unit tests",
+        description="Run rule unit tests (series of field values, expected alerts over "
+        "time). Exit 0 when all pass, 1 when any fails, with a readable diff.",
+    )
+    parser.add_argument("test_files", nargs="+", metavar="TESTFILE")
+
+
+def _add_replay(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "replay",
+        help="run recorded snapshots through rules and print the alert transitions",
+        description="Run recorded snapshots (JSON lines) through rule files and print the "
+        "alert transitions that would have happened. --set overrides a parameter for every "
+        "account: threshold what-ifs.",
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE.jsonl")
+    parser.add_argument(
+        "-r", "--rules", nargs="+", required=True, metavar="RULEFILE", help="rule files"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="params.NAME=VALUE",
+        help="override a rule parameter for every account (repeatable)",
+    )
+
+
 def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from monitor.simulator import cli as simulator_cli
 
@@ -90,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_snapshot(commands)
     _add_check(commands)
+    _add_test(commands)
+    _add_replay(commands)
     _add_simulate(commands)
     return parser
 
@@ -118,6 +151,27 @@ def _check(args: argparse.Namespace) -> int:
     return run_check(args.config, args.rule_files, sys.stdout, sys.stderr)
 
 
+def _test(args: argparse.Namespace) -> int:
+    from monitor.engine.testing import run_test_files
+
+    return run_test_files(args.test_files, sys.stdout)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from monitor.engine.replay import parse_overrides, run_replay
+    from monitor.engine.rulefile import expand_rule_globs, load_rules
+
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as exc:
+        print(f"riskmon replay: {exc}", file=sys.stderr)
+        return 2
+    rules, warnings = load_rules(expand_rule_globs(args.rules))
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+    return run_replay(args.files, rules, overrides, sys.stdout)
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from monitor.simulator import cli as simulator_cli
 
@@ -130,7 +184,13 @@ def _simulate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
-    handlers = {"snapshot": _snapshot, "check": _check, "simulate": _simulate}
+    handlers = {
+        "snapshot": _snapshot,
+        "check": _check,
+        "test": _test,
+        "replay": _replay,
+        "simulate": _simulate,
+    }
     try:
         return handlers[args.command](args)
     except SourceError as exc:

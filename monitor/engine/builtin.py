@@ -1,0 +1,139 @@
+"""The built-in data-quality alerts, evaluated through the same pipeline as any rule.
+
+The daemon turns the poller's account states into small *health snapshots* (one per
+account, one per venue with account `*`) and evaluates these rules over them with an
+Evaluator that shares the AlertBook of the user's rules:
+
+| alert | on | fires when |
+| --- | --- | --- |
+| AccountDataStale | each account | no good poll for `stale_after` (or since monitoring began) |
+| VenueDown | each venue (`*`) | every account of the venue is failing |
+| VenueAuthFailed | each venue (`*`) | the venue refused the credentials (401/403) |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import cache
+
+from monitor.engine.expr import compile_expression
+from monitor.engine.model import Rule, RuleGroup, RuleSet, Severity
+from monitor.engine.templates import compile_template
+from monitor.snapshot import Snapshot
+from monitor.yamlsource import Location
+
+GROUP = "riskmon"
+VENUE_WIDE = "*"  # the `account` of venue-wide alerts
+_WHERE = Location("<built-in rules>", 1, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountHealth:
+    """What the poller knows about one account, as the built-in rules need it."""
+
+    venue: str
+    venue_kind: str
+    account: str
+    data_age: float  # seconds since the last good snapshot (or since monitoring began)
+    stale_after: float
+    consecutive_failures: int
+    last_error: str | None = None
+    auth_failed: bool = False
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+def _rule(alert: str, expr: str, severity: Severity, summary: str, description: str) -> Rule:
+    return Rule(
+        alert=alert,
+        expr=compile_expression(expr, where=_WHERE),
+        group=GROUP,
+        file=_WHERE.file,
+        location=_WHERE,
+        severity=severity,
+        on_missing="keep",
+        annotations={
+            "summary": compile_template(summary, where=_WHERE),
+            "description": compile_template(description, where=_WHERE),
+            "runbook_url": compile_template(
+                f"https://runbooks.example.com/riskmon/{alert}", where=_WHERE
+            ),
+        },
+    )
+
+
+@cache
+def builtin_rules() -> RuleSet:
+    rules = (
+        _rule(
+            "AccountDataStale",
+            "account != '*' and data_age_seconds > stale_after_seconds",
+            "error",
+            "{{ venue }}/{{ account }}: no good data for {{ data_age_seconds }}s",
+            "riskmon has had no successful poll of this account for longer than "
+            "stale_after ({{ stale_after_seconds }}s), so its rules are blind. "
+            "Last error: {{ last_error }}",
+        ),
+        _rule(
+            "VenueDown",
+            "account == '*' and accounts > 0 and failing_accounts == accounts",
+            "critical",
+            "{{ venue }}: every account is failing ({{ failing_accounts }} of {{ accounts }})",
+            "No poll of any account of this venue succeeds. Check the venue's status page "
+            "and riskmon's network path. Last error: {{ last_error }}",
+        ),
+        _rule(
+            "VenueAuthFailed",
+            "account == '*' and auth_failed_accounts > 0",
+            "critical",
+            "{{ venue }}: credentials refused for {{ auth_failed_accounts }} account(s)",
+            "The venue answered 401/403: the API key or client credentials are wrong, "
+            "expired or lack permission. riskmon backs off instead of retrying hot; fix "
+            "the secret (files are re-read when they change). Last error: {{ last_error }}",
+        ),
+    )
+    group = RuleGroup(name=GROUP, file=_WHERE.file, location=_WHERE, rules=rules)
+    return RuleSet(groups=(group,), files=())
+
+
+def health_snapshots(accounts: Iterable[AccountHealth], now: float) -> list[Snapshot]:
+    """One health snapshot per account and one per venue (account `*`)."""
+    snapshots: list[Snapshot] = []
+    venues: dict[tuple[str, str], list[AccountHealth]] = {}
+    for health in accounts:
+        venues.setdefault((health.venue, health.venue_kind), []).append(health)
+        fields: dict[str, object] = {
+            "data_age_seconds": Decimal(f"{health.data_age:.1f}"),
+            "stale_after_seconds": Decimal(f"{health.stale_after:g}"),
+            "consecutive_failures": Decimal(health.consecutive_failures),
+            "last_error": health.last_error or "none",
+        }
+        snapshots.append(
+            Snapshot(
+                venue=health.venue,
+                venue_kind=health.venue_kind,
+                account=health.account,
+                fields=fields,
+                taken_at=now,
+                labels=dict(health.labels),
+            )
+        )
+    for (venue, venue_kind), members in venues.items():
+        failing = [h for h in members if h.consecutive_failures > 0]
+        errors = [h.last_error for h in failing if h.last_error]
+        snapshots.append(
+            Snapshot(
+                venue=venue,
+                venue_kind=venue_kind,
+                account=VENUE_WIDE,
+                taken_at=now,
+                fields={
+                    "accounts": Decimal(len(members)),
+                    "failing_accounts": Decimal(len(failing)),
+                    "auth_failed_accounts": Decimal(sum(1 for h in members if h.auth_failed)),
+                    "last_error": errors[-1] if errors else "none",
+                },
+            )
+        )
+    return snapshots

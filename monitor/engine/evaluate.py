@@ -1,0 +1,201 @@
+"""Runs a rule set over snapshots and feeds what it finds to the alert lifecycle.
+
+Pure: no I/O and no clock of its own (`now` is passed in), so the daemon, `riskmon
+test` and `riskmon replay` all use it unchanged. Each venue gets one generated function
+evaluating all its rules (and their clear conditions) per snapshot; each account's
+params are prepared once per rule set. The common case, a condition that is false for
+an alert that is not active, costs no allocation at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from monitor.engine.expr import MISSING, CompiledRules, EvalError, PreparedParams, compile_rules
+from monitor.engine.lifecycle import AlertBook, AlertEvent, Observation
+from monitor.engine.model import Rule, RuleSet
+from monitor.engine.templates import render_context
+from monitor.snapshot import Snapshot
+
+IDENTITY = frozenset({"venue", "venue_kind", "account", "currency"})
+EvalFailureHook = Callable[[Rule, Snapshot, EvalError], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Program:
+    """Everything needed to evaluate one venue's rules."""
+
+    rules: tuple[Rule, ...]
+    compiled: CompiledRules
+    clear_at: tuple[int | None, ...]  # where each rule's clear result is, if it has one
+    value_fields: tuple[tuple[str, ...], ...]  # venue fields each rule reports in `values`
+
+
+def _value_fields(rule: Rule) -> tuple[str, ...]:
+    fields = set(rule.expr.fields) | (set(rule.clear.fields) if rule.clear else set())
+    return tuple(
+        sorted(f for f in fields if f not in IDENTITY and not f.startswith(("params.", "labels.")))
+    )
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class Evaluator:
+    """Evaluates rules over snapshots; alert state lives in the `AlertBook` it feeds."""
+
+    def __init__(
+        self,
+        rules: RuleSet,
+        book: AlertBook | None = None,
+        *,
+        on_eval_failure: EvalFailureHook | None = None,
+    ) -> None:
+        self.rules = rules
+        self.book = book if book is not None else AlertBook()
+        self.on_eval_failure = on_eval_failure
+        self.evaluation_failures = 0
+        self._programs: dict[tuple[str, str], _Program] = {}
+        self._prepared: dict[tuple[str, str], tuple[Mapping[str, Any], PreparedParams]] = {}
+        self._labels: dict[tuple[str, str, str], dict[str, str]] = {}
+
+    def replace_rules(self, rules: RuleSet, now: float) -> list[AlertEvent]:
+        """Swap in a new rule set (a reload); alerts of rules that are gone resolve."""
+        self.rules = rules
+        self._programs.clear()
+        self._prepared.clear()
+        self._labels.clear()
+        return self.book.retain_rules({rule.key for rule in rules.rules}, now)
+
+    def forget_account(self, venue: str, account: str, now: float) -> list[AlertEvent]:
+        """An account left the config or discovery: its alerts resolve, its caches go."""
+        self._prepared.pop((venue, account), None)
+        for key in [k for k in self._labels if k[1] == venue and k[2] == account]:
+            del self._labels[key]
+        return self.book.forget_account(venue, account, now)
+
+    def _program(self, venue: str, venue_kind: str) -> _Program:
+        program = self._programs.get((venue, venue_kind))
+        if program is None:
+            rules = self.rules.rules_for(venue, venue_kind)
+            exprs = [rule.expr for rule in rules]
+            clear_at: list[int | None] = []
+            for rule in rules:
+                if rule.clear is None:
+                    clear_at.append(None)
+                else:
+                    clear_at.append(len(exprs))
+                    exprs.append(rule.clear)
+            program = _Program(
+                rules,
+                compile_rules(exprs),
+                tuple(clear_at),
+                tuple(_value_fields(rule) for rule in rules),
+            )
+            self._programs[(venue, venue_kind)] = program
+        return program
+
+    def _params(self, program: _Program, snapshot: Snapshot) -> PreparedParams:
+        key = (snapshot.venue, snapshot.account)
+        cached = self._prepared.get(key)
+        if cached is not None and cached[0] is snapshot.params:
+            return cached[1]
+        per_rule = [merged_params(rule, snapshot.params) for rule in program.rules]
+        for rule, clear_at in zip(program.rules, program.clear_at, strict=True):
+            if clear_at is not None:
+                per_rule.append(merged_params(rule, snapshot.params))
+        prepared = program.compiled.prepare(per_rule)
+        self._prepared[key] = (snapshot.params, prepared)
+        return prepared
+
+    def evaluate(self, snapshot: Snapshot, now: float) -> list[AlertEvent]:
+        """Every rule of the snapshot's venue over it; the events of alerts that changed."""
+        program = self._program(snapshot.venue, snapshot.venue_kind)
+        if not program.rules:
+            return []
+        results = program.compiled.run(snapshot, self._params(program, snapshot))
+        book = self.book
+        events: list[AlertEvent] = []
+        venue, account = snapshot.venue, snapshot.account
+        for index, rule in enumerate(program.rules):
+            condition = results[index]
+            clear_at = program.clear_at[index]
+            clear = results[clear_at] if clear_at is not None else None
+            if isinstance(condition, EvalError):
+                self._failed(rule, snapshot, condition)
+            if isinstance(clear, EvalError):
+                self._failed(rule, snapshot, clear)
+            starts = condition is True or (condition is not False and rule.on_missing == "fire")
+            if not starts and book.get(rule.key, venue, account) is None:
+                continue  # nothing active and nothing to start: the hot path
+            event = book.observe(
+                rule,
+                venue=venue,
+                venue_kind=snapshot.venue_kind,
+                account=account,
+                labels=self._alert_labels(rule, snapshot),
+                obs=Observation(
+                    condition=condition,
+                    clear=clear,
+                    values=_values(snapshot, program.value_fields[index]),
+                    render=_renderer(rule, snapshot),
+                ),
+                now=now,
+            )
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _failed(self, rule: Rule, snapshot: Snapshot, error: EvalError) -> None:
+        self.evaluation_failures += 1
+        if self.on_eval_failure is not None:
+            self.on_eval_failure(rule, snapshot, error)
+
+    def _alert_labels(self, rule: Rule, snapshot: Snapshot) -> Mapping[str, str]:
+        if not rule.labels:
+            return snapshot.labels
+        key = (rule.key, snapshot.venue, snapshot.account)
+        labels = self._labels.get(key)
+        if labels is None:
+            context = render_context(snapshot, merged_params(rule, snapshot.params))
+            labels = dict(snapshot.labels)
+            labels.update({name: t.render(context) for name, t in rule.labels.items()})
+            self._labels[key] = labels
+        return labels
+
+
+def merged_params(rule: Rule, account_params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The rule's default params under the account's overrides."""
+    if not rule.params:
+        return account_params
+    if not account_params:
+        return rule.params
+    return {**rule.params, **account_params}
+
+
+def _values(snapshot: Snapshot, names: tuple[str, ...]) -> dict[str, str]:
+    fields = snapshot.fields
+    out = {}
+    for name in names:
+        value = fields.get(name, MISSING)
+        if value is not MISSING and not isinstance(value, dict | list):
+            out[name] = _text(value)
+    return out
+
+
+def _renderer(rule: Rule, snapshot: Snapshot) -> Callable[[], dict[str, str]]:
+    def render() -> dict[str, str]:
+        if not rule.annotations:
+            return {}
+        context = render_context(snapshot, merged_params(rule, snapshot.params))
+        return {name: t.render(context) for name, t in rule.annotations.items()}
+
+    return render
+
+
+__all__ = ["Evaluator", "merged_params"]
