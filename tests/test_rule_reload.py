@@ -1,0 +1,89 @@
+"""Rule reloads: all or nothing, and alert state that survives them."""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from monitor.engine.evaluate import Evaluator
+from monitor.engine.reload import RuleSource
+from monitor.snapshot import Snapshot
+from monitor.yamlsource import SourceError
+
+FLOOR = """groups:
+  - name: capital
+    rules:
+      - alert: BuyingPowerBelowFloor
+        expr: buying_power < {floor}
+        for: 0s
+        severity: critical
+"""
+MARGIN = """groups:
+  - name: margin
+    rules:
+      - alert: MarginCall
+        expr: margin_excess < 0
+"""
+
+
+def snap(**fields: Decimal) -> Snapshot:
+    return Snapshot("cs", "clearstreet", "1", fields, 0.0)
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(text)
+    stat = path.stat()  # a new mtime even within the file system's time resolution
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+
+
+def test_a_changed_file_is_noticed_and_loaded(tmp_path: Path) -> None:
+    write(tmp_path / "capital.yaml", FLOOR.format(floor=100))
+    source = RuleSource([str(tmp_path / "*.yaml")])
+    assert source.changed()
+    source.load()
+    assert not source.changed()
+    write(tmp_path / "margin.yaml", MARGIN)
+    assert source.changed()
+    rules = source.reload()
+    assert rules is not None
+    assert {r.alert for r in rules.rules} == {"BuyingPowerBelowFloor", "MarginCall"}
+    assert source.status.successful
+
+
+def test_an_invalid_set_is_refused_whole_and_the_old_rules_stay(tmp_path: Path) -> None:
+    write(tmp_path / "capital.yaml", FLOOR.format(floor=100))
+    source = RuleSource([str(tmp_path / "*.yaml")])
+    good = source.load()
+    write(tmp_path / "margin.yaml", MARGIN)
+    write(tmp_path / "capital.yaml", FLOOR.format(floor="__import__('os')"))
+    assert source.reload() is None
+    assert source.rules is good
+    assert not source.status.successful
+    assert any(str(p).startswith(f"{tmp_path / 'capital.yaml'}:5:") for p in source.status.problems)
+    assert not source.changed()  # the broken files are not retried in a loop
+    with pytest.raises(SourceError):
+        source.load()
+    write(tmp_path / "capital.yaml", FLOOR.format(floor=200))
+    assert source.reload() is not None
+    assert source.status.successful
+
+
+def test_pending_and_firing_alerts_survive_a_reload_that_keeps_their_rule(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path / "capital.yaml", FLOOR.format(floor=100))
+    source = RuleSource([str(tmp_path / "*.yaml")])
+    evaluator = Evaluator(source.load())
+    [fired] = evaluator.evaluate(snap(buying_power=Decimal(50)), 0)
+    write(tmp_path / "capital.yaml", FLOOR.format(floor=60))  # same identity, new threshold
+    new = source.reload()
+    assert new is not None
+    assert evaluator.replace_rules(new, 1) == []
+    assert evaluator.evaluate(snap(buying_power=Decimal(50)), 2) == []  # not re-announced
+    [alert] = evaluator.book.firing()
+    assert alert.fingerprint == fired.fingerprint
+    [resolved] = evaluator.evaluate(snap(buying_power=Decimal(70)), 3)
+    assert resolved.status == "resolved"
