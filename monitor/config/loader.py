@@ -56,7 +56,16 @@ T = TypeVar("T")
 
 KINDS = ("clearstreet", "polymarket")
 
-_TOP_KEYS = ("instance", "state_dir", "http", "mqtt", "rules", "stale_after", "venues")
+_TOP_KEYS = (
+    "instance",
+    "state_dir",
+    "http",
+    "mqtt",
+    "rules",
+    "stale_after",
+    "venues",
+    "record_snapshots",
+)
 _HTTP_KEYS = ("listen",)
 _MQTT_KEYS = (
     "url",
@@ -483,6 +492,7 @@ class _Checker:
         state_dir = self.field(top, "state_dir", self.base_dir / "state", self.path)
         stale_after = self.field(top, "stale_after", 30.0, self.duration)
         rules: tuple[str, ...] = self.field(top, "rules", (), self.rules)
+        record = self.field(top, "record_snapshots", None, self.path)
         http = self.http(top)
         mqtt = self.mqtt(top)
         venues: tuple[VenueConfig, ...] = ()
@@ -498,6 +508,7 @@ class _Checker:
             stale_after=stale_after,
             venues=venues,
             document=self.doc,
+            record_snapshots=record,
         )
 
     def instance(self, path: KeyPath, value: Any) -> str | None:

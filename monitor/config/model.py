@@ -98,6 +98,7 @@ class Config:
     stale_after: float
     venues: tuple[VenueConfig, ...]
     document: YamlDocument | None = field(default=None, compare=False, repr=False)
+    record_snapshots: Path | None = None  # JSON lines of every snapshot, for `riskmon replay`
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def venue(self, name: str) -> VenueConfig:
