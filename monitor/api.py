@@ -1,0 +1,360 @@
+"""The HTTP side: /metrics, /healthz, /readyz, /api/v1/alerts, /api/v1/accounts.
+
+Served by aiohttp.web (already a dependency for venue HTTP and the simulator) on the
+daemon's own event loop: no second thread, no hand-written HTTP. The daemon implements
+`ApiSource`; this module only turns its answers into HTTP responses. Bound to
+127.0.0.1:9817 unless the config's `http.listen` says otherwise.
+
+- `GET /metrics`: `ApiSource.metrics_text()`, text format 0.0.4; gzip when the client
+  accepts it and the body is 1 KiB or more;
+- `GET /healthz`: 200 `ok` while `healthy()`, else 503 `unhealthy`;
+- `GET /readyz`: `{"ready": bool, "checks": {name: bool}, "failed": [name]}`, 200 when
+  every check holds, else 503;
+- `GET /api/v1/alerts`: `{"alerts": [alert_json...]}`; filters `?venue=`, `?account=`,
+  `?state=firing|pending`;
+- `GET /api/v1/accounts`: `{"accounts": [account_json...]}`; filters `?venue=`,
+  `?account=`;
+- `GET /`: a plain-text list of the above.
+
+JSON bodies carry money as exact decimal strings (`"24000.00"`) and times as ISO 8601
+UTC with milliseconds (`"2026-11-21T10:00:00.000Z"`), as the MQTT payloads do. A bad
+query parameter gets 400 with `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final, Protocol
+
+from aiohttp import web
+
+from monitor.engine.lifecycle import Alert
+from monitor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from monitor.poller import AccountState
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "METRICS_CONTENT_TYPE",
+    "ApiSource",
+    "AsyncHttpServer",
+    "account_json",
+    "alert_json",
+    "create_app",
+    "parse_listen",
+    "start_http",
+]
+
+DEFAULT_LISTEN: Final = "127.0.0.1:9817"
+GZIP_MIN_BYTES: Final = 1024  # smaller bodies are sent as they are
+_GZIP_IN_THREAD_BYTES: Final = 256 * 1024  # larger ones are compressed off the loop
+_ALERT_STATES: Final = frozenset({"firing", "pending"})
+_SOURCE_KEY: Final = web.AppKey["ApiSource"]("riskmon_api_source")
+
+
+class ApiSource(Protocol):
+    """What the daemon answers the HTTP endpoints with."""
+
+    def metrics_text(self) -> bytes:
+        """The /metrics body (`Metrics.render()`)."""
+        ...
+
+    def healthy(self) -> bool:
+        """The event loop is alive: answering proves it runs now; the daemon also checks
+        that its periodic tick is not late (a loop blocked or starved recently)."""
+        ...
+
+    def readiness(self) -> dict[str, bool]:
+        """Named readiness checks: config loaded, first poll cycle done, MQTT connected."""
+        ...
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The pending and firing alerts (`alert_json`)."""
+        ...
+
+    def accounts(self) -> list[dict[str, Any]]:
+        """Every monitored account (`account_json`)."""
+        ...
+
+
+# -- JSON shapes ----------------------------------------------------------------------
+
+
+def iso_time(at: float | None) -> str | None:
+    """Epoch seconds as `2026-11-21T10:00:00.000Z`; None stays None."""
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def json_value(value: Any) -> Any:
+    """A snapshot or parameter value for JSON: Decimals as exact strings, booleans,
+    strings and None as they are, anything else as `str`."""
+    if type(value) is Decimal:
+        return str(value)
+    if value is None or isinstance(value, bool | str):
+        return value
+    return str(value)
+
+
+def account_json(state: AccountState, now: float, stale_after: float) -> dict[str, Any]:
+    """One account for /api/v1/accounts: its poll health, staleness and latest snapshot.
+
+    `now` is wall-clock seconds since the epoch. `up` is None before the first poll
+    ended. `snapshot` is the last good one (kept while polls fail), its fields flat by
+    their rule paths, scalars only (nested objects' leaves are there by path).
+    """
+    snapshot = state.last_snapshot
+    error = state.last_error
+    body: dict[str, Any] = {
+        "venue": state.venue,
+        "account": state.id,
+        "venue_kind": snapshot.venue_kind if snapshot else None,
+        "currency": snapshot.currency if snapshot else None,
+        "labels": dict(state.account.labels),
+        "params": {k: json_value(v) for k, v in state.account.params.items()},
+        "discovered": state.discovered,
+        "up": None if state.polls == 0 and error is None else error is None,
+        "stale": state.is_stale(now, stale_after),
+        "age_seconds": round(state.age(now), 3),
+        "stale_after_seconds": stale_after,
+        "last_success": iso_time(state.last_success),
+        "last_attempt": iso_time(state.last_attempt),
+        "polls": state.polls,
+        "consecutive_failures": state.consecutive_failures,
+        "last_error": None,
+        "snapshot": None,
+    }
+    if error is not None:
+        body["last_error"] = {
+            "outcome": error.outcome,
+            "type": type(error).__name__,
+            "message": error.message,
+            "status": error.status,
+            "request_id": error.request_id,
+        }
+    if snapshot is not None:
+        body["snapshot"] = {
+            "taken_at": iso_time(snapshot.taken_at),
+            "request_id": snapshot.request_id,
+            "fields": {
+                path: json_value(value)
+                for path, value in snapshot.fields.items()
+                if not isinstance(value, dict | list)
+            },
+        }
+    return body
+
+
+def alert_json(alert: Alert) -> dict[str, Any]:
+    """One pending or firing alert for /api/v1/alerts; names as in the MQTT payload."""
+    return {
+        "alertname": alert.alertname,
+        "state": alert.phase.value,
+        "severity": alert.severity,
+        "venue": alert.venue,
+        "venue_kind": alert.venue_kind,
+        "account": alert.account,
+        "labels": dict(alert.labels),
+        "annotations": dict(alert.annotations),
+        "values": alert.values,
+        "starts_at": iso_time(alert.active_at),
+        "fired_at": iso_time(alert.fired_at),
+        "keep_firing_since": iso_time(alert.keep_firing_since),
+        "last_evaluated_at": iso_time(alert.last_evaluated_at),
+        "fingerprint": alert.fingerprint,
+        "rule": alert.rule_key,
+    }
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+# -- responses ------------------------------------------------------------------------
+
+
+def _accepts_gzip(request: web.Request) -> bool:
+    """Whether Accept-Encoding admits gzip (`gzip`, `*`, without `q=0`)."""
+    header = request.headers.get("Accept-Encoding", "")
+    for item in header.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() not in ("gzip", "*"):
+            continue
+        match = re.search(r"q\s*=\s*([0-9.]+)", params)
+        try:
+            if match is None or float(match[1]) > 0:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _gzip(body: bytes) -> bytes:
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # level 1: ~650 MB/s, ~14x smaller
+    return compressor.compress(body) + compressor.flush()
+
+
+async def _respond(
+    request: web.Request, body: bytes, content_type: str, status: int = 200
+) -> web.Response:
+    headers = {"Content-Type": content_type, "Cache-Control": "no-store"}
+    if len(body) >= GZIP_MIN_BYTES:
+        headers["Vary"] = "Accept-Encoding"
+        if _accepts_gzip(request):
+            if len(body) >= _GZIP_IN_THREAD_BYTES:
+                body = await asyncio.get_running_loop().run_in_executor(None, _gzip, body)
+            else:
+                body = _gzip(body)
+            headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, status=status, headers=headers)
+
+
+async def _json(request: web.Request, data: Any, status: int = 200) -> web.Response:
+    text = json.dumps(data, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+    return await _respond(request, text.encode(), "application/json; charset=utf-8", status)
+
+
+def _bad_request(message: str) -> web.Response:
+    return web.json_response({"error": message}, status=400)
+
+
+def _source(request: web.Request) -> ApiSource:
+    return request.app[_SOURCE_KEY]
+
+
+def _matches(item: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
+    return all(item.get(name) == wanted for name, wanted in filters.items())
+
+
+def _filters(request: web.Request, names: tuple[str, ...]) -> dict[str, str]:
+    return {name: request.query[name] for name in names if name in request.query}
+
+
+# -- handlers -------------------------------------------------------------------------
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return await _respond(request, _source(request).metrics_text(), METRICS_CONTENT_TYPE)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    if _source(request).healthy():
+        return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
+    return web.Response(text="unhealthy\n", status=503, headers={"Cache-Control": "no-store"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    checks = {name: bool(ok) for name, ok in _source(request).readiness().items()}
+    failed = [name for name, ok in checks.items() if not ok]
+    body = {"ready": not failed, "checks": checks, "failed": failed}
+    return await _json(request, body, 503 if failed else 200)
+
+
+async def _alerts(request: web.Request) -> web.Response:
+    filters = _filters(request, ("venue", "account", "state"))
+    if "state" in filters and filters["state"] not in _ALERT_STATES:
+        return _bad_request(f"state must be firing or pending, not {filters['state']!r}")
+    alerts = _source(request).alerts()
+    if filters:
+        alerts = [alert for alert in alerts if _matches(alert, filters)]
+    return await _json(request, {"alerts": alerts})
+
+
+async def _accounts(request: web.Request) -> web.Response:
+    filters = _filters(request, ("venue", "account"))
+    accounts = _source(request).accounts()
+    if filters:
+        accounts = [account for account in accounts if _matches(account, filters)]
+    return await _json(request, {"accounts": accounts})
+
+
+_INDEX: Final = (
+    b"riskmon\n\n/metrics            Prometheus metrics\n/healthz            liveness\n"
+    b"/readyz             readiness (JSON)\n"
+    b"/api/v1/alerts      pending and firing alerts (?venue= &account= &state=)\n"
+    b"/api/v1/accounts    accounts, staleness and latest snapshot (?venue= &account=)\n"
+)
+
+
+async def _index(request: web.Request) -> web.Response:
+    return web.Response(body=_INDEX, content_type="text/plain", charset="utf-8")
+
+
+def create_app(source: ApiSource) -> web.Application:
+    """The aiohttp application of every endpoint, answering from `source`."""
+    app = web.Application()
+    app[_SOURCE_KEY] = source
+    app.router.add_get("/", _index)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/api/v1/alerts", _alerts)
+    app.router.add_get("/api/v1/accounts", _accounts)
+    return app
+
+
+# -- serving --------------------------------------------------------------------------
+
+_LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]*):(?P<port>\d{1,5})")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 as `[::1]:PORT`) -> (host, port); an empty host is 127.0.0.1.
+
+    ValueError for anything else.
+    """
+    match = _LISTEN.fullmatch(listen.strip())
+    if match is None or int(match["port"]) > 65535:
+        raise ValueError(f"listen: expected HOST:PORT such as {DEFAULT_LISTEN}, got {listen!r}")
+    host = match["host"].strip("[]") or "127.0.0.1"
+    return host, int(match["port"])
+
+
+@dataclass(slots=True)
+class AsyncHttpServer:
+    """A running server: where it listens, and how to stop it."""
+
+    host: str
+    port: int
+    _runner: web.AppRunner
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        """Stop listening and end open connections (waiting at most ~1 s)."""
+        await self._runner.cleanup()
+
+
+async def start_http(app: web.Application, listen: str = DEFAULT_LISTEN) -> AsyncHttpServer:
+    """Serve `app` on the running loop at `listen` ("HOST:PORT"; port 0: a free port)."""
+    host, port = parse_listen(listen)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = port
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            bound = int(address[1])
+            break
+    return AsyncHttpServer(host, bound, runner)
