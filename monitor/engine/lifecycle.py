@@ -38,8 +38,9 @@ Transitions, per evaluation (`step`)
 
 - Events are emitted when an alert fires and when it resolves, never for pending.
   `Observation.render` (the annotation templates, which are costly) is called exactly
-  once at each transition, INACTIVE->PENDING included (so pending alerts shown by the
-  API carry annotations), and never on a step that changes no phase. Field values are
+  once when an alert becomes pending and when it fires (so pending alerts shown by the
+  API carry annotations), and never on a step that changes no phase. A resolved event
+  carries the annotations the alert fired with, as in Prometheus. Field values are
   kept at every step, by reference, and turned into exact strings only when read
   (`Alert.values`, events, `to_dict`).
 
@@ -386,7 +387,9 @@ def step(alert: Alert, rule: Rule, obs: Observation, now: float) -> AlertEvent |
             alert.keep_firing_since = since = now
         if now - since < rule.keep_firing_for:
             return None
-        alert.annotations = obs.render()
+        # As Prometheus does: a resolved alert carries the annotations it fired with
+        # ("buying power 42000 below floor 50000"), not text rendered from the values that
+        # cleared it; the current values are in the event's `values`.
         return _resolve(alert, now)
 
     condition = obs.condition
