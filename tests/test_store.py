@@ -1,0 +1,226 @@
+"""The durable outbox and alert state (monitor/store.py) on a real SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from monitor.engine.expr import compile_expression
+from monitor.engine.lifecycle import AlertBook, Observation
+from monitor.engine.model import Rule
+from monitor.store import SCHEMA_VERSION, OutboxEntry, Store, StoreError, StoreLocked
+from monitor.yamlsource import Location
+
+
+def entry(n: int, *, resolved: bool = False) -> OutboxEntry:
+    payload = f'{{"n":{n}}}'.encode()
+    return OutboxEntry(
+        event_id=f"event-{n}",
+        alert_key=f"fp-{n % 3}",
+        event_topic=f"riskmon/events/critical/cs/{n}/BuyingPowerBelowFloor",
+        event_payload=payload,
+        alert_topic=f"riskmon/alerts/cs/{n}/BuyingPowerBelowFloor",
+        alert_payload=b"" if resolved else payload,
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "nested" / "riskmon.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    with Store(db_path) as s:
+        yield s
+
+
+def test_append_and_pending_round_trip_in_order(store: Store, db_path: Path) -> None:
+    assert db_path.parent.is_dir()  # the folder is created
+    store.append([entry(1), entry(2, resolved=True)])
+    store.append([entry(3)])
+    records = store.pending()
+    assert [r.event_id for r in records] == ["event-1", "event-2", "event-3"]
+    assert [r.seq for r in records] == sorted(r.seq for r in records)
+    first, second = records[0], records[1]
+    assert first.event_payload == b'{"n":1}' == first.alert_payload
+    assert isinstance(first.event_payload, bytes)
+    assert first.alert_key == "fp-1"
+    assert first.event_topic == "riskmon/events/critical/cs/1/BuyingPowerBelowFloor"
+    assert first.alert_topic == "riskmon/alerts/cs/1/BuyingPowerBelowFloor"
+    assert second.alert_payload == b""  # resolve: clears the retained alert
+    assert first.created_at > 0
+    assert store.depth() == 3
+
+
+def test_pending_limit_and_after(store: Store) -> None:
+    store.append([entry(n) for n in range(10)])
+    head = store.pending(limit=4)
+    assert [r.event_id for r in head] == [f"event-{n}" for n in range(4)]
+    rest = store.pending(limit=100, after=head[-1].seq)
+    assert [r.event_id for r in rest] == [f"event-{n}" for n in range(4, 10)]
+    assert store.pending(after=rest[-1].seq) == []
+
+
+def test_acknowledge_deletes_and_counts(store: Store) -> None:
+    store.append([entry(n) for n in range(5)])
+    seqs = [r.seq for r in store.pending()]
+    store.acknowledge(seqs[:2])
+    assert store.depth() == 3
+    assert [r.seq for r in store.pending()] == seqs[2:]
+    store.acknowledge([seqs[2], 999_999])  # an unknown seq is ignored
+    assert store.depth() == 2
+    store.acknowledge([seqs[2]])  # twice: nothing more happens
+    assert store.depth() == 2
+    store.acknowledge([])
+    store.acknowledge(seqs[3:])
+    assert store.depth() == 0
+    assert store.pending() == []
+    # seqs only grow, even after the queue was emptied: a cursor never sees one twice
+    store.append([entry(9)])
+    assert store.pending()[0].seq > seqs[-1]
+
+
+def test_survives_reopen_without_acknowledge(db_path: Path) -> None:
+    first = Store(db_path)
+    first.append([entry(1), entry(2)])
+    first.acknowledge([first.pending()[0].seq])
+    first.close()
+    second = Store(db_path)
+    try:
+        assert second.depth() == 1  # counted at open
+        assert [r.event_id for r in second.pending()] == ["event-2"]
+    finally:
+        second.close()
+
+
+def test_survives_sigkill_after_append(db_path: Path) -> None:
+    """A committed append is on disk even when the process dies right after it."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        from monitor.store import OutboxEntry, Store
+        store = Store(Path({str(db_path)!r}))
+        store.append([OutboxEntry("e1", "fp", "t/e", b"{{}}", "t/a", b"{{}}")],
+                     alerts=[{{"rule_key": "k"}}])
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert done.returncode == -9, done.stderr.decode()
+    with Store(db_path) as store:
+        assert [r.event_id for r in store.pending()] == ["e1"]
+        assert store.load_alerts() == [{"rule_key": "k"}]
+
+
+def test_alert_state_round_trip(store: Store) -> None:
+    assert store.load_alerts() == []
+    book = AlertBook()
+    rule = Rule(
+        alert="BuyingPowerBelowFloor",
+        expr=compile_expression("buying_power < 25000"),
+        group="capital",
+        file="rules/capital.yaml",
+        location=Location("rules/capital.yaml", 5, 9),
+        severity="critical",
+        for_=30.0,
+    )
+    book.observe(
+        rule,
+        venue="cs",
+        venue_kind="clearstreet",
+        account="19816",
+        labels={"desk": "equities"},
+        obs=Observation(True, values={"buying_power": Decimal("24000.00")}),
+        now=1000.0,
+    )
+    store.save_alerts(book.to_json())
+    restored = AlertBook.from_json(store.load_alerts())
+    alert = restored.get(rule.key, "cs", "19816")
+    assert alert is not None
+    assert alert.active_at == 1000.0
+    assert alert.values == {"buying_power": "24000.00"}
+    store.save_alerts([])  # replaced, not merged
+    assert store.load_alerts() == []
+
+
+def test_append_saves_events_and_alert_state_together(store: Store, db_path: Path) -> None:
+    store.append([entry(1)], alerts=[{"n": 1}])
+    assert store.load_alerts() == [{"n": 1}]
+    store.append([entry(2)])  # no alerts given: the state is kept
+    assert store.load_alerts() == [{"n": 1}]
+    store.append([], alerts=[{"n": 2}])
+    assert store.load_alerts() == [{"n": 2}]
+    assert store.depth() == 2
+
+
+def test_a_failed_append_writes_nothing(store: Store) -> None:
+    store.append([entry(1)])
+    bad = OutboxEntry("e", "fp", "t/e", None, "t/a", b"")  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match=r"riskmon\.db: cannot append"):
+        store.append([entry(2), bad], alerts=[{"n": 2}])
+    assert [r.event_id for r in store.pending()] == ["event-1"]
+    assert store.depth() == 1
+    assert store.load_alerts() == []
+    store.append([entry(3)])  # and the store still works
+    assert store.depth() == 2
+
+
+def test_wal_mode_and_synchronous(db_path: Path) -> None:
+    with Store(db_path, synchronous="full") as store:
+        store.append([entry(1)])
+        mode = sqlite3.connect(db_path).execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+    with pytest.raises(ValueError, match="synchronous"):
+        Store(db_path, synchronous="sometimes")
+
+
+def test_corrupt_file_is_a_clear_error(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    db_path.write_bytes(b"this is not an SQLite database, just some bytes" * 100)
+    with pytest.raises(StoreError) as caught:
+        Store(db_path)
+    assert str(db_path) in str(caught.value)
+    assert "not a readable riskmon database" in str(caught.value)
+    Store(db_path.with_name("other.db")).close()  # the lock was released
+
+
+def test_newer_schema_is_refused(db_path: Path) -> None:
+    Store(db_path).close()
+    with sqlite3.connect(db_path) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="newer riskmon"):
+        Store(db_path)
+
+
+def test_corrupt_alert_state_is_a_clear_error(store: Store, db_path: Path) -> None:
+    with sqlite3.connect(db_path) as db:
+        db.execute("INSERT INTO alert_state (id, json, saved_at) VALUES (1, '{oops', 0)")
+    with pytest.raises(StoreError, match=r"riskmon\.db: the saved alert state is not JSON"):
+        store.load_alerts()
+
+
+def test_one_store_per_file(db_path: Path) -> None:
+    first = Store(db_path)
+    with pytest.raises(StoreLocked, match="in use by another riskmon"):
+        Store(db_path)
+    first.close()
+    Store(db_path).close()
+
+
+def test_closed_store(db_path: Path) -> None:
+    store = Store(db_path)
+    store.append([entry(1)])
+    store.close()
+    store.close()  # twice is fine
+    assert store.depth() == 1  # still answers (the daemon logs it after closing)
+    with pytest.raises(StoreError, match="closed"):
+        store.pending()
