@@ -1,15 +1,25 @@
 """Shared fixtures. Simulator fixtures: `rsa_keypair`, `sim_clock`, `sim_credentials`,
-`sim_scenario_data`, `simulator`."""
+`sim_scenario_data`, `simulator`. MQTT: `mosquitto`, `mosquitto_factory`,
+`mqtt_collector`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import getpass
 import os
+import shutil
+import signal
+import socket
+import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -197,3 +207,216 @@ async def http_client() -> AsyncIterator[HttpClient]:
         yield client
     finally:
         await client.aclose()
+
+
+# -- MQTT: a real Mosquitto broker, and a subscriber that collects what arrives -----------
+
+
+class MosquittoBroker:
+    """A Mosquitto child process on 127.0.0.1 for one test; `stop()`/`start()` keep its
+    port and its persistence (retained messages, persistent sessions) across restarts.
+
+    `extra` is added to the generated config, after the one listener (so TLS options
+    apply to it); a password file, an ACL file.
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(
+        self, binary: str, folder: Path, *, extra: str = "", allow_anonymous: bool = True
+    ) -> None:
+        self.binary = binary
+        self.folder = folder
+        self.port = _free_port()
+        self.log_path = folder / "mosquitto.log"
+        self.config_path = folder / "mosquitto.conf"
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(
+            f"listener {self.port} {self.host}\n"
+            f"allow_anonymous {'true' if allow_anonymous else 'false'}\n"
+            "persistence true\n"
+            f"persistence_location {folder / 'data'}/\n"
+            f"log_dest file {self.log_path}\n"
+            "log_type all\n"
+            f"user {getpass.getuser()}\n" + extra,
+            encoding="utf-8",
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start it and wait until its port accepts connections."""
+        assert self.process is None, "already running"
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(self.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                self.process = None
+                raise RuntimeError(f"mosquitto exited at start: {err}{self.log()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop(signal.SIGKILL)
+                    raise RuntimeError(f"mosquitto did not listen in {timeout} s") from None
+                time.sleep(0.01)  # poll the port: Mosquitto has no readiness signal
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop it (SIGTERM: a clean shutdown that saves its persistence) and wait."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
+    if found is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    return found
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
+    """Makes started brokers (`MosquittoBroker` keywords); all stopped at teardown."""
+    binary = _mosquitto_binary()
+    brokers: list[MosquittoBroker] = []
+
+    def make(**kwargs: Any) -> MosquittoBroker:
+        broker = MosquittoBroker(binary, tmp_path / f"mosquitto-{len(brokers)}", **kwargs)
+        brokers.append(broker)
+        broker.start()
+        return broker
+
+    try:
+        yield make
+    finally:
+        for broker in brokers:
+            broker.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def mosquitto(mosquitto_factory: Callable[..., MosquittoBroker]) -> MosquittoBroker:
+    """A started Mosquitto on a free port of 127.0.0.1 (anonymous, persistent)."""
+    return mosquitto_factory()
+
+
+class MqttCollector:
+    """Subscribes to `topics` (QoS 1) and keeps every message in `messages`.
+
+    MQTT 3.1.1 unless `protocol` says otherwise (MQTT 5 shows message properties).
+    `client_id` with `clean_session=False` (3.1.1) makes a persistent session: what is
+    published while it is away (a broker restart) is delivered when a collector with the
+    same id connects again.
+    """
+
+    def __init__(
+        self,
+        broker: MosquittoBroker,
+        topics: Sequence[str],
+        *,
+        client_id: str | None = None,
+        clean_session: bool = True,
+        protocol: aiomqtt.ProtocolVersion = aiomqtt.ProtocolVersion.V311,
+    ) -> None:
+        self.broker = broker
+        self.topics = list(topics)
+        self.messages: list[aiomqtt.Message] = []
+        v5 = protocol == aiomqtt.ProtocolVersion.V5
+        self._client = aiomqtt.Client(
+            broker.host,
+            broker.port,
+            identifier=client_id,
+            clean_session=None if v5 else clean_session,
+            protocol=protocol,
+        )
+        self._arrived = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> MqttCollector:
+        await self._client.__aenter__()
+        for topic in self.topics:
+            await self._client.subscribe(topic, qos=1)
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await self._reader
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self._client.__aexit__(None, None, None)
+
+    async def _read(self) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):  # the broker went away
+            async for message in self._client.messages:
+                self.messages.append(message)
+                self._arrived.set()
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        await self._client.publish(topic, payload, qos=1)
+
+    def on(self, topic: str) -> list[aiomqtt.Message]:
+        """The messages that arrived on `topic` (a filter: `+` and `#` allowed)."""
+        return [m for m in self.messages if m.topic.matches(topic)]
+
+    async def wait_for(
+        self,
+        done: Callable[[list[aiomqtt.Message]], bool],
+        timeout: float = 10.0,  # noqa: ASYNC109 (a test helper: the timeout is the point)
+    ) -> list[aiomqtt.Message]:
+        """Wait until `done(messages)` holds; AssertionError after `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not done(self.messages):
+                    self._arrived.clear()
+                    await self._arrived.wait()
+        except TimeoutError:
+            seen = [(str(m.topic), m.payload[:80]) for m in self.messages[-10:]]
+            raise AssertionError(
+                f"not there after {timeout} s; {len(self.messages)} messages, last: {seen}"
+            ) from None
+        return self.messages
+
+
+@pytest.fixture
+def mqtt_collector(
+    mosquitto: MosquittoBroker,
+) -> Callable[..., MqttCollector]:
+    """`async with mqtt_collector(["riskmon/#"]) as sub: await sub.wait_for(...)`."""
+
+    def make(topics: Sequence[str], **kwargs: Any) -> MqttCollector:
+        broker = kwargs.pop("broker", mosquitto)
+        return MqttCollector(broker, topics, **kwargs)
+
+    return make

@@ -1,0 +1,675 @@
+"""`MqttPublisher`: drains the outbox to an MQTT broker, at least once, in order.
+
+The daemon runs `run()` as a task; it connects, stays connected (reconnecting with
+exponential backoff and jitter, 0.2 s doubling to 30 s) and never blocks its caller:
+polling and evaluation only ever touch the `Store`, so a broker outage costs them
+nothing. On every connect it publishes the retained status `online`; its last will is
+the retained status `offline`, which the broker publishes when the connection dies
+without a clean DISCONNECT (crash, SIGKILL, network loss, a cancelled `run()`).
+
+Delivery. Records are read from the outbox in `seq` order. For each, the event is
+published (QoS 1, not retained), then the retained alert state (QoS 1; an empty payload
+clears it on resolve). A window of records is in flight at once (64 publishes by
+default, fewer when the broker's MQTT 5 Receive Maximum is lower: Mosquitto's default
+of 20 allows 9 records), all on one connection, so the broker receives them, and
+acknowledges them, in order. A record is
+acknowledged in the store (deleted) only once both of its PUBACKs arrived, and only as
+part of an acknowledged prefix of the queue. When the connection drops, whatever is not
+acknowledged is sent again, in `seq` order, after the reconnect: at least once, in
+order per alert; consumers de-duplicate by `event_id`. A PUBACK carrying an MQTT 5
+failure reason code (e.g. 0x87 Not authorized, an ACL problem) is not a delivery: the
+record stays, the error is logged and kept in `last_error`, and the publisher
+reconnects with backoff and tries again. Nothing is dropped; the outbox depth shows the
+stall.
+
+Latency. `notify()` (called by the daemon after `Store.append`) wakes the drain loop at
+once; without it new records are still picked up within a second.
+
+Heartbeats. Every `heartbeat_interval` seconds, `heartbeat()`'s dict plus `instance`,
+`at` and `outbox_depth` go to `{prefix}/heartbeat/{instance}` at QoS 0.
+
+Protocol. MQTT 5 first, with content type `application/json` (and the UTF-8 payload
+format indicator) on JSON payloads and a message expiry of three heartbeat intervals on
+heartbeats. A broker that refuses MQTT 5 in its CONNACK (a 3.1.1 broker answers
+"unacceptable protocol version") is connected to again at once with MQTT 3.1.1, without
+properties, for the rest of the publisher's life.
+
+TLS for `mqtts://` (`tls.ca_file`, else the system's CAs; `cert_file`/`key_file` for a
+client certificate; `insecure` skips the host name check only, as mosquitto_pub's
+`--insecure`). The password is read from its Secret at every connect and never logged.
+
+`stop()` flushes what it can within its timeout, publishes the retained `offline`
+status, disconnects cleanly (so the broker discards the will) and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import aiomqtt
+import structlog
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.client import MQTT_ERR_SUCCESS
+from paho.mqtt.client import Client as PahoClient
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from monitor import __version__
+from monitor.config.model import MqttConfig, TlsConfig
+from monitor.config.secret import SecretUnavailable
+from monitor.publish.events import (
+    encode,
+    heartbeat_topic,
+    rfc3339,
+    status_payload,
+    status_topic,
+)
+from monitor.store import Store
+
+__all__ = ["MqttPublisher", "PublishRefused"]
+
+log = structlog.get_logger("riskmon.mqtt")
+
+JSON: Final = "application/json"
+_UNSUPPORTED_PROTOCOL: Final = (1, 132)  # CONNACK: MQTT 3.1.1 code 1, MQTT 5 code 0x84
+_IDLE_POLL: Final = 1.0  # seconds between outbox checks when nobody calls notify()
+_GOODBYE_TIMEOUT: Final = 2.0  # for the offline status' PUBACK and the DISCONNECT
+_CONNECT_TIMEOUT: Final = 10.0  # for the CONNACK
+
+
+class PublishRefused(Exception):
+    """The broker answered a PUBLISH with an MQTT 5 failure reason code."""
+
+
+#: Failures of the network, the broker, TLS or a secret file: logged without a traceback.
+_EXPECTED: Final = (aiomqtt.MqttError, OSError, PublishRefused, TimeoutError, SecretUnavailable)
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> _Endpoint:
+        if url == "embedded":
+            raise ValueError(
+                "mqtt url 'embedded': start the embedded broker first and pass its mqtt:// url"
+            )
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or "@" in parts.netloc:
+            raise ValueError("mqtt url: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("mqtt url: invalid port") from None
+        return cls(parts.hostname, port or (8883 if tls else 1883), tls)
+
+
+class _Link(aiomqtt.Client):
+    """One connection: aiomqtt's Client plus what its public API does not offer.
+
+    `send` hands a message to paho at once (so messages go out in call order) and
+    returns a future resolved with the PUBACK's reason code, where aiomqtt's `publish`
+    would hide failure reason codes; `receive_maximum` is the broker's MQTT 5 Receive
+    Maximum; `abort` drops the connection without DISCONNECT, so the broker publishes
+    the will. These rely on aiomqtt 2.x internals (`_client`, `_on_connect`,
+    `_on_publish`, `_disconnected`), checked by tests/test_mqtt.py.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acks: dict[int, asyncio.Future[ReasonCode | None]] = {}
+        self.receive_maximum = 65535
+
+    @property
+    def paho(self) -> PahoClient:
+        client: PahoClient = self._client
+        return client
+
+    def send(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> asyncio.Future[ReasonCode | None]:
+        """Publish; the future resolves with None on success (PUBACK, or written for
+        QoS 0), with the reason code when the broker refused the message."""
+        info = self.paho.publish(topic, payload, qos, retain, properties)
+        if info.rc != MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        done: asyncio.Future[ReasonCode | None] = self._loop.create_future()
+        if qos == 0 or info.is_published():
+            done.set_result(None)
+        else:
+            self._acks[info.mid] = done
+        return done
+
+    def _on_connect(
+        self,
+        client: PahoClient,
+        userdata: Any,
+        flags: Any,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        maximum = getattr(properties, "ReceiveMaximum", None)
+        if isinstance(maximum, int) and maximum > 0:
+            self.receive_maximum = maximum
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def _on_publish(
+        self,
+        client: PahoClient,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        done = self._acks.pop(mid, None)
+        if done is not None and not done.done():
+            done.set_result(reason_code if reason_code.is_failure else None)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    def abort(self) -> None:
+        """Close the connection without DISCONNECT (the broker then sends the will)."""
+        # Nobody awaits the disconnection any more: mark its error as seen.
+        self._disconnected.add_done_callback(_consume)
+        sock = self.paho.socket()
+        if isinstance(sock, socket.socket):  # an SSLSocket too
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+@dataclass(slots=True)
+class _InFlight:
+    seq: int
+    sent_at: float
+    acks: tuple[asyncio.Future[ReasonCode | None], ...]
+    topics: tuple[str, ...]
+
+    def done(self) -> bool:
+        return all(ack.done() for ack in self.acks)
+
+    def check(self) -> None:
+        """Raise PublishRefused if the broker refused one of the messages."""
+        for ack, topic in zip(self.acks, self.topics, strict=True):
+            code = ack.result()
+            if code is not None:
+                raise PublishRefused(
+                    f"broker refused {topic}: {code.getName()} (0x{code.value:02x})"
+                )
+
+
+class MqttPublisher:
+    """Publishes the outbox of `store` to the broker of `config` (module docstring).
+
+    `heartbeat` returns the daemon's figures for the heartbeat message; `on_change` is
+    called (on the event loop) when `connected`, `published_total`, `last_error` or the
+    outbox depth changed. `window` is the most publishes in flight (two per record);
+    `reconnect_min`/`reconnect_max` bound the backoff; `ack_timeout` is how long a
+    PUBACK may take before the connection is considered dead.
+    """
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        store: Store,
+        *,
+        instance: str,
+        heartbeat: Callable[[], dict[str, Any]],
+        heartbeat_interval: float = 10.0,
+        on_change: Callable[[], None] | None = None,
+        started_at: float | None = None,
+        window: int = 64,
+        keepalive: int = 15,
+        reconnect_min: float = 0.2,
+        reconnect_max: float = 30.0,
+        ack_timeout: float = 30.0,
+    ) -> None:
+        self._endpoint = _Endpoint.parse(config.url)
+        prefix = config.topic_prefix
+        if not prefix or "+" in prefix or "#" in prefix:
+            raise ValueError("mqtt topic_prefix must be non-empty and hold no + or #")
+        if window < 2:
+            raise ValueError("window must be at least 2 (one record)")
+        if heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be positive")
+        self._config = config
+        self._store = store
+        self.instance = instance
+        self._heartbeat = heartbeat
+        self._heartbeat_interval = heartbeat_interval
+        self._on_change = on_change
+        self._started_at = time.time() if started_at is None else started_at
+        self._window = window
+        self._keepalive = keepalive
+        self._reconnect_min = reconnect_min
+        self._reconnect_max = reconnect_max
+        self._ack_timeout = ack_timeout
+        self._client_id = config.client_id or f"riskmon-{instance}"
+        self.status_topic = status_topic(prefix, instance)
+        self.heartbeat_topic = heartbeat_topic(prefix, instance)
+        self._protocol = aiomqtt.ProtocolVersion.V5
+
+        self.published_total = 0
+        self.last_error: str | None = None
+        self._connected = False
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._deadline = 0.0  # loop time by which stop() wants to be done
+        self._task: asyncio.Task[None] | None = None
+
+    # -- what the daemon reads --------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def protocol_version(self) -> int:
+        """5 (MQTT 5) or 4 (MQTT 3.1.1: the broker refused 5)."""
+        return 5 if self._protocol == aiomqtt.ProtocolVersion.V5 else 4
+
+    def notify(self) -> None:
+        """New records are in the outbox: publish them now. Call on the event loop."""
+        self._wake.set()
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect and publish until `stop()`; never raises but CancelledError."""
+        if self._task is not None:
+            raise RuntimeError("MqttPublisher.run() is already running")
+        self._task = asyncio.current_task()
+        try:
+            await self._run()
+        finally:
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while True:
+            if self._stopping.is_set() and (
+                self._store.depth() == 0 or loop.time() >= self._deadline
+            ):
+                return
+            began = loop.time()
+            try:
+                await self._session()
+                return  # only stop() ends a session without an error
+            except Exception as exc:  # every failure is retried: this task must not die
+                if loop.time() - began > self._reconnect_max:
+                    failures = 0  # the connection held: start the backoff again
+                delay = min(self._reconnect_max, self._reconnect_min * 2**failures)
+                delay *= random.uniform(0.5, 1.0)  # jitter
+                failures += 1
+                self._failed(exc, delay)
+            finally:
+                self._set_connected(False)
+            if self._stopping.is_set():
+                await asyncio.sleep(min(delay, max(0.0, self._deadline - loop.time())))
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stopping.wait()
+
+    async def stop(self, flush_timeout: float = 10.0) -> None:
+        """Publish what can be published within `flush_timeout` seconds, publish the
+        retained `offline` status, disconnect cleanly; then `run()` returns. If that has
+        not happened two seconds after the timeout (a broker that does not answer),
+        `run()` is cancelled: the connection is dropped and the broker, if it is there
+        at all, publishes the will."""
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + flush_timeout
+        self._stopping.set()
+        self._wake.set()
+        if self._task is None:
+            await asyncio.sleep(0)  # a run() task created just before starts now
+        task = self._task
+        if task is None or task.done():
+            return
+        done, _ = await asyncio.wait({task}, timeout=flush_timeout + _GOODBYE_TIMEOUT)
+        if not done:
+            log.warning("mqtt publisher did not stop in time; dropping the connection")
+            task.cancel()
+            await asyncio.wait({task})
+
+    # -- one connection ---------------------------------------------------------------------
+
+    async def _session(self) -> None:
+        link = await self._connect()
+        graceful = False
+        try:
+            self.last_error = None
+            self._set_connected(True)
+            log.info(
+                "mqtt connected",
+                host=self._endpoint.host,
+                port=self._endpoint.port,
+                tls=self._endpoint.tls,
+                protocol=self.protocol_version,
+                client_id=self._client_id,
+                outbox=self._store.depth(),
+            )
+            await self._serve(link)
+            graceful = True
+        finally:
+            if not graceful:
+                link.abort()
+        await self._goodbye(link)
+
+    async def _connect(self) -> _Link:
+        while True:
+            link = await self._new_link()
+            try:
+                await link.__aenter__()
+            except MqttConnectError as exc:
+                link.abort()
+                if self._protocol == aiomqtt.ProtocolVersion.V5 and exc.rc in _UNSUPPORTED_PROTOCOL:
+                    log.info("mqtt broker refuses MQTT 5; using MQTT 3.1.1")
+                    self._protocol = aiomqtt.ProtocolVersion.V311
+                    continue
+                raise
+            except BaseException:
+                link.abort()
+                raise
+            return link
+
+    async def _new_link(self) -> _Link:
+        config = self._config
+        password = None
+        if config.password is not None:
+            password = config.password.get()  # SecretUnavailable names the file only
+        tls_context = None
+        if self._endpoint.tls:
+            tls_context = await asyncio.to_thread(_tls_context, config.tls)
+        v5 = self._protocol == aiomqtt.ProtocolVersion.V5
+        will = aiomqtt.Will(
+            self.status_topic,
+            encode(status_payload("offline", instance=self.instance, at=time.time())),
+            qos=1,
+            retain=True,
+            properties=_json_properties(PacketTypes.WILLMESSAGE) if v5 else None,
+        )
+        return _Link(
+            self._endpoint.host,
+            self._endpoint.port,
+            username=config.username,
+            password=password,
+            identifier=self._client_id,
+            protocol=self._protocol,
+            will=will,
+            clean_session=None if v5 else True,
+            keepalive=self._keepalive,
+            timeout=_CONNECT_TIMEOUT,
+            max_inflight_messages=self._window + 2,
+            tls_context=tls_context,
+        )
+
+    async def _serve(self, link: _Link) -> None:
+        """Online status, then heartbeats and the drain, until stopped or broken."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                watcher = tasks.create_task(_watch(link), name="mqtt-watch")
+                online = status_payload(
+                    "online",
+                    instance=self.instance,
+                    at=time.time(),
+                    version=__version__,
+                    started_at=self._started_at,
+                )
+                try:
+                    await self._confirm(link, self.status_topic, encode(online), retain=True)
+                except PublishRefused as exc:  # events matter more than the status
+                    self.last_error = str(exc)
+                    log.error("mqtt: the broker refused the online status", error=str(exc))
+                beats = tasks.create_task(self._heartbeats(link), name="mqtt-heartbeat")
+                await self._drain(link)
+                beats.cancel()
+                watcher.cancel()
+        except BaseExceptionGroup as group:
+            first = _first(group)
+            raise first from first.__cause__  # (keeps the reason, drops the group)
+
+    async def _confirm(self, link: _Link, topic: str, payload: bytes, *, retain: bool) -> None:
+        ack = link.send(topic, payload, qos=1, retain=retain, properties=self._properties(payload))
+        async with asyncio.timeout(self._ack_timeout):
+            code = await ack
+        if code is not None:
+            raise PublishRefused(f"broker refused {topic}: {code.getName()} (0x{code.value:02x})")
+
+    async def _goodbye(self, link: _Link) -> None:
+        """After a stop: the retained offline status, then a clean DISCONNECT."""
+        offline = encode(status_payload("offline", instance=self.instance, at=time.time()))
+        try:
+            await asyncio.wait_for(
+                self._confirm(link, self.status_topic, offline, retain=True), _GOODBYE_TIMEOUT
+            )
+            link.timeout = _GOODBYE_TIMEOUT
+            await link.__aexit__(None, None, None)
+            log.info("mqtt disconnected", outbox=self._store.depth())
+        except (aiomqtt.MqttError, PublishRefused, TimeoutError) as exc:
+            link.abort()  # the will says offline instead
+            log.warning("mqtt: could not say goodbye", error=_describe(exc))
+        except BaseException:
+            link.abort()
+            raise
+
+    async def _drain(self, link: _Link) -> None:
+        """Publish the outbox in seq order; return once stopped and drained (or late)."""
+        loop = asyncio.get_running_loop()
+        store = self._store
+        window = max(1, min(self._window, link.receive_maximum - 1) // 2)
+        inflight: deque[_InFlight] = deque()
+        cursor = 0  # the last seq handed to the broker on this connection
+        wake = self._wake
+        while True:
+            wake.clear()
+            room = window - len(inflight)
+            if room > 0 and store.depth() > len(inflight):
+                for record in store.pending(limit=room, after=cursor):
+                    acks = (
+                        link.send(
+                            record.event_topic,
+                            record.event_payload,
+                            qos=1,
+                            properties=self._properties(record.event_payload),
+                        ),
+                        link.send(
+                            record.alert_topic,
+                            record.alert_payload,
+                            qos=1,
+                            retain=True,
+                            properties=self._properties(record.alert_payload),
+                        ),
+                    )
+                    for ack in acks:
+                        ack.add_done_callback(lambda _: wake.set())
+                    inflight.append(
+                        _InFlight(
+                            record.seq, loop.time(), acks, (record.event_topic, record.alert_topic)
+                        )
+                    )
+                    cursor = record.seq
+            acked: list[int] = []
+            refused: PublishRefused | None = None
+            while inflight and inflight[0].done():
+                try:
+                    inflight[0].check()
+                except PublishRefused as exc:
+                    refused = exc
+                    break
+                acked.append(inflight.popleft().seq)
+            if acked:
+                self._acknowledge(acked)
+            if refused is not None:
+                raise refused
+            if acked:
+                continue
+            now = loop.time()
+            if self._stopping.is_set():
+                if not inflight and store.depth() == 0:
+                    return
+                if now >= self._deadline:
+                    log.warning(
+                        "mqtt: stop timeout reached; events left in the outbox",
+                        outbox=store.depth(),
+                    )
+                    return
+            if inflight and now - inflight[0].sent_at > self._ack_timeout:
+                raise aiomqtt.MqttError(f"no PUBACK within {self._ack_timeout:g} s")
+            timeout = _IDLE_POLL
+            if self._stopping.is_set():
+                timeout = min(timeout, self._deadline - now)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, timeout)):
+                    await wake.wait()
+
+    def _acknowledge(self, seqs: list[int]) -> None:
+        self._store.acknowledge(seqs)
+        self.published_total += len(seqs)
+        self._changed()
+
+    async def _heartbeats(self, link: _Link) -> None:
+        loop = asyncio.get_running_loop()
+        properties = None
+        if self._protocol == aiomqtt.ProtocolVersion.V5:
+            properties = _json_properties(PacketTypes.PUBLISH)
+            properties.MessageExpiryInterval = max(1, round(3 * self._heartbeat_interval))
+        due = loop.time()
+        while True:
+            link.send(self.heartbeat_topic, self._heartbeat_payload(), qos=0, properties=properties)
+            due = max(due + self._heartbeat_interval, loop.time())
+            await asyncio.sleep(due - loop.time())
+
+    def _heartbeat_payload(self) -> bytes:
+        try:
+            figures = dict(self._heartbeat())
+        except Exception:  # a broken callback must not cost the connection
+            log.exception("mqtt: the heartbeat callback failed")
+            figures = {}
+        body = {"instance": self.instance, "at": rfc3339(time.time()), **figures}
+        body["outbox_depth"] = self._store.depth()
+        return json.dumps(body, separators=(",", ":"), default=str).encode("utf-8")
+
+    # -- small things -----------------------------------------------------------------------
+
+    def _properties(self, payload: bytes) -> Properties | None:
+        """The properties of a JSON publish: none for an empty payload or MQTT 3.1.1."""
+        if not payload or self._protocol != aiomqtt.ProtocolVersion.V5:
+            return None
+        return _PUBLISH_JSON
+
+    def _failed(self, exc: Exception, retry_in: float) -> None:
+        message = _describe(exc)
+        self.last_error = message
+        fields = {
+            "host": self._endpoint.host,
+            "port": self._endpoint.port,
+            "error": message,
+            "outbox": self._store.depth(),
+            "retry_in": round(retry_in, 2),
+        }
+        if isinstance(exc, _EXPECTED):
+            what = "mqtt connection lost" if self._connected else "mqtt connection failed"
+            log.warning(what, **fields)
+        else:  # a bug: keep trying, loudly
+            log.error("mqtt publisher error", exc_info=exc, **fields)
+        self._changed()
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected != self._connected:
+            self._connected = connected
+            self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            try:
+                self._on_change()
+            except Exception:
+                log.exception("mqtt: the on_change callback failed")
+
+
+async def _watch(link: _Link) -> None:
+    """Return never; raise MqttError when the connection is lost."""
+    try:
+        async for _message in link.messages:  # nothing is subscribed: this only waits
+            pass
+    except aiomqtt.MqttError as exc:
+        cause = exc.__cause__
+        raise aiomqtt.MqttError("connection lost") from cause
+    raise aiomqtt.MqttError("connection lost")
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that broke a TaskGroup (a disconnect rather than its echoes)."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for exc in leaves:
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return leaves[0] if leaves else group
+
+
+def _describe(exc: BaseException) -> str:
+    """A short text for logs and `last_error`; never holds a password (none is ever in
+    an exception here: paho and aiomqtt do not echo credentials)."""
+    cause = exc.__cause__
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, aiomqtt.MqttError) and cause is not None and str(cause):
+        text = f"{text}: {cause}"
+    return text
+
+
+def _json_properties(packet_type: int) -> Properties:
+    properties = Properties(packet_type)  # type: ignore[no-untyped-call]
+    properties.ContentType = JSON
+    properties.PayloadFormatIndicator = 1
+    return properties
+
+
+_PUBLISH_JSON: Final = _json_properties(PacketTypes.PUBLISH)  # read-only once built
+
+
+def _tls_context(tls: TlsConfig | None) -> ssl.SSLContext:
+    """Runs in a thread: loading certificates reads files."""
+    ca = str(tls.ca_file) if tls is not None and tls.ca_file is not None else None
+    context = ssl.create_default_context(cafile=ca)
+    if tls is not None and tls.cert_file is not None:
+        key = str(tls.key_file) if tls.key_file is not None else None
+        context.load_cert_chain(str(tls.cert_file), key)
+    if tls is not None and tls.insecure:
+        context.check_hostname = False
+    return context
