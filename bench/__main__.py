@@ -13,7 +13,7 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # Each module has `main(argv) -> result` that prints its own table.
-BENCHMARKS = ["bench.http_clients", "bench.rule_eval", "bench.lifecycle"]
+BENCHMARKS = ["bench.http_clients", "bench.rule_eval", "bench.lifecycle", "bench.scrape"]
 
 
 def main() -> int:

@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from monitor import __version__
 from monitor.logs import configure_logging
@@ -14,6 +15,29 @@ from monitor.shard import Shard
 from monitor.yamlsource import SourceError
 
 DEFAULT_CONFIG = "riskmon.yaml"
+
+
+def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="the daemon: poll, evaluate rules, export metrics, publish alerts",
+        description="Run the daemon. SIGHUP reloads the config and rules; SIGTERM and SIGINT "
+        "stop it gracefully (polling stops, pending events are flushed for up to 10 s).",
+    )
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file")
+    _add_shard(parser)
+
+
+def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "demo",
+        help="simulator + daemon + MQTT broker + a console view of alerts, in one command",
+        description="Run the venue simulator, the daemon and an embedded MQTT broker on a "
+        "built-in scenario, and show alert events as they arrive over MQTT.",
+    )
+    parser.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="stop after this long (default: Ctrl-C)"
+    )
 
 
 def _add_snapshot(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -115,15 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"riskmon {__version__}")
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("RISKMON_LOG_LEVEL", "warning"),
+        default=os.environ.get("RISKMON_LOG_LEVEL"),
         choices=["debug", "info", "warning", "error"],
+        help="default: info for run, warning otherwise",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(commands)
     _add_snapshot(commands)
     _add_check(commands)
     _add_test(commands)
     _add_replay(commands)
     _add_simulate(commands)
+    _add_demo(commands)
     return parser
 
 
@@ -149,6 +176,27 @@ def _check(args: argparse.Namespace) -> int:
     from monitor.engine.check import run_check
 
     return run_check(args.config, args.rule_files, sys.stdout, sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from monitor.daemon import run_daemon
+
+    shard = _shard(args.shard) if isinstance(args.shard, str) else args.shard
+    return asyncio.run(run_daemon(Path(args.config), shard=shard))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from monitor.broker import BrokerUnavailable
+    from monitor.demo import run_demo
+
+    try:
+        asyncio.run(run_demo(duration=args.duration))
+    except KeyboardInterrupt:
+        pass
+    except BrokerUnavailable as exc:
+        print(f"riskmon demo: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _test(args: argparse.Namespace) -> int:
@@ -183,8 +231,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level or ("info" if args.command == "run" else "warning"))
     handlers = {
+        "run": _run,
+        "demo": _demo,
         "snapshot": _snapshot,
         "check": _check,
         "test": _test,

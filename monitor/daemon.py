@@ -1,0 +1,447 @@
+"""`riskmon run`: wires poller, evaluator, lifecycle, outbox and publishers together.
+
+The daemon owns the event loop, the signals and reloads; every decision is made by the
+parts it wires: the poller decides when to poll, the evaluator and lifecycle what an
+answer means, the outbox and publisher how events leave. Data moves one way:
+
+    poller -> adapter -> Snapshot -> evaluator -> lifecycle -> outbox -> MQTT
+                   \\-> latest snapshots, alert states, counters -> /metrics, /api
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import platform
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+from monitor import __version__
+from monitor.api import account_json, alert_json, create_app, start_http
+from monitor.broker import EmbeddedBroker
+from monitor.config import Config, VenueConfig, load_config
+from monitor.engine.builtin import AccountHealth, builtin_rules, health_snapshots
+from monitor.engine.evaluate import Evaluator
+from monitor.engine.expr import EvalError
+from monitor.engine.lifecycle import AlertBook, AlertEvent
+from monitor.engine.model import Rule
+from monitor.engine.reload import RuleSource
+from monitor.errors import VenueAuthError, VenueError
+from monitor.metrics import Metrics
+from monitor.poller import AccountState, PollListener, VenuePoller
+from monitor.publish.events import to_entry
+from monitor.publish.mqtt import MqttPublisher
+from monitor.recording import write_record
+from monitor.shard import Shard
+from monitor.snapshot import Snapshot
+from monitor.store import Store
+from monitor.venues.base import create_adapter
+from monitor.venues.http import HttpClient
+from monitor.yamlsource import SourceError
+
+log = structlog.get_logger("riskmon.daemon")
+
+TICK = 1.0  # seconds between health evaluations, metric refreshes and state saves
+RULE_WATCH = 2.0  # seconds between checks of the rule files for changes
+SHUTDOWN_FLUSH = 10.0  # seconds to publish what is left at shutdown
+POLLER_STOP = 3.0  # seconds polls in flight may take to finish at shutdown
+
+
+class Daemon(PollListener):
+    """One running riskmon instance."""
+
+    def __init__(self, config: Config, *, shard: Shard | None = None) -> None:
+        self.config = config
+        self.shard = shard
+        self.started_at = time.time()
+        self.rule_source = RuleSource(config.rules)
+        self.rule_source.load()  # a broken rule set at start is fatal: SourceError
+        self.store = Store(config.state_dir / "riskmon.db")
+        self.book = AlertBook.from_json(self.store.load_alerts())
+        self.evaluator = Evaluator(
+            self.rule_source.rules, self.book, on_eval_failure=self._evaluation_failed
+        )
+        self.health = Evaluator(builtin_rules(), self.book)
+        self.metrics = Metrics()
+        self.metrics.set_reload(True, self.started_at)
+        self.http = HttpClient()
+        self.pollers: dict[str, VenuePoller] = {}
+        self.poller_tasks: dict[str, asyncio.Task[None]] = {}
+        self.publisher: MqttPublisher | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.http_port = 0
+        self.loop_lag = 0.0
+        self.last_tick = time.monotonic()
+        self.polls = 0
+        self._saved_alerts: list[dict[str, Any]] | None = None
+        self.serving = asyncio.Event()  # set once HTTP and MQTT are started
+        self._stop = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self._recording: TextIO | None = None
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or `stop()`); then shut down gracefully; exit code."""
+        loop = asyncio.get_running_loop()
+        for sig, handler in (
+            (signal.SIGTERM, self.stop),
+            (signal.SIGINT, self.stop),
+            (signal.SIGHUP, self._reload_requested.set),
+        ):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, handler)
+        if self.config.record_snapshots is not None:
+            self.config.record_snapshots.parent.mkdir(parents=True, exist_ok=True)
+            self._recording = self.config.record_snapshots.open("a", encoding="utf-8")
+        mqtt = self.config.mqtt
+        if mqtt.url == "embedded":
+            self.broker = EmbeddedBroker(self.config.state_dir / "broker")
+            mqtt = dataclasses.replace(mqtt, url=await self.broker.start())
+        self.publisher = MqttPublisher(
+            mqtt,
+            self.store,
+            instance=self.config.instance,
+            heartbeat=self._heartbeat,
+            on_change=self._publisher_changed,
+        )
+        server = await start_http(create_app(self), self.config.http.listen)
+        self.http_port = server.port
+        background = [
+            asyncio.create_task(self.publisher.run(), name="mqtt"),
+            asyncio.create_task(self._tick_forever(), name="tick"),
+            asyncio.create_task(self._watch_rules(), name="rule-watch"),
+            asyncio.create_task(self._reload_on_request(), name="reload"),
+        ]
+        for venue in self.config.venues:
+            self._start_venue(venue)
+        self.serving.set()
+        log.info(
+            "riskmon running",
+            instance=self.config.instance,
+            version=__version__,
+            venues=[v.name for v in self.config.venues],
+            shard=str(self.shard or "all"),
+            http=f"{self.config.http.listen.rsplit(':', 1)[0]}:{server.port}",
+            mqtt=mqtt.url,
+            rules=len(self.rule_source.rules.rules),
+        )
+        try:
+            await self._stop.wait()
+        finally:
+            await self._shutdown(background)
+            await server.stop()
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _shutdown(self, background: list[asyncio.Task[None]]) -> None:
+        log.info("shutting down: polling stops, pending events are flushed")
+        for poller in self.pollers.values():
+            poller.stop()
+        if self.poller_tasks:
+            _done, running = await asyncio.wait(self.poller_tasks.values(), timeout=POLLER_STOP)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        self._save_alerts(force=True)
+        for task in background:
+            if task.get_name() != "mqtt":
+                task.cancel()
+        if self.publisher is not None:
+            await self.publisher.stop(flush_timeout=SHUTDOWN_FLUSH)
+        await asyncio.gather(*background, return_exceptions=True)
+        await self.http.aclose()
+        if self.broker is not None:
+            await self.broker.stop()
+        if self._recording is not None:
+            self._recording.close()
+        self.store.close()
+        log.info("riskmon stopped", outbox_left=self.store.depth())
+
+    def _start_venue(
+        self, venue: VenueConfig, states: dict[str, AccountState] | None = None
+    ) -> None:
+        poller = VenuePoller(venue, create_adapter(venue, self.http), self, shard=self.shard)
+        if states:
+            for account_id, state in states.items():
+                if account_id in poller.accounts:
+                    state.account = poller.accounts[account_id].account
+                    poller.accounts[account_id] = state
+        self.pollers[venue.name] = poller
+        self.poller_tasks[venue.name] = asyncio.create_task(poller.run(), name=f"poll-{venue.name}")
+
+    async def _stop_venue(self, name: str) -> dict[str, AccountState]:
+        poller = self.pollers.pop(name)
+        task = self.poller_tasks.pop(name)
+        poller.stop()
+        with contextlib.suppress(TimeoutError):  # wait_for cancels it then
+            await asyncio.wait_for(task, POLLER_STOP)
+        return poller.accounts
+
+    # -- what the poller reports ------------------------------------------------------------
+
+    def on_snapshot(self, snapshot: Snapshot, duration: float) -> None:
+        self.polls += 1
+        self.metrics.update_account(snapshot)
+        self.metrics.observe_poll(snapshot.venue, "ok", duration)
+        if self._recording is not None:
+            write_record(snapshot, self._recording)
+        self._emit(self.evaluator.evaluate(snapshot, time.time()))
+
+    def on_failure(self, state: AccountState, error: VenueError, duration: float) -> None:
+        self.polls += 1
+        self.metrics.observe_poll(state.venue, error.outcome, duration)
+        self.metrics.account_failed(state.venue, state.id, error.outcome)
+
+    def on_skipped(self, state: AccountState, reason: str) -> None:
+        self.metrics.count_poll(state.venue, f"skipped_{reason}")
+
+    def on_accounts_changed(self, venue: str, added: list[str], removed: list[str]) -> None:
+        now = time.time()
+        for account in removed:
+            self.metrics.remove_account(venue, account)
+            self._emit(self.evaluator.forget_account(venue, account, now))
+        if added or removed:
+            log.info("accounts changed", venue=venue, added=len(added), removed=len(removed))
+
+    def _evaluation_failed(self, rule: Rule, snapshot: Snapshot, error: EvalError) -> None:
+        self.metrics.inc_rule_evaluation_failures(rule.alert)
+        log.debug(
+            "rule evaluation failed",
+            alertname=rule.alert,
+            venue=snapshot.venue,
+            account=snapshot.account,
+            error=error.message,
+        )
+
+    # -- events out -------------------------------------------------------------------------
+
+    def _emit(self, events: Iterable[AlertEvent]) -> None:
+        entries = [
+            to_entry(event, prefix=self.config.mqtt.topic_prefix, instance=self.config.instance)
+            for event in events
+        ]
+        if not entries:
+            return
+        alerts = self.book.to_json()
+        self.store.append(entries, alerts=alerts)
+        self._saved_alerts = alerts
+        for entry, event in zip(entries, events, strict=False):
+            log.info(
+                "alert " + event.status,
+                alertname=event.alertname,
+                severity=event.severity,
+                venue=event.venue,
+                account=event.account,
+                event_id=entry.event_id,
+                values=event.values,
+            )
+        if self.publisher is not None:
+            self.publisher.notify()
+        self.metrics.set_alerts(self.book.active())
+        self.metrics.set_outbox_pending(self.store.depth())
+
+    def _publisher_changed(self) -> None:
+        publisher = self.publisher
+        if publisher is not None:
+            self.metrics.set_mqtt(publisher.connected)
+            self.metrics.set_events_published(publisher.published_total)
+            self.metrics.set_outbox_pending(self.store.depth())
+
+    def _save_alerts(self, *, force: bool = False) -> None:
+        alerts = self.book.to_json()
+        if force or alerts != self._saved_alerts:
+            self.store.save_alerts(alerts)
+            self._saved_alerts = alerts
+
+    # -- the periodic work ------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        expected = loop.time() + TICK
+        while True:
+            await asyncio.sleep(max(0.0, expected - loop.time()))
+            now_loop = loop.time()
+            self.loop_lag = max(0.0, now_loop - expected)
+            expected = now_loop + TICK
+            self.last_tick = time.monotonic()
+            try:
+                self.tick(time.time())
+            except Exception:  # one bad tick must not end health checks for good
+                log.exception("tick failed")
+
+    def tick(self, now: float) -> None:
+        """Built-in health alerts, metrics that follow state, and saving alert state."""
+        healths = list(self._account_health(now))
+        events: list[AlertEvent] = []
+        for snapshot in health_snapshots(healths, now):
+            events.extend(self.health.evaluate(snapshot, now))
+        self._emit(events)
+        for name, poller in self.pollers.items():
+            states = list(poller.accounts.values())
+            failing = sum(1 for s in states if s.consecutive_failures > 0)
+            self.metrics.set_venue(
+                name, up=not states or failing < len(states), accounts=len(states)
+            )
+        self.metrics.set_alerts(self.book.active())
+        if self.publisher is not None:
+            self.metrics.set_mqtt(self.publisher.connected)
+            self.metrics.set_events_published(self.publisher.published_total)
+        self.metrics.set_outbox_pending(self.store.depth())
+        self._save_alerts()
+        if self._recording is not None:
+            self._recording.flush()
+
+    def _account_health(self, now: float) -> Iterable[AccountHealth]:
+        for name, poller in self.pollers.items():
+            venue = poller.config
+            for state in poller.accounts.values():
+                error = state.last_error
+                yield AccountHealth(
+                    venue=name,
+                    venue_kind=venue.kind,
+                    account=state.id,
+                    data_age=state.age(now),
+                    stale_after=venue.stale_after,
+                    consecutive_failures=state.consecutive_failures,
+                    last_error=str(error) if error else None,
+                    auth_failed=isinstance(error, VenueAuthError),
+                    labels=tuple(state.account.labels.items()),
+                )
+
+    # -- reloads ----------------------------------------------------------------------------
+
+    async def _watch_rules(self) -> None:
+        while True:
+            await asyncio.sleep(RULE_WATCH)
+            if self.rule_source.changed():
+                self._apply_rules(self.rule_source.reload())
+
+    def _apply_rules(self, rules: Any) -> bool:
+        if rules is None:
+            self.metrics.set_reload(False, time.time())
+            return False
+        self._emit(self.evaluator.replace_rules(rules, time.time()))
+        self.metrics.set_reload(True, time.time())
+        return True
+
+    async def _reload_on_request(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """SIGHUP: re-read the config and its rules; a broken one changes nothing."""
+        log.info("reloading config", path=str(self.config.source))
+        try:
+            new = load_config(self.config.source)
+            source = RuleSource(new.rules)
+            rules = source.load()
+        except SourceError as exc:
+            log.error(
+                "reload failed; the running config and rules stay",
+                problems=[str(p) for p in exc.problems],
+            )
+            self.metrics.set_reload(False, time.time())
+            return False
+        unchanged_needs_restart = [
+            name
+            for name, old, fresh in (
+                ("mqtt", self.config.mqtt, new.mqtt),
+                ("http", self.config.http, new.http),
+                ("state_dir", self.config.state_dir, new.state_dir),
+                ("instance", self.config.instance, new.instance),
+            )
+            if old != fresh
+        ]
+        if unchanged_needs_restart:
+            log.warning("these settings change only at a restart", settings=unchanged_needs_restart)
+        old_venues = {v.name: v for v in self.config.venues}
+        new_venues = {v.name: v for v in new.venues}
+        now = time.time()
+        for name in old_venues.keys() - new_venues.keys():
+            for account in await self._stop_venue(name):
+                self.on_accounts_changed(name, [], [account])
+        for name, venue in new_venues.items():
+            if name not in old_venues:
+                self._start_venue(venue)
+            elif old_venues[name] != venue:
+                self._start_venue(venue, await self._stop_venue(name))
+        self.config = dataclasses.replace(
+            new,
+            mqtt=self.config.mqtt,
+            http=self.config.http,
+            state_dir=self.config.state_dir,
+            instance=self.config.instance,
+        )
+        self.rule_source = source
+        self._emit(self.evaluator.replace_rules(rules, now))
+        self.metrics.set_reload(True, now)
+        log.info("reloaded", venues=list(new_venues), rules=len(rules.rules))
+        return True
+
+    # -- what the API and the heartbeat read ------------------------------------------------
+
+    def _heartbeat(self) -> dict[str, Any]:
+        now = time.time()
+        states = [s for p in self.pollers.values() for s in p.accounts.values()]
+        return {
+            "instance": self.config.instance,
+            "version": __version__,
+            "uptime_seconds": round(now - self.started_at, 1),
+            "accounts": len(states),
+            "stale_accounts": sum(
+                1
+                for p in self.pollers.values()
+                for s in p.accounts.values()
+                if s.is_stale(now, p.config.stale_after)
+            ),
+            "polls": self.polls,
+            "loop_lag_seconds": round(self.loop_lag, 4),
+            "alerts_firing": len(self.book.firing()),
+        }
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self.last_tick < 5 * TICK + 5
+
+    def readiness(self) -> dict[str, bool]:
+        return {
+            "config_loaded": True,
+            "first_poll_cycle_done": all(
+                p.first_cycle_done.is_set() for p in self.pollers.values()
+            ),
+            "mqtt_connected": self.publisher is not None and self.publisher.connected,
+        }
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return [alert_json(alert) for alert in self.book.active()]
+
+    def accounts(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [
+            account_json(state, now, poller.config.stale_after)
+            for poller in self.pollers.values()
+            for state in poller.accounts.values()
+        ]
+
+
+def build_info() -> dict[str, str]:
+    return {"version": __version__, "python": platform.python_version()}
+
+
+async def run_daemon(config_path: Path, *, shard: Shard | None) -> int:
+    config = load_config(config_path)
+    daemon = Daemon(config, shard=shard)
+    return await daemon.run()

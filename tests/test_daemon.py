@@ -1,0 +1,396 @@
+"""`riskmon run` end to end: a real Mosquitto, the simulator, the daemon in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonschema
+import pytest
+from conftest import MosquittoBroker, MqttCollector, SimCredentials, _free_port
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.simulator import Simulator
+
+RULES = """\
+groups:
+  - name: capital
+    venues: [clearstreet]
+    rules:
+      - alert: BuyingPowerBelowFloor
+        expr: buying_power < params.buying_power_floor
+        severity: critical
+        params: {buying_power_floor: 25000}
+        annotations:
+          summary: >-
+            {{ account }} buying power {{ buying_power }} below {{ params.buying_power_floor }}
+      - alert: MaintenanceMarginCall
+        expr: margin_details.maintenance_margin_excess < 0
+        severity: critical
+"""
+
+SCHEMA = json.loads(
+    resources.files("monitor.publish").joinpath("alert-event.schema.json").read_text()
+)
+BREACH = "riskmon/events/critical/cs/19816/BuyingPowerBelowFloor"
+RETAINED = "riskmon/alerts/cs/19816/BuyingPowerBelowFloor"
+
+
+class RiskmonProcess:
+    """`riskmon run` as an operator starts it."""
+
+    def __init__(self, folder: Path, config: Path, http_port: int) -> None:
+        self.folder = folder
+        self.config = config
+        self.http_port = http_port
+        self.process: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> None:
+        self.runs += 1
+        log = (self.folder / f"riskmon-{self.runs}.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "run", "-c", str(self.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RISKMON_LOG_LEVEL": "debug"},
+        )
+
+    def signal(self, sig: int) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=30)
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.folder.glob("*.log")))
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session, session.get(self.url + path) as resp:
+            return resp.status, await resp.text()
+
+    async def until(self, check: Callable[[], Any], what: str, timeout: float = 20) -> Any:  # noqa: ASYNC109
+        """Poll the running daemon (a separate process) until `check()` is truthy."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                result = await check()
+            except aiohttp.ClientError:
+                result = None
+            if result:
+                return result
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"riskmon exited while waiting for {what}:\n{self.log()}")
+            if loop.time() > deadline:
+                raise AssertionError(f"no {what} after {timeout} s:\n{self.log()[-4000:]}")
+            await asyncio.sleep(0.1)  # another process: its state can only be polled
+
+    async def ready(self) -> None:
+        async def check() -> bool:
+            status, _ = await self.get("/readyz")
+            return status == 200
+
+        await self.until(check, "readiness")
+
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        _, text = await self.get("/metrics")
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def riskmon(
+    tmp_path: Path,
+    simulator: Simulator,
+    mosquitto: MosquittoBroker,
+    sim_credentials: SimCredentials,
+) -> Iterator[RiskmonProcess]:
+    (tmp_path / "cs-key").write_text(sim_credentials.api_key)
+    (tmp_path / "pmx.pem").write_bytes(sim_credentials.keypair.private_pem)
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "capital.yaml").write_text(RULES)
+    http_port = _free_port()
+    config = tmp_path / "riskmon.yaml"
+    config.write_text(f"""\
+instance: test-1
+state_dir: state
+http: {{listen: "127.0.0.1:{http_port}"}}
+mqtt: {{url: "{mosquitto.url}", topic_prefix: riskmon}}
+rules: ["rules/*.yaml"]
+stale_after: 1500ms
+venues:
+  - name: cs
+    kind: clearstreet
+    base_url: {simulator.clearstreet_url}
+    api_key_file: cs-key
+    poll_interval: 200ms
+    timeout: 1s
+    accounts: [{{id: "19816"}}, {{id: "19817"}}, {{id: "19818"}}]
+  - name: pmx
+    kind: polymarket
+    base_url: {simulator.polymarket_url}
+    poll_interval: 200ms
+    timeout: 1s
+    auth:
+      token_url: {simulator.token_url}
+      client_id: {sim_credentials.client_id}
+      private_key_file: pmx.pem
+      participant_id: {sim_credentials.participant_id}
+    accounts: [{{id: firms/ACME/accounts/main}}, {{id: firms/ACME/accounts/hedge}}]
+""")
+    process = RiskmonProcess(tmp_path, config, http_port)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def events(collector: MqttCollector, topic: str = "riskmon/events/#") -> list[dict[str, Any]]:
+    return [json.loads(m.payload) for m in collector.on(topic) if m.payload]
+
+
+@pytest.fixture
+async def subscriber(
+    mqtt_collector: Callable[..., MqttCollector],
+) -> AsyncIterator[MqttCollector]:
+    async with mqtt_collector(["riskmon/#"]) as collector:
+        yield collector
+
+
+async def test_a_breach_fires_and_resolves_end_to_end(
+    riskmon: RiskmonProcess,
+    simulator: Simulator,
+    subscriber: MqttCollector,
+    mqtt_collector: Callable[..., MqttCollector],
+) -> None:
+    riskmon.start()
+    await riskmon.ready()
+    await subscriber.wait_for(
+        lambda _: any(
+            json.loads(m.payload).get("status") == "online"
+            for m in subscriber.on("riskmon/status/test-1")
+        )
+    )
+    simulator.set_fields("clearstreet", "19816", {"buying_power": "20000.00"})
+    await subscriber.wait_for(lambda _: bool(subscriber.on(BREACH)))
+    [fired] = events(subscriber, BREACH)
+    jsonschema.validate(fired, SCHEMA)
+    assert fired["status"] == "firing"
+    assert fired["values"] == {"buying_power": "20000.00"}
+    assert fired["annotations"]["summary"] == "19816 buying power 20000.00 below 25000"
+    assert fired["pagerduty"]["event_action"] == "trigger"
+    assert fired["pagerduty"]["dedup_key"] == fired["fingerprint"]
+
+    async with mqtt_collector([RETAINED]) as late:  # a consumer that connects later
+        await late.wait_for(lambda messages: bool(messages))
+        assert late.messages[0].retain
+        assert json.loads(late.messages[0].payload)["event_id"] == fired["event_id"]
+
+    _, body = await riskmon.get("/api/v1/alerts")
+    [alert] = json.loads(body)["alerts"]
+    assert (alert["alertname"], alert["state"], alert["account"]) == (
+        "BuyingPowerBelowFloor",
+        "firing",
+        "19816",
+    )
+    metrics = await riskmon.metrics()
+    labels = (
+        ("account", "19816"),
+        ("alertname", "BuyingPowerBelowFloor"),
+        ("severity", "critical"),
+        ("state", "firing"),
+        ("venue", "cs"),
+    )
+    assert metrics[("riskmon_alert_active", labels)] == 1
+    assert (
+        metrics[
+            (
+                "riskmon_account_buying_power",
+                (("account", "19816"), ("currency", "USD"), ("venue", "cs")),
+            )
+        ]
+        == 20000
+    )
+    assert metrics[("riskmon_mqtt_connected", ())] == 1
+
+    simulator.set_fields("clearstreet", "19816", {"buying_power": "90000.00"})
+    await subscriber.wait_for(lambda _: len(subscriber.on(BREACH)) == 2)
+    resolved = events(subscriber, BREACH)[1]
+    jsonschema.validate(resolved, SCHEMA)
+    assert resolved["status"] == "resolved"
+    assert resolved["fingerprint"] == fired["fingerprint"]
+    assert resolved["ends_at"] is not None
+    await subscriber.wait_for(lambda _: any(not m.payload for m in subscriber.on(RETAINED)))
+    _, body = await riskmon.get("/api/v1/alerts")
+    assert json.loads(body)["alerts"] == []
+    assert riskmon.signal(signal.SIGTERM) == 0
+    await subscriber.wait_for(
+        lambda _: any(
+            json.loads(m.payload).get("status") == "offline"
+            for m in subscriber.on("riskmon/status/test-1")
+        )
+    )
+
+
+async def test_a_broker_outage_loses_nothing(
+    riskmon: RiskmonProcess,
+    simulator: Simulator,
+    mosquitto: MosquittoBroker,
+    mqtt_collector: Callable[..., MqttCollector],
+) -> None:
+    riskmon.start()
+    await riskmon.ready()
+    durable = {"client_id": "pager-bridge", "clean_session": False}
+    async with mqtt_collector(["riskmon/events/#"], **durable):
+        pass  # the persistent session now holds the subscription
+    mosquitto.stop()
+
+    async def pending(n: int) -> bool:
+        metrics = await riskmon.metrics()
+        return metrics.get(("riskmon_outbox_pending", ()), 0) >= n
+
+    simulator.set_fields("clearstreet", "19816", {"buying_power": "1000.00"})
+    simulator.set_fields(
+        "clearstreet", "19818", {"margin_details.maintenance_margin_excess": "-5.00"}
+    )
+    await riskmon.until(lambda: pending(2), "two events in the outbox")
+    simulator.set_fields("clearstreet", "19816", {"buying_power": "90000.00"})
+    simulator.set_fields(
+        "clearstreet", "19818", {"margin_details.maintenance_margin_excess": "5.00"}
+    )
+    await riskmon.until(lambda: pending(4), "four events in the outbox")
+
+    mosquitto.start()
+    async with mqtt_collector(["riskmon/events/#"], **durable) as pager:
+        await pager.wait_for(lambda messages: len(messages) >= 4, timeout=30)
+        received = events(pager)
+    by_alert: dict[str, list[str]] = {}
+    for event in received:
+        by_alert.setdefault(event["fingerprint"], []).append(event["status"])
+    assert sorted(by_alert.values()) == [["firing", "resolved"], ["firing", "resolved"]]
+    assert len({e["event_id"] for e in received}) == len(received)
+    await riskmon.until(lambda: _outbox_empty(riskmon), "an empty outbox")
+
+
+async def _outbox_empty(riskmon: RiskmonProcess) -> bool:
+    metrics = await riskmon.metrics()
+    return metrics.get(("riskmon_outbox_pending", ()), 1) == 0
+
+
+async def test_sigkill_loses_nothing_and_announces_nothing_twice(
+    riskmon: RiskmonProcess,
+    simulator: Simulator,
+    subscriber: MqttCollector,
+) -> None:
+    riskmon.start()
+    await riskmon.ready()
+    simulator.set_fields("clearstreet", "19816", {"buying_power": "1000.00"})
+    simulator.set_fields(
+        "clearstreet", "19818", {"margin_details.maintenance_margin_excess": "-5.00"}
+    )
+    margin = "riskmon/events/critical/cs/19818/MaintenanceMarginCall"
+    await subscriber.wait_for(lambda _: bool(subscriber.on(BREACH) and subscriber.on(margin)))
+
+    assert riskmon.signal(signal.SIGKILL) == -signal.SIGKILL
+    await subscriber.wait_for(
+        lambda _: any(
+            json.loads(m.payload).get("status") == "offline"
+            for m in subscriber.on("riskmon/status/test-1")
+        )
+    )  # the broker delivered the last will
+    simulator.set_fields(
+        "clearstreet", "19818", {"margin_details.maintenance_margin_excess": "75000.00"}
+    )
+
+    riskmon.start()
+    await riskmon.ready()
+    await subscriber.wait_for(
+        lambda _: any(e["status"] == "resolved" for e in events(subscriber, margin))
+    )
+    margin_events = {e["event_id"]: e["status"] for e in events(subscriber, margin)}
+    assert sorted(margin_events.values()) == ["firing", "resolved"]
+
+    async def polled_again() -> bool:
+        _, body = await riskmon.get("/api/v1/accounts?account=19816")
+        return json.loads(body)["accounts"][0]["polls"] >= 5
+
+    await riskmon.until(polled_again, "five polls of 19816 after the restart")
+    # At least once: a message whose PUBACK came just before the kill may come again, with
+    # its event_id; what must not happen is a second, new announcement.
+    announced = {(e["event_id"], e["status"]) for e in events(subscriber, BREACH)}
+    assert [status for _, status in announced] == ["firing"]
+    _, body = await riskmon.get("/api/v1/alerts?state=firing")
+    assert [a["alertname"] for a in json.loads(body)["alerts"]] == ["BuyingPowerBelowFloor"]
+
+
+async def test_a_failing_venue_goes_stale_and_recovers(
+    riskmon: RiskmonProcess,
+    simulator: Simulator,
+    subscriber: MqttCollector,
+) -> None:
+    riskmon.start()
+    await riskmon.ready()
+    fault = simulator.add_fault(
+        {"venue": "polymarket", "endpoint": "balances", "kind": "status", "status": 503}
+    )
+    stale = "riskmon/events/error/pmx/firms%2FACME%2Faccounts%2Fmain/AccountDataStale"
+    down = "riskmon/events/critical/pmx/*/VenueDown"
+    await subscriber.wait_for(lambda _: bool(subscriber.on(stale) and subscriber.on(down)))
+    fired = events(subscriber, stale)[0]
+    assert fired["account"] == "firms/ACME/accounts/main"
+    assert "503" in fired["annotations"]["description"]
+    metrics = await riskmon.metrics()
+    assert metrics[("riskmon_venue_up", (("venue", "pmx"),))] == 0
+    simulator.remove_fault(fault)
+    await subscriber.wait_for(
+        lambda _: len(subscriber.on(stale)) == 2 and len(subscriber.on(down)) == 2
+    )
+    assert events(subscriber, stale)[1]["status"] == "resolved"
+
+
+async def test_reloads_keep_the_running_rules_when_the_new_ones_are_broken(
+    riskmon: RiskmonProcess,
+) -> None:
+    riskmon.start()
+    await riskmon.ready()
+    rules = riskmon.folder / "rules" / "capital.yaml"
+
+    async def reload_successful(value: float) -> bool:
+        metrics = await riskmon.metrics()
+        return metrics.get(("riskmon_config_last_reload_successful", ())) == value
+
+    rules.write_text(RULES.replace("buying_power < params", "buying_power <<< params"))
+    await riskmon.until(lambda: reload_successful(0), "a failed reload (file watch)")
+    assert "capital.yaml:6:30: invalid expression" in riskmon.log()
+    rules.write_text(RULES)
+    await riskmon.until(lambda: reload_successful(1), "a good reload (file watch)")
+    assert riskmon.process is not None
+    riskmon.config.write_text(riskmon.config.read_text().replace("instance: test-1", "instanc: x"))
+    riskmon.process.send_signal(signal.SIGHUP)
+    await riskmon.until(lambda: reload_successful(0), "a failed reload (SIGHUP)")
+    assert "unknown key 'instanc'" in riskmon.log()
+    status, _ = await riskmon.get("/healthz")
+    assert status == 200
