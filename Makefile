@@ -33,8 +33,8 @@ unit: install broker
 
 test: lint unit
 
-demo: install
-	$(BIN)/python examples/snapshot_demo.py
+demo: install broker
+	$(BIN)/riskmon demo
 
 bench: install
 	$(BIN)/python -m bench
