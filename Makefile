@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench clean broker
+.PHONY: install demo test lint typecheck unit bench clean broker tools
 
 install: $(STAMP)
 
@@ -14,19 +14,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-# Mosquitto is installed from Debian's packages when missing and installable.
+# Mosquitto (the tests' broker and the demo's) and Prometheus with promtool (the
+# deploy/ tests) come from Debian's packages, installed when missing and installable.
 broker:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 	  { command -v apt-get >/dev/null 2>&1 && \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; } \
 	    || echo "warning: mosquitto not installed; broker tests will be skipped" >&2; }
 
+tools: broker
+	@command -v promtool >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+	    || echo "warning: prometheus/promtool not installed; their tests will be skipped" >&2; }
+
 lint: install
 	$(BIN)/ruff check monitor tests bench
 	$(BIN)/ruff format --check monitor tests bench
 	$(BIN)/mypy
 
-unit: install broker
+unit: install tools
 	$(BIN)/riskmon check rules/*.yaml
 	$(BIN)/riskmon test rules/tests/*.yaml
 	$(BIN)/pytest -q
