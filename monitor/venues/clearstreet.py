@@ -9,20 +9,16 @@ from urllib.parse import quote
 
 from monitor.config import AccountConfig, SecretUnavailable, VenueConfig
 from monitor.errors import (
-    AccountNotFound,
     SnapshotParseError,
     VenueAuthError,
     VenueError,
-    VenueRateLimited,
-    VenueRequestError,
-    VenueUnavailable,
 )
 from monitor.snapshot import FieldSchema, FieldType, Snapshot, flatten
 from monitor.venues.base import VenueAdapter, register
-from monitor.venues.http import HttpClient, HttpResponse, retry_after_seconds
+from monitor.venues.http import HttpClient, HttpResponse
 from monitor.venues.limits import VenueLimits
 from monitor.venues.retry import with_retries
-from monitor.venues.wire import clip, decode_json, try_decode_json
+from monitor.venues.wire import clip, decode_json, error_for_status, try_decode_json
 
 DEC, INT, BOOL, STR = FieldType.DECIMAL, FieldType.INTEGER, FieldType.BOOLEAN, FieldType.STRING
 OBJ, LIST = FieldType.OBJECT, FieldType.LIST
@@ -221,29 +217,17 @@ class ClearStreetAdapter(VenueAdapter):
 
     def _error(self, response: HttpResponse) -> VenueError:
         body = try_decode_json(response)
-        request_id = _request_id(body, response)
         error = body.get("error") if isinstance(body, dict) else None
         message = clip(error.get("message")) if isinstance(error, dict) else ""
-        status = response.status
-        context: dict[str, Any] = {
-            "status": status,
-            "request_id": request_id,
-        }
-        what = f"Clear Street answered {status}" + (f": {message}" if message else "")
-        if status in (401, 403):
-            return VenueAuthError(what, **context)
-        if status == 404:
-            return AccountNotFound(what, **context)
-        if status == 429:
-            return VenueRateLimited(
-                what, retry_after=retry_after_seconds(response.headers), **context
-            )
-        if status == 408 or status >= 500:
-            return VenueUnavailable(
-                what, retry_after=retry_after_seconds(response.headers), **context
-            )
-        # The official SDK retries 409 (a conflict that resolves itself).
-        return VenueRequestError(what, retryable=status == 409, **context)
+        what = f"Clear Street answered {response.status}" + (f": {message}" if message else "")
+        return error_for_status(
+            response, what, retryable=_retryable, request_id=_request_id(body, response)
+        )
+
+
+def _retryable(status: int) -> bool:
+    """As the official SDK: 408, 409 (a conflict that resolves itself), 429 and 5xx."""
+    return status in (408, 409, 429) or status >= 500
 
 
 def _normalize(fields: dict[str, Any]) -> None:

@@ -8,21 +8,16 @@ from urllib.parse import quote
 
 from monitor.config import AccountConfig, VenueConfig
 from monitor.errors import (
-    AccountNotFound,
     SnapshotParseError,
-    VenueAuthError,
     VenueError,
-    VenueRateLimited,
-    VenueRequestError,
-    VenueUnavailable,
 )
 from monitor.snapshot import FieldSchema, FieldType, Snapshot, flatten
 from monitor.venues.base import VenueAdapter, register
-from monitor.venues.http import HttpClient, HttpResponse, retry_after_seconds
+from monitor.venues.http import HttpClient, HttpResponse
 from monitor.venues.limits import VenueLimits
-from monitor.venues.pmx_auth import TokenProvider
+from monitor.venues.pmx_auth import AccessToken, TokenProvider
 from monitor.venues.retry import with_retries
-from monitor.venues.wire import clip, decode_json, try_decode_json
+from monitor.venues.wire import clip, decode_json, error_for_status, try_decode_json
 
 DEC, INT, STR = FieldType.DECIMAL, FieldType.INTEGER, FieldType.STRING
 
@@ -127,10 +122,9 @@ class PolymarketAdapter(VenueAdapter):
         url = self.config.base_url + path
         participant = self.config.auth.participant_id if self.config.auth else ""
 
-        async def send() -> HttpResponse:
-            token = await self.auth.token(deadline)
+        async def with_token(token: AccessToken) -> HttpResponse:
             async with self.limits.slot(deadline):
-                response = await self.http.request(
+                return await self.http.request(
                     method,
                     url,
                     json_body=body,
@@ -141,22 +135,14 @@ class PolymarketAdapter(VenueAdapter):
                     },
                     max_bytes=self.config.max_response_bytes,
                 )
+
+        async def send() -> HttpResponse:
+            token = await self.auth.token(deadline)
+            response = await with_token(token)
             if response.status == 401:
                 # The token was revoked or expired early: mint a new one, retry once.
                 self.auth.invalidate(token)
-                token = await self.auth.token(deadline)
-                async with self.limits.slot(deadline):
-                    response = await self.http.request(
-                        method,
-                        url,
-                        json_body=body,
-                        deadline=self.attempt_deadline(deadline),
-                        headers={
-                            "authorization": f"Bearer {token.value}",
-                            "x-participant-id": participant,
-                        },
-                        max_bytes=self.config.max_response_bytes,
-                    )
+                response = await with_token(await self.auth.token(deadline))
             return response
 
         async def attempt() -> HttpResponse:
@@ -170,22 +156,10 @@ class PolymarketAdapter(VenueAdapter):
     def _error(self, response: HttpResponse) -> VenueError:
         body = try_decode_json(response)
         message = clip(body.get("message", "")) if isinstance(body, dict) else ""
-        status = response.status
-        context: dict[str, Any] = {
-            "status": status,
-            "request_id": response.headers.get("x-request-id"),
-        }
-        what = f"Polymarket answered {status}" + (f": {message}" if message else "")
-        if status in (401, 403):
-            return VenueAuthError(what, **context)
-        if status == 404:
-            return AccountNotFound(what, **context)
-        if status == 429:
-            return VenueRateLimited(
-                what, retry_after=retry_after_seconds(response.headers), **context
-            )
-        if status in _RETRYABLE_STATUSES:
-            return VenueUnavailable(
-                what, retry_after=retry_after_seconds(response.headers), **context
-            )
-        return VenueRequestError(what, **context)
+        what = f"Polymarket answered {response.status}" + (f": {message}" if message else "")
+        return error_for_status(
+            response,
+            what,
+            retryable=_RETRYABLE_STATUSES.__contains__,
+            request_id=response.headers.get("x-request-id"),
+        )

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from monitor.errors import SnapshotParseError
-from monitor.venues.http import HttpResponse
+from monitor.errors import (
+    AccountNotFound,
+    SnapshotParseError,
+    VenueAuthError,
+    VenueError,
+    VenueRateLimited,
+    VenueRequestError,
+    VenueUnavailable,
+)
+from monitor.venues.http import HttpResponse, retry_after_seconds
 
 
 def decode_json(response: HttpResponse) -> Any:
@@ -36,3 +45,29 @@ def clip(text: object, limit: int = 200) -> str:
     """A venue-supplied message, made safe to log: one line, bounded length."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def error_for_status(
+    response: HttpResponse,
+    what: str,
+    *,
+    retryable: Callable[[int], bool],
+    request_id: str | None = None,
+) -> VenueError:
+    """The named error for a non-200 answer; `retryable` is the venue's retry policy."""
+    status = response.status
+    context: dict[str, Any] = {"status": status, "request_id": request_id}
+    if status in (401, 403):
+        return VenueAuthError(what, **context)
+    if status == 404:
+        return AccountNotFound(what, **context)
+    if status == 429:
+        return VenueRateLimited(what, retry_after=retry_after_seconds(response.headers), **context)
+    if status == 408 or status >= 500:
+        return VenueUnavailable(
+            what,
+            retry_after=retry_after_seconds(response.headers),
+            retryable=retryable(status),
+            **context,
+        )
+    return VenueRequestError(what, retryable=retryable(status), **context)
