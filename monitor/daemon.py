@@ -225,6 +225,7 @@ class Daemon(PollListener):
     # -- events out -------------------------------------------------------------------------
 
     def _emit(self, events: Iterable[AlertEvent]) -> None:
+        events = list(events)
         entries = [
             to_entry(event, prefix=self.config.mqtt.topic_prefix, instance=self.config.instance)
             for event in events
@@ -234,7 +235,7 @@ class Daemon(PollListener):
         alerts = self.book.to_json()
         self.store.append(entries, alerts=alerts)
         self._saved_alerts = alerts
-        for entry, event in zip(entries, events, strict=False):
+        for entry, event in zip(entries, events, strict=True):
             log.info(
                 "alert " + event.status,
                 alertname=event.alertname,
