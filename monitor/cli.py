@@ -132,6 +132,18 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     simulator_cli.add_arguments(parser)
 
 
+def _add_pagerduty(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "pagerduty",
+        help="forward alert events from MQTT to PagerDuty's Events API v2",
+        description="Subscribe to the alert events on MQTT (a persistent session) and "
+        "forward each to PagerDuty's Events API v2 with the routing key of the first "
+        "route that matches its severity and labels; once per event_id, retrying 429 "
+        "and 5xx, under the per-key rate limit. SIGTERM and SIGINT stop it cleanly.",
+    )
+    parser.add_argument("-c", "--config", default="pagerduty.yaml", help="config file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="riskmon", description="Real-time risk monitoring for trading accounts."
@@ -151,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replay(commands)
     _add_simulate(commands)
     _add_demo(commands)
+    _add_pagerduty(commands)
     return parser
 
 
@@ -229,6 +242,14 @@ def _simulate(args: argparse.Namespace) -> int:
         return 0
 
 
+def _pagerduty(args: argparse.Namespace) -> int:
+    from monitor.pagerduty import run_bridge
+
+    if args.log_level is None:  # a daemon: info by default, as `run`
+        configure_logging("info")
+    return asyncio.run(run_bridge(Path(args.config)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level or ("info" if args.command == "run" else "warning"))
@@ -240,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "test": _test,
         "replay": _replay,
         "simulate": _simulate,
+        "pagerduty": _pagerduty,
     }
     try:
         return handlers[args.command](args)
