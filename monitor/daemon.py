@@ -16,7 +16,7 @@ import dataclasses
 import platform
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,7 +30,7 @@ from monitor.engine.builtin import AccountHealth, builtin_rules, health_snapshot
 from monitor.engine.evaluate import Evaluator
 from monitor.engine.expr import EvalError
 from monitor.engine.lifecycle import AlertBook, AlertEvent
-from monitor.engine.model import Rule
+from monitor.engine.model import Rule, RuleSet
 from monitor.engine.reload import RuleSource
 from monitor.errors import VenueAuthError, VenueError
 from monitor.metrics import Metrics
@@ -84,6 +84,9 @@ class Daemon(PollListener):
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
         self._recording: TextIO | None = None
+        # the rules' param defaults per (venue, venue kind), for riskmon_account_param
+        self._param_defaults: dict[tuple[str, str], Mapping[str, Any]] = {}
+        self._param_defaults_of: RuleSet | None = None
 
     # -- running ----------------------------------------------------------------------------
 
@@ -191,10 +194,35 @@ class Daemon(PollListener):
     def on_snapshot(self, snapshot: Snapshot, duration: float) -> None:
         self.polls += 1
         self.metrics.update_account(snapshot)
+        self.metrics.set_account_params(
+            snapshot.venue, snapshot.account, self._rule_param_defaults(snapshot), snapshot.params
+        )
         self.metrics.observe_poll(snapshot.venue, "ok", duration)
         if self._recording is not None:
             write_record(snapshot, self._recording)
         self._emit(self.evaluator.evaluate(snapshot, time.time()))
+
+    def _rule_param_defaults(self, snapshot: Snapshot) -> Mapping[str, Any]:
+        """The param defaults of the rules that apply to the snapshot's venue, one
+        mapping per venue and rule set; a param whose rules disagree on its default has
+        none (it is exported only where an account sets it)."""
+        rules = self.evaluator.rules
+        if rules is not self._param_defaults_of:
+            self._param_defaults.clear()
+            self._param_defaults_of = rules
+        key = (snapshot.venue, snapshot.venue_kind)
+        defaults = self._param_defaults.get(key)
+        if defaults is None:
+            found: dict[str, Any] = {}
+            conflicting: set[str] = set()
+            for rule in rules.rules_for(*key):
+                for name, value in rule.params.items():
+                    if found.setdefault(name, value) != value:
+                        conflicting.add(name)
+            defaults = self._param_defaults[key] = {
+                k: v for k, v in found.items() if k not in conflicting
+            }
+        return defaults
 
     def on_failure(self, state: AccountState, error: VenueError, duration: float) -> None:
         self.polls += 1

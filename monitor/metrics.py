@@ -30,6 +30,7 @@ account's currency):
 | `riskmon_account_<field>` (`ACCOUNT_FIELD_METRICS`) | gauge | venue, account, currency |
 | `riskmon_account_up` (last poll succeeded: 1, failed: 0) | gauge | venue, account |
 | `riskmon_last_success_timestamp_seconds` | gauge | venue, account |
+| `riskmon_account_param` (rule params in effect) | gauge | venue, account, param |
 | `riskmon_alert_active` (1 per pending/firing alert) | gauge | alertname, venue, account, |
 | | | severity, state (pending, firing) |
 | `riskmon_poll_duration_seconds` | histogram | venue |
@@ -53,6 +54,10 @@ series is left out entirely (no HELP/TYPE either). `riskmon_polls_total` outcome
 `riskmon_rule_evaluation_failures_total` is labelled by `alertname` (bounded by the rule
 files) so that on-call sees which rule fails; `inc_rule_evaluation_failures(name, 0)`
 creates a rule's series at 0, so that `increase()` sees its first failure.
+`riskmon_account_param` carries the numeric rule params an account's rules use (its own
+`params` over the rules' defaults: `buying_power_floor`, `excess_capital_floor` ...), so
+that a dashboard draws each account's floors next to its values; `param` is bounded by
+the rule files and the config.
 """
 
 from __future__ import annotations
@@ -61,12 +66,12 @@ import math
 import platform
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import chain, compress, repeat
-from operator import itemgetter
-from typing import Final
+from operator import attrgetter, itemgetter
+from typing import Any, Final
 
 from monitor import __version__
 from monitor.engine.lifecycle import Alert, AlertPhase
@@ -324,13 +329,23 @@ _LABEL_GETTERS: Final = (
 _ALERT_ACTIVE: Final = _family(
     "riskmon_alert_active", "gauge", "1 for each pending or firing alert; state says which."
 )
+_ACCOUNT_PARAM: Final = _family(
+    "riskmon_account_param",
+    "gauge",
+    "A numeric rule param in effect for the account (its params over the rules' defaults).",
+)
+_PARAMS_TEXT: Final = attrgetter("params_text")
+_NO_PARAMS: Final[Mapping[str, Any]] = {}
 
 
 class _Account:
-    __slots__ = ("currency", "entries", "raw", "up")
+    __slots__ = ("currency", "entries", "params_from", "params_text", "raw", "up")
 
     def __init__(self, venue: str, account: str, currency: str | None) -> None:
         self.currency = currency
+        # riskmon_account_param: the mappings it was rendered from, and its lines
+        self.params_from: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None
+        self.params_text = b""
         self.raw: list[object] = [_UNSET] * _N_FIELDS
         self.entries: list[bytes | None] = [None] * _N_ENTRIES
         self.entries[_LABELS] = _labels(venue=venue, account=account, currency=currency) + b"} "
@@ -386,10 +401,14 @@ class Metrics:
         key = (snapshot.venue, snapshot.account)
         record = self._accounts.get(key)
         if record is None or record.currency != snapshot.currency:
+            old_record = record
             record = self._accounts[key] = _Account(
                 snapshot.venue, snapshot.account, snapshot.currency
             )
             self._entries[key] = record.entries
+            if old_record is not None:  # params have no currency label: they stay
+                record.params_from = old_record.params_from
+                record.params_text = old_record.params_text
         new = list(map(snapshot.fields.get, _PATHS))
         old = record.raw
         record.raw = new  # the current snapshot's objects: no copies kept alive
@@ -402,6 +421,39 @@ class Metrics:
             record.up = True
             entries[_UP] = b"1"
         entries[_LAST_SUCCESS] = _float_text(snapshot.taken_at)
+
+    def set_account_params(
+        self,
+        venue: str,
+        account: str,
+        defaults: Mapping[str, Any],
+        overrides: Mapping[str, Any] = _NO_PARAMS,
+    ) -> None:
+        """`riskmon_account_param{param}`: the account's rule params, `overrides` (its
+        own `params`) over `defaults` (the rules'); only numeric values are exported.
+
+        Rendered again only when `defaults` or `overrides` is another object than last
+        time: pass the same mappings while they do not change (the config's and the rule
+        set's), and a poll costs two identity checks. Call after `update_account`.
+        """
+        record = self._account(venue, account, None)
+        source = record.params_from
+        if source is not None and source[0] is defaults and source[1] is overrides:
+            return
+        record.params_from = (defaults, overrides)
+        merged = {**defaults, **overrides}
+        lines = []
+        for name in sorted(merged):
+            value = format_value(merged[name])
+            if value is not None:
+                lines.append(
+                    _ACCOUNT_PARAM.open
+                    + _labels(venue=venue, account=account, param=name)
+                    + b"} "
+                    + value
+                    + b"\n"
+                )
+        record.params_text = b"".join(lines)
 
     def account_failed(self, venue: str, account: str, outcome: str | None = None) -> None:
         """A poll failed: `riskmon_account_up` 0; the last good values stay exported
@@ -545,6 +597,10 @@ class Metrics:
             if body:
                 add(family.header)
                 add(body)
+        params = b"".join(map(_PARAMS_TEXT, self._accounts.values()))
+        if params:
+            add(_ACCOUNT_PARAM.header)
+            add(params)
         if self._alerts:
             add(_ALERT_ACTIVE.header)
             add(

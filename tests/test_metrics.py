@@ -254,6 +254,7 @@ def busy_metrics() -> Metrics:
         snap("firms/ACME/accounts/main", pmx_fields(), venue="pmx", kind="polymarket")
     )
     metrics.update_account(snap(WEIRD_ACCOUNT))
+    metrics.set_account_params("cs-prod", WEIRD_ACCOUNT, {"buying_power_floor": 25000})
     metrics.account_failed("cs-prod", "1")
     metrics.observe_poll("pmx", "ok", 0.2)
     metrics.observe_poll("pmx", "unavailable", 5.0)
@@ -321,6 +322,7 @@ def test_the_output_parses_and_names_every_required_family() -> None:
         "riskmon_account_buying_power",
         "riskmon_account_up",
         "riskmon_last_success_timestamp_seconds",
+        "riskmon_account_param",
         "riskmon_alert_active",
         "riskmon_poll_duration_seconds",
         "riskmon_polls",
@@ -496,6 +498,56 @@ def test_removing_the_last_account_removes_the_family() -> None:
     metrics.update_account(snap())
     metrics.remove_account("cs-prod", "19816")
     assert "riskmon_account_" not in metrics.render().decode()
+
+
+# -- rule params ---------------------------------------------------------------------
+
+
+def param_series(metrics: Metrics) -> dict[tuple[str, str, str], float]:
+    return {
+        (s.labels["venue"], s.labels["account"], s.labels["param"]): s.value
+        for s in samples(metrics)
+        if s.name == "riskmon_account_param"
+    }
+
+
+def test_account_params_are_overrides_over_defaults_numbers_only() -> None:
+    metrics = Metrics()
+    metrics.update_account(snap())
+    defaults = {"buying_power_floor": 25000, "near_floor_ratio": Decimal("1.2"), "desk": "eq"}
+    metrics.set_account_params("cs-prod", "19816", defaults, {"buying_power_floor": 50000})
+    metrics.set_account_params("pmx", WEIRD_ACCOUNT, {"excess_capital_floor": 1000.5})
+    assert param_series(metrics) == {
+        ("cs-prod", "19816", "buying_power_floor"): 50000,
+        ("cs-prod", "19816", "near_floor_ratio"): 1.2,
+        ("pmx", WEIRD_ACCOUNT, "excess_capital_floor"): 1000.5,
+    }
+    text = metrics.render().decode()
+    assert text.count("# TYPE riskmon_account_param gauge") == 1
+
+
+def test_account_params_rerender_only_for_other_mappings() -> None:
+    metrics = Metrics()
+    defaults: dict[str, Any] = {"buying_power_floor": 25000}
+    overrides: dict[str, Any] = {}
+    metrics.set_account_params("cs-prod", "19816", defaults, overrides)
+    defaults["buying_power_floor"] = 1  # the same objects: taken as unchanged
+    metrics.set_account_params("cs-prod", "19816", defaults, overrides)
+    assert param_series(metrics) == {("cs-prod", "19816", "buying_power_floor"): 25000}
+    metrics.set_account_params("cs-prod", "19816", {"buying_power_floor": 30000}, overrides)
+    assert param_series(metrics) == {("cs-prod", "19816", "buying_power_floor"): 30000}
+    metrics.set_account_params("cs-prod", "19816", {}, {})
+    assert "riskmon_account_param" not in metrics.render().decode()
+
+
+def test_account_params_survive_a_currency_change_and_leave_with_the_account() -> None:
+    metrics = Metrics()
+    metrics.update_account(snap(currency="USD"))
+    metrics.set_account_params("cs-prod", "19816", {"buying_power_floor": 25000})
+    metrics.update_account(snap(currency="EUR"))
+    assert param_series(metrics) == {("cs-prod", "19816", "buying_power_floor"): 25000}
+    metrics.remove_account("cs-prod", "19816")
+    assert "riskmon_account_param" not in metrics.render().decode()
 
 
 # -- alerts ----------------------------------------------------------------------------
