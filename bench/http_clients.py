@@ -100,7 +100,7 @@ async def measure(
     ]
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=50)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
-    return rows
+    return {"requests": args.requests, "concurrency": args.concurrency, "clients": rows}
 
 
 if __name__ == "__main__":

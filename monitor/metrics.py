@@ -12,8 +12,11 @@ How:
   family, or None when its snapshot lacks that field, and its two label texts
   (`venue="cs",account="19816",currency="USD"`, and without currency), escaped and
   encoded once;
-- `update_account` compares each value with the one it rendered last and formats only
-  those that changed (a Decimal as its own exact text: no float round trip to pay for);
+- `update_account` compares each value with the one it rendered last (read again from
+  the previous snapshot's fields, kept by reference) and formats only those that
+  changed (a Decimal as its own exact text: no float round trip to pay for);
+- `riskmon_account_param` lines are shared by the accounts that use the rules' default
+  params, and get their account's labels at render time;
 - `render` writes each family contiguously (the format requires it): `name{`, labels,
   value, newline for every account that has the value, chained from `map(itemgetter)`
   over the accounts' lists into one `bytes.join`: no Python-level loop per series.
@@ -41,6 +44,7 @@ account's currency):
 | `riskmon_config_last_reload_success_timestamp_seconds` | gauge | |
 | `riskmon_mqtt_connected`, `riskmon_outbox_pending` | gauge | |
 | `riskmon_events_published_total` | counter | |
+| `riskmon_event_delivery_seconds` (venue answer to PUBACK) | histogram | |
 | `riskmon_build_info` (always 1) | gauge | version, python |
 | `riskmon_start_time_seconds` | gauge | |
 
@@ -70,7 +74,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import chain, compress, repeat
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from typing import Any, Final
 
 from monitor import __version__
@@ -80,6 +84,7 @@ from monitor.snapshot import Snapshot
 __all__ = [
     "ACCOUNT_FIELD_METRICS",
     "CONTENT_TYPE",
+    "EVENT_DELIVERY_BUCKETS",
     "POLL_DURATION_BUCKETS",
     "Metrics",
     "escape_label_value",
@@ -227,6 +232,25 @@ POLL_DURATION_BUCKETS: Final[tuple[float, ...]] = (
     10.0,
 )
 
+#: Buckets of `riskmon_event_delivery_seconds`: 1 ms .. 5 min, fine below 10 ms (the
+#: target for the daemon's own part of an alert's way out).
+EVENT_DELIVERY_BUCKETS: Final[tuple[float, ...]] = (
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+)
+
 _PATHS: Final = tuple(path for path, _, _ in ACCOUNT_FIELD_METRICS)
 _N_FIELDS: Final = len(_PATHS)
 # An account's entries: one value text per account family, then its two label texts.
@@ -237,6 +261,7 @@ _LABELS: Final = _N_FAMILIES  # entries[_LABELS]: b'venue="..",account="..",curr
 _LABELS_SHORT: Final = _N_FAMILIES + 1  # entries[_LABELS_SHORT]: without currency
 _N_ENTRIES: Final = _N_FAMILIES + 2
 _UNSET: Final = object()  # no value rendered yet (None means "the snapshot lacks it")
+_NEVER_RENDERED: Final[list[object]] = [_UNSET] * _N_FIELDS  # read only
 _ACTIVE_PHASES: Final = (AlertPhase.PENDING, AlertPhase.FIRING)
 
 AccountKey = tuple[str, str]  # (venue, account)
@@ -320,6 +345,7 @@ _ACCOUNT_FAMILIES: Final[tuple[_Family, ...]] = (
     ),
 )
 _BUCKET_LABELS: Final = (*(_float_text(b) for b in POLL_DURATION_BUCKETS), b"+Inf")
+_DELIVERY_LABELS: Final = (*(_float_text(b) for b in EVENT_DELIVERY_BUCKETS), b"+Inf")
 _GETTERS: Final = tuple(itemgetter(i) for i in range(_N_FAMILIES))
 _LABEL_GETTERS: Final = (
     *(itemgetter(_LABELS) for _ in range(_N_FIELDS)),
@@ -334,19 +360,21 @@ _ACCOUNT_PARAM: Final = _family(
     "gauge",
     "A numeric rule param in effect for the account (its params over the rules' defaults).",
 )
-_PARAMS_TEXT: Final = attrgetter("params_text")
 _NO_PARAMS: Final[Mapping[str, Any]] = {}
 
 
 class _Account:
-    __slots__ = ("currency", "entries", "params_from", "params_text", "raw", "up")
+    __slots__ = ("currency", "entries", "fields", "params", "params_from", "up")
 
     def __init__(self, venue: str, account: str, currency: str | None) -> None:
         self.currency = currency
-        # riskmon_account_param: the mappings it was rendered from, and its lines
+        # riskmon_account_param: the mappings it was rendered from, and the ends of its
+        # lines (`,param="..."} value\n`), shared by the accounts that use the defaults
         self.params_from: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None
-        self.params_text = b""
-        self.raw: list[object] = [_UNSET] * _N_FIELDS
+        self.params: tuple[bytes, ...] = ()
+        # the fields of the snapshot the entries were rendered from (the poller holds
+        # that snapshot too: no copy), to see which values changed at the next one
+        self.fields: Mapping[str, object] | None = None
         self.entries: list[bytes | None] = [None] * _N_ENTRIES
         self.entries[_LABELS] = _labels(venue=venue, account=account, currency=currency) + b"} "
         self.entries[_LABELS_SHORT] = _labels(venue=venue, account=account) + b"} "
@@ -374,12 +402,16 @@ class Metrics:
         self._alerts: dict[AlertKey, bytes] = {}
         self._venues: dict[str, _Venue] = {}
         self._rule_failures: dict[str, int] = {}
+        # id(defaults) -> (defaults, the ends of their riskmon_account_param lines)
+        self._default_params: dict[int, tuple[Mapping[str, Any], tuple[bytes, ...]]] = {}
         self._start_time = now
         self._reload_successful = True  # a daemon has metrics only once its config loaded
         self._reload_success_at = now
         self._mqtt_connected = False
         self._outbox_pending = 0
         self._events_published = 0
+        self._delivery_buckets = [0] * (len(EVENT_DELIVERY_BUCKETS) + 1)
+        self._delivery_sum = 0.0
         self._build_info = (
             b"riskmon_build_info{"
             + _labels(version=__version__, python=platform.python_version())
@@ -397,7 +429,10 @@ class Metrics:
         return record
 
     def update_account(self, snapshot: Snapshot) -> None:
-        """A poll succeeded: the account's gauges take the snapshot's values, up is 1."""
+        """A poll succeeded: the account's gauges take the snapshot's values, up is 1.
+
+        The snapshot's fields are kept (not copied) to compare the next one with: like
+        every Snapshot, they must not change once made."""
         key = (snapshot.venue, snapshot.account)
         record = self._accounts.get(key)
         if record is None or record.currency != snapshot.currency:
@@ -408,10 +443,11 @@ class Metrics:
             self._entries[key] = record.entries
             if old_record is not None:  # params have no currency label: they stay
                 record.params_from = old_record.params_from
-                record.params_text = old_record.params_text
+                record.params = old_record.params
         new = list(map(snapshot.fields.get, _PATHS))
-        old = record.raw
-        record.raw = new  # the current snapshot's objects: no copies kept alive
+        previous = record.fields
+        old = _NEVER_RENDERED if previous is None else list(map(previous.get, _PATHS))
+        record.fields = snapshot.fields
         entries = record.entries
         if new != old:  # equal numbers have the same float64: keep their text
             for i, value in enumerate(new):
@@ -441,19 +477,17 @@ class Metrics:
         if source is not None and source[0] is defaults and source[1] is overrides:
             return
         record.params_from = (defaults, overrides)
-        merged = {**defaults, **overrides}
-        lines = []
-        for name in sorted(merged):
-            value = format_value(merged[name])
-            if value is not None:
-                lines.append(
-                    _ACCOUNT_PARAM.open
-                    + _labels(venue=venue, account=account, param=name)
-                    + b"} "
-                    + value
-                    + b"\n"
-                )
-        record.params_text = b"".join(lines)
+        if overrides:
+            record.params = _param_ends(defaults, overrides)
+            return
+        # Most accounts use the rules' defaults: one rendering for all of them, 1.3 KB
+        # an account otherwise (bench/memory.py).
+        shared = self._default_params.get(id(defaults))
+        if shared is None or shared[0] is not defaults:
+            if len(self._default_params) >= 64:  # mappings of rule sets reloaded away
+                self._default_params.clear()
+            shared = self._default_params[id(defaults)] = (defaults, _param_ends(defaults))
+        record.params = shared[1]
 
     def account_failed(self, venue: str, account: str, outcome: str | None = None) -> None:
         """A poll failed: `riskmon_account_up` 0; the last good values stay exported
@@ -579,6 +613,13 @@ class Metrics:
         """`riskmon_events_published_total` from a publisher that keeps the count."""
         self._events_published = total
 
+    def observe_event_delivery(self, seconds: float) -> None:
+        """An alert event a venue answer caused was PUBACKed `seconds` after that answer
+        arrived: `riskmon_event_delivery_seconds` (the daemon's part of detection
+        latency: parsing, rules, outbox, MQTT; not the wait for the poll)."""
+        self._delivery_buckets[bisect_left(EVENT_DELIVERY_BUCKETS, seconds)] += 1
+        self._delivery_sum += seconds
+
     # -- exposition -----------------------------------------------------------------
 
     def render(self) -> bytes:
@@ -597,7 +638,9 @@ class Metrics:
             if body:
                 add(family.header)
                 add(body)
-        params = b"".join(map(_PARAMS_TEXT, self._accounts.values()))
+        params = b"".join(
+            _param_lines(record) for record in self._accounts.values() if record.params
+        )
         if params:
             add(_ACCOUNT_PARAM.header)
             add(params)
@@ -701,6 +744,7 @@ class Metrics:
             )
         )
         add(b"riskmon_events_published_total %d\n" % self._events_published)
+        self._render_delivery(add)
         add(_header("riskmon_build_info", "gauge", "Always 1; the labels name the build."))
         add(self._build_info)
         add(
@@ -711,6 +755,45 @@ class Metrics:
             )
         )
         add(b"riskmon_start_time_seconds %s\n" % _float_text(self._start_time))
+
+    def _render_delivery(self, add: _Add) -> None:
+        name = b"riskmon_event_delivery_seconds"
+        add(
+            _header(
+                name.decode(),
+                "histogram",
+                "From the venue answer that caused an alert event to the broker's PUBACK "
+                "of it (events no answer caused, such as staleness, are not timed).",
+            )
+        )
+        cumulative = 0
+        for bound, count in zip(_DELIVERY_LABELS, self._delivery_buckets, strict=True):
+            cumulative += count
+            add(b'%s_bucket{le="%s"} %d\n' % (name, bound, cumulative))
+        add(b"%s_sum %s\n" % (name, _float_text(self._delivery_sum)))
+        add(b"%s_count %d\n" % (name, cumulative))
+
+
+def _param_ends(
+    defaults: Mapping[str, Any], overrides: Mapping[str, Any] = _NO_PARAMS
+) -> tuple[bytes, ...]:
+    """The ends of an account's `riskmon_account_param` lines: `,param="name"} value\n`
+    for each numeric param, `overrides` over `defaults`, by name."""
+    merged = {**defaults, **overrides}
+    ends = []
+    for name in sorted(merged):
+        value = format_value(merged[name])
+        if value is not None:
+            ends.append(b"," + _labels(param=name) + b"} " + value + b"\n")
+    return tuple(ends)
+
+
+def _param_lines(record: _Account) -> bytes:
+    """An account's `riskmon_account_param` lines."""
+    labels = record.entries[_LABELS_SHORT]  # b'venue="..",account=".."} '
+    assert labels is not None
+    head = _ACCOUNT_PARAM.open + labels[:-2]
+    return head.join((b"", *record.params))  # head + end1 + head + end2 ...
 
 
 def _gauges(

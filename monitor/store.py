@@ -21,9 +21,10 @@ laptop SSD; `depth` is a counter in memory. One process owns a state folder: a s
 `Store` on the same file, in this process or another, fails at open with
 `StoreLocked` (two daemons draining one outbox would publish everything twice).
 
-Tables: `outbox` (the events), `alert_state` (one row: the AlertBook's JSON), `meta`
-(the schema version). A file that is not a riskmon database, is corrupt or was written
-by a newer riskmon gives a `StoreError` naming the file.
+Tables: `outbox` (the events, with when the venue answer behind each arrived),
+`alert_state` (one row: the AlertBook's JSON), `meta` (the schema version). A file
+that is not a riskmon database, is corrupt or was written by a newer riskmon gives a
+`StoreError` naming the file.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     event_payload BLOB NOT NULL,
     alert_topic TEXT NOT NULL,
     alert_payload BLOB NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    answered_at REAL
 );
 CREATE TABLE IF NOT EXISTS alert_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -77,12 +79,12 @@ CREATE TABLE IF NOT EXISTS alert_state (
 
 _INSERT: Final = (
     "INSERT INTO outbox (event_id, alert_key, event_topic, event_payload,"
-    " alert_topic, alert_payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " alert_topic, alert_payload, created_at, answered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SAVE_ALERTS: Final = "INSERT OR REPLACE INTO alert_state (id, json, saved_at) VALUES (1, ?, ?)"
 _PENDING: Final = (
     "SELECT seq, event_id, alert_key, event_topic, event_payload, alert_topic,"
-    " alert_payload, created_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?"
+    " alert_payload, created_at, answered_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?"
 )
 
 
@@ -100,7 +102,10 @@ class OutboxEntry:
 
     `alert_payload` is the retained message for `alert_topic`: the event's JSON while
     the alert fires, `b""` (which clears the retained message) when it resolves.
-    `alert_key` is the alert's fingerprint.
+    `alert_key` is the alert's fingerprint. `answered_at` is when the venue answer that
+    caused the event arrived (its `Snapshot.taken_at`, epoch seconds), None for events
+    no answer caused (staleness, reloads, accounts that left): the publisher times the
+    delivery from it (`riskmon_event_delivery_seconds`).
     """
 
     event_id: str
@@ -109,6 +114,7 @@ class OutboxEntry:
     event_payload: bytes
     alert_topic: str
     alert_payload: bytes
+    answered_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +129,7 @@ class OutboxRecord:
     alert_topic: str
     alert_payload: bytes
     created_at: float
+    answered_at: float | None = None
 
 
 class Store:
@@ -195,6 +202,7 @@ class Store:
                 raise StoreError(f"{self.path}: the database is corrupt: {problems}")
             db.executescript(_SCHEMA)
             self._check_version(db)
+            self._add_answered_at(db)
             self._depth = int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
         except sqlite3.Error as exc:
             db.close()
@@ -221,6 +229,15 @@ class Store:
                 f"this one reads schema {SCHEMA_VERSION}"
             )
 
+    @staticmethod
+    def _add_answered_at(db: sqlite3.Connection) -> None:
+        """`outbox.answered_at` came later, within schema 1: a nullable column that
+        older riskmons neither read nor write (they name their columns), so a file
+        moves between versions either way; added here to a file that lacks it."""
+        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        if "answered_at" not in columns:
+            db.execute("ALTER TABLE outbox ADD COLUMN answered_at REAL")
+
     # -- the outbox -------------------------------------------------------------------------
 
     def append(
@@ -240,6 +257,7 @@ class Store:
                 e.alert_topic,
                 e.alert_payload,
                 now,
+                e.answered_at,
             )
             for e in items
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import pytest
 from conftest import MosquittoBroker, MqttCollector, SimCredentials, _free_port
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitor.daemon import GC_YOUNG_THRESHOLD, settle_heap
 from monitor.simulator import Simulator
 
 RULES = """\
@@ -394,3 +396,16 @@ async def test_reloads_keep_the_running_rules_when_the_new_ones_are_broken(
     assert "unknown key 'instanc'" in riskmon.log()
     status, _ = await riskmon.get("/healthz")
     assert status == 200
+
+
+def test_settle_heap_freezes_what_start_up_built_and_keeps_the_older_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+        settle_heap()  # again, as after a reload: the same settings
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

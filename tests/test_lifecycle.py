@@ -730,6 +730,29 @@ def test_book_to_json_round_trip() -> None:
     assert AlertBook.from_json([]).active() == []
 
 
+def test_holds_any_follows_every_way_alerts_come_and_go() -> None:
+    book = AlertBook()
+    first, second = make_rule(alert="First"), make_rule(alert="Second", for_=30)
+    assert not book.holds_any(VENUE, "a")
+    _observe(book, first, "a", T, 0)
+    _observe(book, second, "a", T, 0)
+    _observe(book, first, "b", T, 0)
+    assert book.holds_any(VENUE, "a")
+    assert not book.holds_any("other-venue", "a")
+    _observe(book, first, "a", F, 10)  # resolved: one alert of the account left
+    assert book.holds_any(VENUE, "a")
+    _observe(book, second, "a", F, 10)  # pending, back to inactive
+    assert not book.holds_any(VENUE, "a")
+    restored = AlertBook.from_json(book.to_json())
+    assert restored.holds_any(VENUE, "b")
+    restored.forget_account(VENUE, "b", 20)
+    assert not restored.holds_any(VENUE, "b")
+    _observe(book, second, "c", T, 30)
+    book.retain_rules({first.key}, 40)
+    assert not book.holds_any(VENUE, "c")
+    assert book.holds_any(VENUE, "b")
+
+
 def test_missing_with_fire_creates_an_alert_in_the_book() -> None:
     book = AlertBook()
     rule = make_rule(on_missing="fire")

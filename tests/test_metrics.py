@@ -19,6 +19,7 @@ from monitor.engine.lifecycle import Alert, AlertPhase
 from monitor.metrics import (
     ACCOUNT_FIELD_METRICS,
     CONTENT_TYPE,
+    EVENT_DELIVERY_BUCKETS,
     POLL_DURATION_BUCKETS,
     Metrics,
     escape_label_value,
@@ -184,8 +185,8 @@ def test_changed_values_are_rerendered_and_vanished_fields_leave() -> None:
     assert series(metrics, "riskmon_last_success_timestamp_seconds") == {
         account_labels(currency=None): 1_790_000_002.5
     }
-    changed["settled_cash"] = Decimal("5")
-    metrics.update_account(snap(fields=changed))
+    back = {**changed, "settled_cash": Decimal("5")}  # a snapshot's fields never change
+    metrics.update_account(snap(fields=back))
     assert series(metrics, "riskmon_account_settled_cash") == {account_labels(): 5.0}
 
 
@@ -427,6 +428,36 @@ def test_events_published_by_increment_or_from_the_publishers_total() -> None:
     assert series(metrics, "riskmon_events_published_total") == {(): 3}
     metrics.set_events_published(10)
     assert series(metrics, "riskmon_events_published_total") == {(): 10}
+
+
+def test_event_delivery_histogram_from_the_first_scrape_then_cumulative() -> None:
+    def delivery(metrics: Metrics) -> Any:
+        [family] = [
+            f
+            for f in text_string_to_metric_families(metrics.render().decode())
+            if f.name == "riskmon_event_delivery_seconds"
+        ]
+        return family
+
+    metrics = Metrics()
+    family = delivery(metrics)
+    assert family.type == "histogram"
+    assert {s.value for s in family.samples} == {0.0}  # exported before any event: rate() works
+    for seconds in (0.0004, 0.001, 0.0042, 0.009, 0.02, 1.5, 400.0):
+        metrics.observe_event_delivery(seconds)
+    family = delivery(metrics)
+    buckets = {float(s.labels["le"]): s.value for s in family.samples if s.name.endswith("_bucket")}
+    assert sorted(buckets) == [*EVENT_DELIVERY_BUCKETS, math.inf]
+    assert EVENT_DELIVERY_BUCKETS[0] == 0.001
+    assert 0.01 in EVENT_DELIVERY_BUCKETS
+    assert buckets[0.001] == 2  # le is inclusive
+    assert buckets[0.005] == 3
+    assert buckets[0.01] == 4
+    assert buckets[300.0] == 6
+    assert buckets[math.inf] == 7
+    totals = {s.name: s.value for s in family.samples if not s.name.endswith("_bucket")}
+    assert totals["riskmon_event_delivery_seconds_count"] == 7
+    assert totals["riskmon_event_delivery_seconds_sum"] == pytest.approx(401.5346)
 
 
 def test_reload_outcome() -> None:

@@ -459,6 +459,44 @@ async def test_notify_publishes_at_once(
         assert publisher.published_total == 20
 
 
+async def test_delivery_is_timed_from_the_venue_answer_to_the_puback(
+    mosquitto: MosquittoBroker, store: Store, changes: Changes
+) -> None:
+    """`on_delivery` gets answer-to-PUBACK seconds for records with `answered_at` only."""
+    delivered: list[float] = []
+    publisher = make_publisher(mosquitto.url, store, changes, on_delivery=delivered.append)
+    async with running(publisher):
+        await changes.until(lambda: publisher.connected)
+        answered = time.time() - 0.25  # the venue answered a quarter of a second ago
+        caused = to_entry(event(1), prefix=PREFIX, instance=INSTANCE, answered_at=answered)
+        uncaused = to_entry(event(2), prefix=PREFIX, instance=INSTANCE)  # e.g. staleness
+        store.append([caused, uncaused])
+        publisher.notify()
+        await changes.until(lambda: store.depth() == 0)
+        assert publisher.published_total == 2
+        [seconds] = delivered
+        assert 0.25 <= seconds < 0.25 + 5
+
+
+async def test_a_failing_delivery_callback_does_not_stop_publishing(
+    mosquitto: MosquittoBroker, store: Store, changes: Changes
+) -> None:
+    def broken(seconds: float) -> None:
+        raise RuntimeError("a bug in the metrics")
+
+    publisher = make_publisher(mosquitto.url, store, changes, on_delivery=broken)
+    async with running(publisher):
+        await changes.until(lambda: publisher.connected)
+        for n in range(3):
+            answered = time.time()
+            store.append(
+                [to_entry(event(n), prefix=PREFIX, instance=INSTANCE, answered_at=answered)]
+            )
+            publisher.notify()
+        await changes.until(lambda: publisher.published_total == 3)
+        assert store.depth() == 0
+
+
 # -- protocol, TLS, credentials, refusals ---------------------------------------------------------
 
 

@@ -11,7 +11,12 @@ from typing import Any
 
 import pytest
 
-from monitor.engine.builtin import AccountHealth, builtin_rules, health_snapshots
+from monitor.engine.builtin import (
+    AccountHealth,
+    builtin_rules,
+    could_be_stale,
+    health_snapshots,
+)
 from monitor.engine.evaluate import Evaluator
 from monitor.engine.lifecycle import AlertBook, AlertPhase
 from monitor.engine.replay import parse_overrides, run_replay
@@ -88,6 +93,19 @@ def test_account_params_override_rule_defaults(shipped: Any) -> None:
     assert events[0].values == {"buying_power": "40000"}
     # the default floor (25000) is not breached by another account at 40000
     assert evaluator.evaluate(snap("2", buying_power=D(40000)), 60) == []
+
+
+def test_an_active_alert_resolves_when_every_condition_turns_false(shipped: Any) -> None:
+    """Accounts with nothing active skip the per-rule work; one with an alert does not."""
+    evaluator = Evaluator(shipped)
+    [fired] = evaluator.evaluate(snap(margin_details__maintenance_margin_excess=D(-1)), 0)
+    assert (fired.alertname, fired.status) == ("MaintenanceMarginCall", "firing")
+    assert evaluator.book.holds_any("cs", "19816")
+    assert not evaluator.book.holds_any("cs", "other")
+    [resolved] = evaluator.evaluate(snap(margin_details__maintenance_margin_excess=D(1)), 10)
+    assert (resolved.alertname, resolved.status) == ("MaintenanceMarginCall", "resolved")
+    assert not evaluator.book.holds_any("cs", "19816")
+    assert evaluator.evaluate(snap(margin_details__maintenance_margin_excess=D(1)), 20) == []
 
 
 def test_real_clear_street_answer_through_the_shipped_rules(shipped: Any) -> None:
@@ -193,6 +211,36 @@ def test_stale_accounts_and_venue_wide_alerts() -> None:
     stale = evaluator.book.active()
     assert [a.alertname for a in stale] == ["VenueAuthFailed"]
     assert stale[0].phase is AlertPhase.FIRING
+
+
+@pytest.mark.parametrize(
+    ("age", "stale_after", "could"),
+    [
+        (5.0, 30.0, False),
+        (29.85, 30.0, False),  # read as 29.8 or 29.9: fresh either way
+        (29.95, 30.0, True),  # read as 30.0: not above 30, but too close to tell cheaply
+        (30.04, 30.0, True),
+        (31.0, 30.0, True),
+        (1234560.5, 1234564.9, True),  # stale_after is read as 1.23456e+06
+    ],
+)
+def test_could_be_stale_is_false_only_when_the_rule_surely_is(
+    age: float, stale_after: float, could: bool
+) -> None:
+    account = AccountHealth("cs", "clearstreet", "1", age, stale_after, 0)
+    assert could_be_stale(account) is could
+    if not could:  # then the rule cannot fire: skipping the account changes nothing
+        evaluator = Evaluator(builtin_rules(), AlertBook())
+        for snapshot in health_snapshots([account], 0.0):
+            assert evaluator.evaluate(snapshot, 0.0) == []
+
+
+def test_skipped_accounts_still_count_in_their_venue() -> None:
+    accounts = [health("1", 5, failures=2), health("2", 40, failures=1)]
+    snapshots = health_snapshots(accounts, 0.0, skip=lambda h: h.account == "1")
+    assert [s.account for s in snapshots] == ["2", "*"]
+    venue = snapshots[-1].fields
+    assert (venue["accounts"], venue["failing_accounts"]) == (D(2), D(2))
 
 
 # -- riskmon test -------------------------------------------------------------------------------

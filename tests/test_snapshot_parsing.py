@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor.errors import SnapshotParseError
 from monitor.snapshot import FieldSchema, FieldType, flatten, snake_case, to_decimal
@@ -187,10 +190,45 @@ def test_snake_case(name: str, snake: str) -> None:
         ("Infinity", None),
         (True, None),
         ("", None),
+        (" 2.50 ", Decimal("2.50")),
+        (".5", Decimal("0.5")),
+        ("7.", Decimal(7)),
+        ("+1E-2", Decimal("0.01")),
+        ("1_000", None),
+        ("-inf", None),
+        ("sNaN", None),
+        (".", None),
+        ("1 000", None),
+        ("0x10", None),
+        ("1e99999999999999999999", None),
+        (Decimal("NaN"), None),
+        (1.5, None),
+        (None, None),
     ],
 )
 def test_to_decimal(value: Any, expected: Decimal | None) -> None:
-    assert to_decimal(value) == expected
+    result = to_decimal(value)
+    assert result == expected
+    assert result is None or result.as_tuple() == expected.as_tuple()  # exactly: 2.50
+
+
+# to_decimal's definition of a numeric string: a plain decimal number within blanks.
+_PLAIN_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789+-.eE_ naNiIfFsxX\t\u0663\u00a0", max_size=12),
+        st.decimals(allow_nan=True, allow_infinity=True).map(str),
+        st.text(max_size=8),
+    )
+)
+def test_to_decimal_takes_exactly_the_plain_decimal_syntax(text: str) -> None:
+    expected = Decimal(text.strip()) if _PLAIN_DECIMAL.fullmatch(text.strip()) else None
+    result = to_decimal(text)
+    assert result == expected
+    assert result is None or expected is None or result.as_tuple() == expected.as_tuple()
 
 
 def test_flatten_skips_null_items_and_keeps_lists_whole() -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -191,6 +192,47 @@ def test_corrupt_file_is_a_clear_error(db_path: Path) -> None:
     assert str(db_path) in str(caught.value)
     assert "not a readable riskmon database" in str(caught.value)
     Store(db_path.with_name("other.db")).close()  # the lock was released
+
+
+def test_an_entry_carries_when_its_venue_answer_arrived(store: Store) -> None:
+    store.append([replace(entry(1), answered_at=1_790_000_000.25), entry(2)])
+    first, second = store.pending()
+    assert first.answered_at == 1_790_000_000.25
+    assert second.answered_at is None  # no answer behind it (staleness, a reload)
+
+
+# The outbox of a riskmon from before `answered_at`: the same schema version.
+_OUTBOX_BEFORE_ANSWERED_AT = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL,
+    alert_key TEXT NOT NULL, event_topic TEXT NOT NULL, event_payload BLOB NOT NULL,
+    alert_topic TEXT NOT NULL, alert_payload BLOB NOT NULL, created_at REAL NOT NULL
+);
+INSERT INTO outbox (event_id, alert_key, event_topic, event_payload, alert_topic,
+    alert_payload, created_at) VALUES ('old', 'fp', 'e', x'7b7d', 'a', x'7b7d', 1.5);
+"""
+
+
+def test_an_outbox_without_answered_at_gains_the_column_and_keeps_its_events(
+    db_path: Path,
+) -> None:
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as db:
+        db.executescript(_OUTBOX_BEFORE_ANSWERED_AT)
+    with Store(db_path) as store:
+        [old] = store.pending()
+        assert (old.event_id, old.created_at, old.answered_at) == ("old", 1.5, None)
+        store.append([replace(entry(1), answered_at=2.5)])
+        assert [r.answered_at for r in store.pending()] == [None, 2.5]
+    with sqlite3.connect(db_path) as db:  # what an older riskmon reads and writes still works
+        db.execute(
+            "INSERT INTO outbox (event_id, alert_key, event_topic, event_payload,"
+            " alert_topic, alert_payload, created_at) VALUES ('x', 'fp', 'e', x'', 'a', x'', 3)"
+        )
+    with Store(db_path) as store:
+        assert [r.event_id for r in store.pending()] == ["old", "event-1", "x"]
 
 
 def test_newer_schema_is_refused(db_path: Path) -> None:

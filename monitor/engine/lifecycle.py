@@ -432,14 +432,16 @@ class AlertBook:
     """The pending and firing alerts of a process, keyed by (rule key, venue, account).
 
     Inactive alerts are not kept: an (rule, account) pair whose condition is false costs
-    one dictionary look-up per evaluation and no memory. Pure like `step`: every method
-    that can resolve alerts takes `now` and returns the events.
+    one dictionary look-up per evaluation and no memory, and an account with no alert at
+    all one look-up for all its rules (`holds_any`). Pure like `step`: every method that
+    can resolve alerts takes `now` and returns the events.
     """
 
-    __slots__ = ("_alerts",)
+    __slots__ = ("_accounts", "_alerts")
 
     def __init__(self) -> None:
         self._alerts: dict[AlertKey, Alert] = {}
+        self._accounts: dict[tuple[str, str], int] = {}  # (venue, account) -> alerts held
 
     def __len__(self) -> int:
         return len(self._alerts)
@@ -484,16 +486,34 @@ class AlertBook:
                 ),
             )
             event = step(alert, rule, obs, now)
-            alerts[key] = alert
+            self._add(key, alert)
             return event
         event = step(alert, rule, obs, now)
         if alert.phase is _INACTIVE:
-            del alerts[key]
+            self._remove(key)
         return event
 
     def get(self, rule_key: str, venue: str, account: str) -> Alert | None:
         """The pending or firing alert of (rule key, venue, account), if any."""
         return self._alerts.get((rule_key, venue, account))
+
+    def holds_any(self, venue: str, account: str) -> bool:
+        """Whether some alert of the account is pending or firing."""
+        return (venue, account) in self._accounts
+
+    def _add(self, key: AlertKey, alert: Alert) -> None:
+        self._alerts[key] = alert
+        account = (key[1], key[2])
+        self._accounts[account] = self._accounts.get(account, 0) + 1
+
+    def _remove(self, key: AlertKey) -> None:
+        del self._alerts[key]
+        account = (key[1], key[2])
+        left = self._accounts[account] - 1
+        if left:
+            self._accounts[account] = left
+        else:
+            del self._accounts[account]
 
     def active(self) -> list[Alert]:
         """Every pending and firing alert, oldest first."""
@@ -530,7 +550,7 @@ class AlertBook:
         events: list[AlertEvent] = []
         for key, alert in list(self._alerts.items()):
             if doomed(alert):
-                del self._alerts[key]
+                self._remove(key)
                 if alert.phase is _FIRING:
                     events.append(_resolve(alert, now, reason))
         return events
@@ -559,7 +579,7 @@ class AlertBook:
             key = (alert.rule_key, alert.venue, alert.account)
             if key in book._alerts:
                 raise ValueError(f"alert state item {index}: {key} appears twice")
-            book._alerts[key] = alert
+            book._add(key, alert)
         return book
 
 

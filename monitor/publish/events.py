@@ -195,11 +195,17 @@ def status_payload(
 
 
 def to_entry(
-    event: AlertEvent, *, prefix: str, instance: str, event_id: str | None = None
+    event: AlertEvent,
+    *,
+    prefix: str,
+    instance: str,
+    event_id: str | None = None,
+    answered_at: float | None = None,
 ) -> OutboxEntry:
     """The outbox entry of `event`: its event message and the retained alert message
     (the same JSON while firing, empty to clear it when resolved). `event_id` is a new
-    UUID4 unless given."""
+    UUID4 unless given; `answered_at` is when the venue answer that caused the event
+    arrived (`Snapshot.taken_at`), if one did."""
     eid = str(uuid.uuid4()) if event_id is None else event_id
     body = encode(event_payload(event, event_id=eid, instance=instance))
     venue, account, alertname = event.venue, event.account, event.alertname
@@ -210,6 +216,7 @@ def to_entry(
         event_payload=body,
         alert_topic=alert_topic(prefix, venue, account, alertname),
         alert_payload=body if event.status == "firing" else b"",
+        answered_at=answered_at,
     )
 
 

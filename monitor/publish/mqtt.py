@@ -23,7 +23,9 @@ reconnects with backoff and tries again. Nothing is dropped; the outbox depth sh
 stall.
 
 Latency. `notify()` (called by the daemon after `Store.append`) wakes the drain loop at
-once; without it new records are still picked up within a second.
+once; without it new records are still picked up within a second. For a record whose
+event a venue answer caused (`answered_at`), `on_delivery` learns how long it took from
+that answer to the broker's PUBACKs: the daemon's `riskmon_event_delivery_seconds`.
 
 Heartbeats. Every `heartbeat_interval` seconds, `heartbeat()`'s dict plus `instance`,
 `at` and `outbox_depth` go to `{prefix}/heartbeat/{instance}` at QoS 0.
@@ -209,6 +211,7 @@ class _InFlight:
     sent_at: float
     acks: tuple[asyncio.Future[ReasonCode | None], ...]
     topics: tuple[str, ...]
+    answered_at: float | None  # the record's: when the venue answer behind it arrived
 
     def done(self) -> bool:
         return all(ack.done() for ack in self.acks)
@@ -228,9 +231,11 @@ class MqttPublisher:
 
     `heartbeat` returns the daemon's figures for the heartbeat message; `on_change` is
     called (on the event loop) when `connected`, `published_total`, `last_error` or the
-    outbox depth changed. `window` is the most publishes in flight (two per record);
-    `reconnect_min`/`reconnect_max` bound the backoff; `ack_timeout` is how long a
-    PUBACK may take before the connection is considered dead.
+    outbox depth changed; `on_delivery` with the seconds from the venue answer behind a
+    record (`answered_at`) to its PUBACKs, for each acknowledged record that has one.
+    `window` is the most publishes in flight (two per record); `reconnect_min` and
+    `reconnect_max` bound the backoff; `ack_timeout` is how long a PUBACK may take before
+    the connection is considered dead.
     """
 
     def __init__(
@@ -242,6 +247,7 @@ class MqttPublisher:
         heartbeat: Callable[[], dict[str, Any]],
         heartbeat_interval: float = 10.0,
         on_change: Callable[[], None] | None = None,
+        on_delivery: Callable[[float], None] | None = None,
         started_at: float | None = None,
         window: int = 64,
         keepalive: int = 15,
@@ -263,6 +269,7 @@ class MqttPublisher:
         self._heartbeat = heartbeat
         self._heartbeat_interval = heartbeat_interval
         self._on_change = on_change
+        self._on_delivery = on_delivery
         self._started_at = time.time() if started_at is None else started_at
         self._window = window
         self._keepalive = keepalive
@@ -511,11 +518,15 @@ class MqttPublisher:
                         ack.add_done_callback(lambda _: wake.set())
                     inflight.append(
                         _InFlight(
-                            record.seq, loop.time(), acks, (record.event_topic, record.alert_topic)
+                            record.seq,
+                            loop.time(),
+                            acks,
+                            (record.event_topic, record.alert_topic),
+                            record.answered_at,
                         )
                     )
                     cursor = record.seq
-            acked: list[int] = []
+            acked: list[_InFlight] = []
             refused: PublishRefused | None = None
             while inflight and inflight[0].done():
                 try:
@@ -523,7 +534,7 @@ class MqttPublisher:
                 except PublishRefused as exc:
                     refused = exc
                     break
-                acked.append(inflight.popleft().seq)
+                acked.append(inflight.popleft())
             if acked:
                 self._acknowledge(acked)
             if refused is not None:
@@ -549,9 +560,14 @@ class MqttPublisher:
                 async with asyncio.timeout(max(0.0, timeout)):
                     await wake.wait()
 
-    def _acknowledge(self, seqs: list[int]) -> None:
-        self._store.acknowledge(seqs)
-        self.published_total += len(seqs)
+    def _acknowledge(self, records: list[_InFlight]) -> None:
+        if self._on_delivery is not None:
+            now = time.time()
+            for record in records:
+                if record.answered_at is not None:
+                    self._delivered(max(0.0, now - record.answered_at))
+        self._store.acknowledge([record.seq for record in records])
+        self.published_total += len(records)
         self._changed()
 
     async def _heartbeats(self, link: _Link) -> None:
@@ -605,6 +621,13 @@ class MqttPublisher:
         if connected != self._connected:
             self._connected = connected
             self._changed()
+
+    def _delivered(self, seconds: float) -> None:
+        assert self._on_delivery is not None
+        try:
+            self._on_delivery(seconds)
+        except Exception:
+            log.exception("mqtt: the on_delivery callback failed")
 
     def _changed(self) -> None:
         if self._on_change is not None:

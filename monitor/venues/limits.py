@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 from monitor.errors import PollDeadlineExceeded
 
@@ -58,8 +57,32 @@ class VenueLimits:
             max_requests_per_second, burst=max(1.0, min(max_requests_per_second, 50.0))
         )
 
-    @asynccontextmanager
-    async def slot(self, deadline: float) -> AsyncIterator[None]:
-        async with self.semaphore:
-            await self.rate.acquire(deadline)
-            yield
+    def slot(self, deadline: float) -> _Slot:
+        """`async with limits.slot(deadline):` one request: a place among the venue's
+        `max_concurrency`, then its turn under the rate limit (PollDeadlineExceeded if
+        that turn comes after `deadline`)."""
+        return _Slot(self, deadline)
+
+
+class _Slot:
+    """One request's slot. A class rather than an @asynccontextmanager generator: it is
+    entered once per poll, and the generator machinery cost more than the semaphore and
+    the rate limiter together (bench/poll_cost.py)."""
+
+    __slots__ = ("_deadline", "_limits")
+
+    def __init__(self, limits: VenueLimits, deadline: float) -> None:
+        self._limits = limits
+        self._deadline = deadline
+
+    async def __aenter__(self) -> None:
+        semaphore = self._limits.semaphore
+        await semaphore.acquire()
+        try:
+            await self._limits.rate.acquire(self._deadline)
+        except BaseException:
+            semaphore.release()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._limits.semaphore.release()

@@ -18,11 +18,20 @@ from monitor.errors import (
 )
 from monitor.venues.http import HttpResponse, retry_after_seconds
 
+# One decoder for every answer: `json.loads(body, parse_float=Decimal)` would build a
+# new decoder (and its scanner) per call, once per poll.
+_DECODER = json.JSONDecoder(parse_float=Decimal)
+
+
+def _loads(body: bytes) -> Any:
+    """`json.loads(body, parse_float=Decimal)`, with the shared decoder."""
+    return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+
 
 def decode_json(response: HttpResponse) -> Any:
     """The JSON body, numbers as exact Decimals; SnapshotParseError if it is not JSON."""
     try:
-        return json.loads(response.body, parse_float=Decimal)
+        return _loads(response.body)
     except (ValueError, RecursionError) as exc:
         size = len(response.body)
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
@@ -36,7 +45,7 @@ def decode_json(response: HttpResponse) -> Any:
 def try_decode_json(response: HttpResponse) -> Any:
     """The JSON body of an error answer, or None: error bodies are a courtesy."""
     try:
-        return json.loads(response.body, parse_float=Decimal)
+        return _loads(response.body)
     except (ValueError, RecursionError):
         return None
 

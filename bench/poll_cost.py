@@ -1,0 +1,200 @@
+"""Poll cost: account polls per CPU-second of riskmon, end to end, beside bare HTTP loops.
+
+Run: `.venv/bin/python -m bench.poll_cost [--accounts 1000] [--seconds 10]`.
+
+The simulator serves 1,000 Clear Street accounts from its own process. In this process:
+
+1. a raw aiohttp request loop and a plain `httpx.AsyncClient` loop GET the same balances
+   (`bench.http_clients.measure`): what HTTP alone costs here;
+2. the daemon itself (`monitor.daemon.Daemon`: VenuePoller, ClearStreetAdapter, 20 rules,
+   Metrics.update_account, the outbox and MQTT publisher on a Mosquitto, the 1 s health
+   tick, the HTTP API) polls the 1,000 accounts as fast as it is allowed to:
+   `poll_interval` short enough that every account is due again as soon as its last
+   poll ended (turns that come while a poll still runs are skipped, as configured),
+   64 requests in flight, no rate limit to speak of.
+
+After a warm-up, completed polls and `time.process_time()` (this process only: the
+simulator and Mosquitto are other processes) are counted over three 4-second windows:
+polls per CPU-second, the median window's (other work on the machine moves single
+windows by 10% or more). Target: at least 5,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import (
+    RULES_PER_SNAPSHOT,
+    CountingDaemon,
+    account_ids,
+    cpu_seconds,
+    scenario,
+    simulator,
+    verdict,
+    write_config,
+)
+from bench.http_clients import measure
+from monitor.config import load_config
+from monitor.logs import configure_logging
+
+TARGET = 5_000.0
+ACCOUNTS = 1_000
+SECONDS = 12.0  # measured, in WINDOWS windows; the figure is the median window's
+WINDOWS = 3
+WARMUP = 3.0
+POLL_INTERVAL = "100ms"  # 1,000 accounts due 10,000 times a second: more than can be served
+CONCURRENCY = 64
+HTTP_REQUESTS = 2_000
+RAW = "raw aiohttp session"
+PLAIN = "httpx.AsyncClient (default transport)"
+OURS = "riskmon HttpClient, aiohttp backend"
+
+
+async def pipeline(config_path: Path, seconds: float, simulator_pid: int) -> dict[str, Any]:
+    """Run the daemon; count polls and CPU over `seconds` after a warm-up."""
+    daemon = CountingDaemon(load_config(config_path))
+    run = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.wait_for(daemon.serving.wait(), 20)
+        for poller in daemon.pollers.values():
+            await asyncio.wait_for(poller.first_cycle_done.wait(), 30)
+        await asyncio.sleep(WARMUP)
+        windows = []
+        for _ in range(WINDOWS):
+            polls0, failed0 = daemon.snapshots, daemon.failures
+            skipped0 = _skipped(daemon)
+            sim0 = cpu_seconds(simulator_pid)
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            await asyncio.sleep(seconds / WINDOWS)
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+            windows.append(
+                {
+                    "polls": daemon.snapshots - polls0,
+                    "failed_polls": daemon.failures - failed0,
+                    "skipped_turns": _skipped(daemon) - skipped0,
+                    "cpu_seconds": cpu,
+                    "wall_seconds": wall,
+                    "simulator_cpu_seconds": cpu_seconds(simulator_pid) - sim0,
+                }
+            )
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(run, 30)
+    rates = [w["polls"] / w["cpu_seconds"] for w in windows]
+    total = {key: sum(w[key] for w in windows) for key in windows[0]}
+    polls, cpu, wall = total["polls"], total["cpu_seconds"], total["wall_seconds"]
+    return {
+        "polls": polls,
+        "failed_polls": total["failed_polls"],
+        "skipped_turns": total["skipped_turns"],
+        "cpu_seconds": round(cpu, 3),
+        "wall_seconds": round(wall, 3),
+        "polls_per_cpu_second": round(statistics.median(rates)),
+        "polls_per_cpu_second_windows": [round(r) for r in rates],
+        "cpu_ms_per_poll": round(cpu / polls * 1000, 4) if polls else None,
+        "polls_per_second_wall": round(polls / wall),
+        "riskmon_cpu_share": round(cpu / wall, 2),
+        "simulator_cpu_share": round(total["simulator_cpu_seconds"] / wall, 2),
+    }
+
+
+def _skipped(daemon: CountingDaemon) -> int:
+    text = daemon.metrics.render().decode()
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("riskmon_polls_total{") and 'outcome="skipped_' in line
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench.poll_cost", description=__doc__)
+    parser.add_argument("--accounts", type=int, default=ACCOUNTS)
+    parser.add_argument("--seconds", type=float, default=SECONDS)
+    parser.add_argument("--poll-interval", default=POLL_INTERVAL)
+    parser.add_argument(
+        "--http-requests",
+        type=int,
+        default=HTTP_REQUESTS,
+        help="requests per bare HTTP loop (0: skip them, e.g. to profile the daemon alone)",
+    )
+    args = parser.parse_args(argv)
+    configure_logging("warning")
+    accounts = account_ids(args.accounts)
+    with (
+        tempfile.TemporaryDirectory(prefix="riskmon-bench-poll-") as folder,
+        simulator(scenario(args.accounts)) as (base, simulator_pid),
+    ):
+        http_rows: list[dict[str, Any]] = []
+        if args.http_requests:
+            http_rows = asyncio.run(measure(base, accounts, args.http_requests, CONCURRENCY))
+        config = write_config(
+            Path(folder),
+            base_url=base,
+            accounts=args.accounts,
+            poll_interval=args.poll_interval,
+            max_concurrency=CONCURRENCY,
+        )
+        ours = asyncio.run(pipeline(config, args.seconds, simulator_pid))
+    by_name = {row["client"]: row for row in http_rows}
+    raw = by_name.get(RAW, {}).get("requests_per_cpu_second")
+    plain = by_name.get(PLAIN, {}).get("requests_per_cpu_second")
+    rate = ours["polls_per_cpu_second"]
+    result: dict[str, Any] = {
+        "accounts": args.accounts,
+        "rules_per_snapshot": RULES_PER_SNAPSHOT,
+        "poll_interval": args.poll_interval,
+        "concurrency": CONCURRENCY,
+        "riskmon": ours,
+        "http_clients": http_rows,
+        "raw_aiohttp_requests_per_cpu_second": raw,
+        "plain_httpx_requests_per_cpu_second": plain,
+        "polls_per_cpu_second": rate,
+        "ratio_to_raw_aiohttp": round(rate / raw, 2) if raw else None,
+        "ratio_to_plain_httpx": round(rate / plain, 2) if plain else None,
+        "target_polls_per_cpu_second": TARGET,
+        "target_holds": rate >= TARGET,
+    }
+    print(
+        f"{args.accounts} accounts, {RULES_PER_SNAPSHOT} rules each, polled as fast as allowed "
+        f"(poll_interval {args.poll_interval}, {CONCURRENCY} in flight), "
+        f"{ours['wall_seconds']:.0f} s window, CPU of this process only:"
+    )
+    print(f"  {'loop':48} {'per CPU-s':>10} {'CPU ms each':>11} {'per s wall':>10}")
+    for label, name in (
+        ("raw aiohttp GET loop", RAW),
+        ("plain httpx.AsyncClient GET loop", PLAIN),
+        ("riskmon HttpClient GET loop (HTTP only)", OURS),
+    ):
+        if name in by_name:
+            row = by_name[name]
+            print(
+                f"  {label:48} {row['requests_per_cpu_second']:>10} "
+                f"{row['cpu_ms_per_request']:>11.3f} {row['requests_per_second_wall']:>10}"
+            )
+    print(
+        f"  {'riskmon daemon, whole poll (HTTP..metrics)':48} {rate:>10} "
+        f"{ours['cpu_ms_per_poll']:>11.3f} {ours['polls_per_second_wall']:>10}"
+    )
+    print(
+        f"  {ours['polls']} polls ({ours['failed_polls']} failed, {ours['skipped_turns']} turns "
+        f"skipped while in flight); riskmon used {ours['riskmon_cpu_share']:.0%} of a core, "
+        f"the simulator {ours['simulator_cpu_share']:.0%}"
+    )
+    if raw and plain:
+        print(
+            f"  riskmon polls per CPU-second: {rate / raw:.2f}x raw aiohttp requests, "
+            f"{rate / plain:.2f}x plain httpx requests"
+        )
+    print(f"target >= {TARGET:,.0f} polls per CPU-second: {verdict(rate >= TARGET)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
