@@ -43,7 +43,7 @@ test: lint unit
 demo: install broker
 	$(BIN)/riskmon demo
 
-bench: install
+bench: install broker
 	$(BIN)/python -m bench
 
 clean:
