@@ -45,7 +45,6 @@ from typing import Final
 import aiohttp
 import aiomqtt
 import structlog
-from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -57,7 +56,7 @@ from monitor.pagerduty.inbound import BadEvent, InboundEvent, parse_event
 from monitor.pagerduty.ratelimit import TokenBucket
 from monitor.pagerduty.sender import EventsApi
 from monitor.pagerduty.store import BridgeStore, StoreLocked
-from monitor.publish.mqtt import _UNSUPPORTED_PROTOCOL, _describe, _Endpoint, _Link, _tls_context
+from monitor.publish.mqtt import _describe, _Endpoint, _Link, _tls_context, open_link
 
 __all__ = ["STORE_FILE", "PagerDutyBridge", "run_bridge"]
 
@@ -275,21 +274,14 @@ class PagerDutyBridge:
             log.warning("pagerduty bridge: unclean disconnect", error=_describe(exc))
 
     async def _connect(self) -> _Link:
-        while True:
-            link = await self._new_link()
-            try:
-                await link.__aenter__()
-            except MqttConnectError as exc:
-                link.abort()
-                if self._protocol == aiomqtt.ProtocolVersion.V5 and exc.rc in _UNSUPPORTED_PROTOCOL:
-                    log.info("mqtt broker refuses MQTT 5; using MQTT 3.1.1")
-                    self._protocol = aiomqtt.ProtocolVersion.V311
-                    continue
-                raise
-            except BaseException:
-                link.abort()
-                raise
-            return link
+        return await open_link(self._new_link, self._downgrade)
+
+    def _downgrade(self) -> bool:
+        """The broker refused MQTT 5: use 3.1.1 from now on (False if already so)."""
+        if self._protocol != aiomqtt.ProtocolVersion.V5:
+            return False
+        self._protocol = aiomqtt.ProtocolVersion.V311
+        return True
 
     async def _new_link(self) -> _Link:
         mqtt = self.config.mqtt

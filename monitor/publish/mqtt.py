@@ -54,7 +54,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -390,21 +390,14 @@ class MqttPublisher:
         await self._goodbye(link)
 
     async def _connect(self) -> _Link:
-        while True:
-            link = await self._new_link()
-            try:
-                await link.__aenter__()
-            except MqttConnectError as exc:
-                link.abort()
-                if self._protocol == aiomqtt.ProtocolVersion.V5 and exc.rc in _UNSUPPORTED_PROTOCOL:
-                    log.info("mqtt broker refuses MQTT 5; using MQTT 3.1.1")
-                    self._protocol = aiomqtt.ProtocolVersion.V311
-                    continue
-                raise
-            except BaseException:
-                link.abort()
-                raise
-            return link
+        return await open_link(self._new_link, self._downgrade)
+
+    def _downgrade(self) -> bool:
+        """The broker refused MQTT 5: use 3.1.1 from now on (False if already so)."""
+        if self._protocol != aiomqtt.ProtocolVersion.V5:
+            return False
+        self._protocol = aiomqtt.ProtocolVersion.V311
+        return True
 
     async def _new_link(self) -> _Link:
         config = self._config
@@ -635,6 +628,25 @@ class MqttPublisher:
                 self._on_change()
             except Exception:
                 log.exception("mqtt: the on_change callback failed")
+
+
+async def open_link(make: Callable[[], Awaitable[_Link]], downgrade: Callable[[], bool]) -> _Link:
+    """A connected link from `make()`; when the broker refuses the protocol version and
+    `downgrade()` can step down to MQTT 3.1.1, try again with it."""
+    while True:
+        link = await make()
+        try:
+            await link.__aenter__()
+        except MqttConnectError as exc:
+            link.abort()
+            if exc.rc in _UNSUPPORTED_PROTOCOL and downgrade():
+                log.info("mqtt broker refuses MQTT 5; using MQTT 3.1.1")
+                continue
+            raise
+        except BaseException:
+            link.abort()
+            raise
+        return link
 
 
 async def _watch(link: _Link) -> None:
