@@ -252,15 +252,20 @@ def parse_yaml(text: str, file: str) -> YamlDocument:
     return builder.doc
 
 
-def load_yaml(path: str | Path) -> YamlDocument:
-    """Read and parse a YAML file; a missing or unreadable file is a SourceError too."""
+def read_source(path: str | Path) -> str:
+    """A source file's text; a missing, unreadable or non-UTF-8 file is a SourceError."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise SourceError([Problem(Location(name, 1, 1), f"cannot read: {exc.strerror}")]) from None
+        reason = exc.strerror or type(exc).__name__
+        raise SourceError([Problem(Location(name, 1, 1), f"cannot read: {reason}")]) from None
     except UnicodeDecodeError as exc:
         raise SourceError(
             [Problem(Location(name, 1, 1), f"not UTF-8 text: {exc.reason}")]
         ) from None
-    return parse_yaml(text, name)
+
+
+def load_yaml(path: str | Path) -> YamlDocument:
+    """Read and parse a YAML file; a missing or unreadable file is a SourceError too."""
+    return parse_yaml(read_source(path), str(path))

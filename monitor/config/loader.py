@@ -48,6 +48,7 @@ from monitor.yamlsource import (
     SourceError,
     YamlDocument,
     parse_yaml,
+    read_source,
 )
 
 __all__ = ["load_config", "parse_config"]
@@ -127,15 +128,7 @@ _DISCOVERY = DiscoveryConfig()
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:
     """Read, check and build the config at `path`; SourceError lists every problem."""
     name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise SourceError([Problem(Location(name, 1, 1), f"cannot read: {reason}")]) from None
-    except UnicodeDecodeError as exc:
-        raise SourceError(
-            [Problem(Location(name, 1, 1), f"not UTF-8 text: {exc.reason}")]
-        ) from None
+    text = read_source(path)
     # absolute() and not resolve(): a Kubernetes ConfigMap is a symlink into a folder
     # that is replaced on every update, so relative paths follow the link's folder.
     source = Path(os.path.normpath(Path(path).absolute()))

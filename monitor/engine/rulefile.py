@@ -49,7 +49,15 @@ from monitor.engine.model import (
     RuleSet,
 )
 from monitor.engine.templates import CompiledTemplate, compile_template
-from monitor.yamlsource import KeyPath, Location, Problem, SourceError, YamlDocument, parse_yaml
+from monitor.yamlsource import (
+    KeyPath,
+    Location,
+    Problem,
+    SourceError,
+    YamlDocument,
+    parse_yaml,
+    read_source,
+)
 
 __all__ = [
     "IDENTITY_FIELDS",
@@ -184,7 +192,7 @@ def load_rules_partial(paths: Sequence[str | Path]) -> LoadedRules:
         files.append(name)
         file_errors: list[Problem] = []
         try:
-            text = _read(name)
+            text = read_source(name)
             parser = _FileParser(text, name)
         except SourceError as exc:
             errors.extend(exc.problems)
@@ -207,18 +215,6 @@ def load_rules_partial(paths: Sequence[str | Path]) -> LoadedRules:
 
 
 # ------------------------------------------------------------------------- reading
-
-
-def _read(name: str) -> str:
-    try:
-        return Path(name).read_text(encoding="utf-8")
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise SourceError([Problem(Location(name, 1, 1), f"cannot read: {reason}")]) from None
-    except UnicodeDecodeError as exc:
-        raise SourceError(
-            [Problem(Location(name, 1, 1), f"not UTF-8 text: {exc.reason}")]
-        ) from None
 
 
 def _sorted(problems: Iterable[Problem]) -> list[Problem]:

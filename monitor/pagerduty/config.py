@@ -22,7 +22,7 @@ from typing import Any, Final
 from monitor.config.loader import _Checker, _Section
 from monitor.config.model import MqttConfig
 from monitor.config.secret import Secret
-from monitor.yamlsource import KeyPath, Location, Problem, SourceError, parse_yaml
+from monitor.yamlsource import KeyPath, Location, SourceError, parse_yaml, read_source
 
 __all__ = [
     "DEFAULT_CLIENT_ID",
@@ -147,15 +147,7 @@ def load_pagerduty_config(
 ) -> PagerDutyConfig:
     """Read, check and build the bridge config at `path`; SourceError lists every problem."""
     name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise SourceError([Problem(Location(name, 1, 1), f"cannot read: {reason}")]) from None
-    except UnicodeDecodeError as exc:
-        raise SourceError(
-            [Problem(Location(name, 1, 1), f"not UTF-8 text: {exc.reason}")]
-        ) from None
+    text = read_source(path)
     source = Path(os.path.normpath(Path(path).absolute()))
     return _parse(text, name, source, source.parent, environ)
 
