@@ -76,7 +76,7 @@ async def measure(
         )
 
     loop = asyncio.get_running_loop()
-    for backend in ("aiohttp", "httpx"):
+    for backend in ("http1", "aiohttp", "httpx"):
         ours = HttpClient(max_connections=concurrency, backend=backend)
 
         async def riskmon(i: int, ours: HttpClient = ours) -> None:

@@ -1,28 +1,32 @@
 """The HTTP seam every adapter talks through, with a size cap and one deadline per call.
 
-Measured here against the simulator (`python -m bench.http_clients`), CPU per request:
-raw aiohttp 0.07 ms, httpx on its aiohttp transport 0.23 ms, httpx on its default
-transport 2 ms. Polling thousands of accounts a second within a 0.2 ms budget per poll
-(HTTP, parsing, rules, metrics) leaves no room for httpx's models, so the default
-backend is aiohttp; the httpx backend stays available (`backend="httpx"`) where its
-features (proxies from the environment, HTTP/2) matter more than CPU.
+Measured here against the simulator (`python -m bench.http_clients`), CPU per request on
+this 2-core machine: riskmon's own HTTP/1.1 client (`monitor/venues/http1.py`) 0.07 ms,
+aiohttp 0.13-0.16 ms, httpx 3.5 ms. A whole poll (HTTP, parsing, rules, metrics) has a
+0.2 ms budget, so the default backend is the lean one; `backend="aiohttp"` and
+`backend="httpx"` stay available, the latter where its features (proxies from the
+environment, HTTP/2) matter more than CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import aiohttp
 
 from monitor import __version__
 from monitor.errors import PollDeadlineExceeded, SnapshotParseError, VenueConnectionError
+from monitor.venues.http1 import Http1Pool
 
-Backend = Literal["aiohttp", "httpx"]
+Backend = Literal["http1", "aiohttp", "httpx"]
 USER_AGENT = f"riskmon/{__version__}"
 
 
@@ -37,9 +41,17 @@ class HttpResponse:
 class HttpClient:
     """One pooled client shared by every adapter of a process."""
 
-    def __init__(self, *, max_connections: int = 256, backend: Backend = "aiohttp") -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int = 256,
+        backend: Backend = "http1",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.max_connections = max_connections
         self.backend = backend
+        self.tls = tls
+        self._http1: Http1Pool | None = None
         self._session: aiohttp.ClientSession | None = None
         self._httpx: Any = None
 
@@ -63,11 +75,50 @@ class HttpClient:
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise PollDeadlineExceeded("deadline passed before the request was sent")
-        send = self._send_httpx if self.backend == "httpx" else self._send_aiohttp
+        if self.backend == "http1":
+            send = self._send_http1
+        else:
+            send = self._send_httpx if self.backend == "httpx" else self._send_aiohttp
         try:
             return await send(method, url, remaining, headers, params, json_body, form, max_bytes)
         except TimeoutError:
             raise PollDeadlineExceeded(f"no answer within {remaining:.3g}s") from None
+
+    async def _send_http1(
+        self,
+        method: str,
+        url: str,
+        remaining: float,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str | int] | None,
+        json_body: Any,
+        form: Mapping[str, str] | None,
+        max_bytes: int,
+    ) -> HttpResponse:
+        pool = self._http1
+        if pool is None:
+            pool = self._http1 = Http1Pool(
+                max_connections=self.max_connections, user_agent=USER_AGENT, tls=self.tls
+            )
+        body: bytes | None = None
+        content_type = None
+        if json_body is not None:
+            body = json.dumps(json_body, separators=(",", ":")).encode()
+            content_type = "application/json"
+        elif form is not None:
+            body = urlencode(form).encode()
+            content_type = "application/x-www-form-urlencoded"
+        status, response_headers, content = await pool.request(
+            method,
+            url,
+            deadline=asyncio.get_running_loop().time() + remaining,
+            headers=headers,
+            params=params,
+            body=body,
+            content_type=content_type,
+            max_bytes=max_bytes,
+        )
+        return HttpResponse(status, response_headers, content, url)
 
     async def _send_aiohttp(
         self,
@@ -163,6 +214,9 @@ class HttpClient:
             raise VenueConnectionError(f"connection failed: {reason}") from None
 
     async def aclose(self) -> None:
+        if self._http1 is not None:
+            await self._http1.aclose()
+            self._http1 = None
         if self._session is not None:
             await self._session.close()
             self._session = None
