@@ -12,6 +12,7 @@ import pytest
 
 from monitor.config import Config, load_config
 from monitor.config.loader import parse_config
+from monitor.config.secret import RECHECK_SECONDS
 from monitor.yamlsource import SourceError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -755,7 +756,9 @@ def test_secrets_do_not_show_in_repr(folder: Path) -> None:
     assert "TOPSECRET" not in repr(config)
 
 
-def test_rotated_api_key_file_is_seen(tmp_path: Path) -> None:
+def test_rotated_api_key_file_is_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("monitor.config.secret.time.monotonic", lambda: clock[0])
     key_file = tmp_path / "secrets" / "cs.key"
     key_file.parent.mkdir()
     key_file.write_text("first-key\n")
@@ -768,9 +771,12 @@ def test_rotated_api_key_file_is_seen(tmp_path: Path) -> None:
     new_file = tmp_path / "secrets" / "cs.key.new"
     new_file.write_text("second-key-rotated\n")
     new_file.replace(key_file)
+    assert api_key.get() == "first-key"  # the file is looked at once a second at most
+    clock[0] += RECHECK_SECONDS
     assert api_key.get() == "second-key-rotated"
     # and rewritten in place with the same length: the modification time tells
     key_file.write_text("third-key-rotated!\n")
     stat = key_file.stat()
     os.utime(key_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    api_key.recheck()  # as an adapter does when the venue refuses the key
     assert api_key.get() == "third-key-rotated!"

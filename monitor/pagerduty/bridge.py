@@ -285,7 +285,7 @@ class PagerDutyBridge:
 
     async def _new_link(self) -> _Link:
         mqtt = self.config.mqtt
-        password = mqtt.password.get() if mqtt.password is not None else None
+        password = mqtt.password.get(fresh=True) if mqtt.password is not None else None
         tls_context = None
         if self._endpoint.tls:
             tls_context = await asyncio.to_thread(_tls_context, mqtt.tls)

@@ -139,7 +139,7 @@ class EventsApi:
 
     async def _post(self, event: InboundEvent, key: Secret, attempts: int) -> Outcome:
         try:
-            routing_key = key.get()
+            routing_key = key.get(fresh=True)  # one event at a time: always the current key
         except SecretUnavailable as exc:  # names the file, never the value
             raise _Retry(str(exc), unexpected=True) from None
         if not routing_key:

@@ -403,7 +403,7 @@ class MqttPublisher:
         config = self._config
         password = None
         if config.password is not None:
-            password = config.password.get()  # SecretUnavailable names the file only
+            password = config.password.get(fresh=True)  # SecretUnavailable names the file only
         tls_context = None
         if self._endpoint.tls:
             tls_context = await asyncio.to_thread(_tls_context, config.tls)

@@ -202,6 +202,8 @@ class ClearStreetAdapter(VenueAdapter):
                     max_bytes=self.config.max_response_bytes,
                 )
             if response.status != 200:
+                if response.status == 401 and self.config.api_key is not None:
+                    self.config.api_key.recheck()  # rotated since it was last read?
                 raise self._error(response)
             return response
 
