@@ -231,6 +231,7 @@ def _walk(
         if len(schema._steps) < 10_000:  # nested objects under ever new names: no cache
             schema._steps[pattern] = steps
     outside_collections = path == pattern  # then every child's path is its pattern
+    decimal_kind = FieldType.DECIMAL
     for raw_key, value in node.items():
         if value is None:
             continue
@@ -239,11 +240,15 @@ def _walk(
             step = _step(schema, steps, pattern, raw_key)
         key, child_pattern, kind = step
         child_path = child_pattern if outside_collections else _join(path, key)
-        if kind is FieldType.DECIMAL and type(value) is str:  # most fields: the fast way
-            number = _decimal_text(value)
-            if number is not None:
-                converted[key] = out[child_path] = number
-                continue
+        if kind is decimal_kind and type(value) is str:  # most fields: `_decimal_text` inlined
+            try:
+                number = Decimal(value)
+            except (InvalidOperation, ValueError):
+                pass
+            else:
+                if number.is_finite() and "_" not in value:
+                    converted[key] = out[child_path] = number
+                    continue
         converted[key] = out[child_path] = _convert(value, child_path, child_pattern, schema, out)
     return converted
 
