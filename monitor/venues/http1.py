@@ -28,6 +28,7 @@ from monitor.errors import SnapshotParseError, VenueConnectionError
 MAX_HEAD_BYTES: Final = 64 * 1024
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+_HEX_DIGITS: Final = b"0123456789abcdefABCDEF"
 
 
 class ResponseHeaders(dict[str, str]):
@@ -119,7 +120,10 @@ class _Connection(asyncio.Protocol):
         if waiter is None or waiter.done():
             return
         if exc is None and self.headers is not None and self.length == -2:
-            self._finish(bytes(self.buffer))  # the body ran until the server closed
+            try:
+                self._finish(bytes(self.buffer))  # the body ran until the server closed
+            except (SnapshotParseError, VenueConnectionError) as error:
+                waiter.set_exception(error)
             return
         reason = f": {exc}" if exc is not None else ""
         waiter.set_exception(VenueConnectionError(f"connection closed by the server{reason}"))
@@ -129,18 +133,25 @@ class _Connection(asyncio.Protocol):
     def _parse_head(self) -> bool:
         """Parse status line and headers once they are complete; False if not yet."""
         buffer = self.buffer
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buffer) > MAX_HEAD_BYTES:
-                raise VenueConnectionError("response headers larger than 64 KiB")
-            return False
-        lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
-        del buffer[: end + 4]
-        version, _, rest = lines[0].partition(" ")
-        code = rest[:3]
-        if not version.startswith("HTTP/1.") or not code.isdigit():
-            raise VenueConnectionError(f"not an HTTP/1.x response: {lines[0][:60]!r}")
-        status = int(code)
+        while True:  # past any interim (1xx) answers
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > MAX_HEAD_BYTES:
+                    raise VenueConnectionError("response headers larger than 64 KiB")
+                return False
+            lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+            del buffer[: end + 4]
+            version, _, rest = lines[0].partition(" ")
+            code = rest[:3]
+            if (
+                not version.startswith("HTTP/1.")
+                or not _is_digits(code)
+                or rest[3:4] not in ("", " ")
+            ):
+                raise VenueConnectionError(f"not an HTTP/1.x response: {lines[0][:60]!r}")
+            status = int(code)
+            if not 100 <= status < 200:
+                break  # not an interim answer (100 Continue) after which the real one follows
         headers = ResponseHeaders()
         for line in lines[1:]:
             name, colon, value = line.partition(":")
@@ -152,8 +163,6 @@ class _Connection(asyncio.Protocol):
                 dict.__setitem__(headers, name, f"{dict.__getitem__(headers, name)}, {value}")
             else:
                 dict.__setitem__(headers, name, value)
-        if 100 <= status < 200:  # interim (100 Continue): the real answer follows
-            return self._parse_head() if buffer else False
         connection = dict.get(headers, "connection", "").lower()
         self.keep_alive = (
             "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
@@ -164,7 +173,7 @@ class _Connection(asyncio.Protocol):
         elif "chunked" in dict.get(headers, "transfer-encoding", "").lower():
             self.chunked = True
         elif (declared := headers.get("content-length")) is not None:
-            if not declared.isdigit():
+            if not _is_digits(declared):
                 raise VenueConnectionError(f"bad Content-Length {declared[:40]!r}")
             self.length = int(declared)
             self._check_size(self.length)
@@ -186,17 +195,16 @@ class _Connection(asyncio.Protocol):
                 self._finish(body)
             return
         while True:
-            if self.length < 0:  # at a chunk-size line
+            if self.length == -1:  # at a chunk-size line
                 end = buffer.find(b"\r\n")
                 if end < 0:
                     if len(buffer) > 1024:
                         raise VenueConnectionError("malformed chunk size line")
                     return
                 size_text = bytes(buffer[:end]).split(b";", 1)[0].strip()
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise VenueConnectionError(f"bad chunk size {size_text[:20]!r}") from None
+                if not 0 < len(size_text) <= 16 or size_text.translate(None, _HEX_DIGITS):
+                    raise VenueConnectionError(f"bad chunk size {size_text[:20]!r}")
+                size = int(size_text, 16)
                 del buffer[: end + 2]
                 if size == 0:
                     self.length = -3  # trailers follow, up to an empty line
@@ -249,6 +257,8 @@ class _Connection(asyncio.Protocol):
         except zlib.error as exc:
             raise VenueConnectionError(f"bad {encoding} body: {exc}") from None
         self._check_size(len(out))
+        if not inflater.eof:
+            raise VenueConnectionError(f"truncated {encoding} body")
         return out
 
     def _close(self) -> None:
@@ -323,7 +333,12 @@ class Http1Pool:
             target += ("&" if "?" in target else "?") + urlencode(params)
         request = self._encode(method, target, origin, headers, body, content_type)
         loop = asyncio.get_running_loop()
-        async with self._slots:
+        if self._slots.locked():  # every connection busy: the wait counts against the deadline
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        else:
+            await self._slots.acquire()
+        try:
             for attempt in (1, 2):
                 connection = self._idle(origin)
                 reused = connection is not None
@@ -349,6 +364,8 @@ class Http1Pool:
                 else:
                     self._drop(connection)
                 return answer.status, answer.headers, answer.body
+        finally:
+            self._slots.release()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _idle(self, origin: _Origin) -> _Connection | None:
@@ -368,8 +385,8 @@ class Http1Pool:
             self._close_one_idle()
         connection = _Connection(origin)
         tls = self._tls_context() if origin.tls else None
-        try:
-            async with asyncio.timeout_at(deadline):
+        async with asyncio.timeout_at(deadline):  # outside: its TimeoutError is an OSError
+            try:
                 await loop.create_connection(
                     lambda: connection,
                     origin.host,
@@ -377,11 +394,11 @@ class Http1Pool:
                     ssl=tls,
                     server_hostname=origin.host if tls else None,
                 )
-        except OSError as exc:
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise VenueConnectionError(
-                f"cannot connect to {origin.host_header}: {reason}"
-            ) from None
+            except OSError as exc:
+                reason = exc.strerror or str(exc) or type(exc).__name__
+                raise VenueConnectionError(
+                    f"cannot connect to {origin.host_header}: {reason}"
+                ) from None
         self._open.add(connection)
         return connection
 
@@ -429,6 +446,10 @@ class Http1Pool:
             self._drop(connection)
         for origin in self._origins.values():
             origin.idle.clear()
+
+
+def _is_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # isdigit() alone takes "²", which int() refuses
 
 
 def _expire(waiter: asyncio.Future[_Answer]) -> None:
