@@ -719,6 +719,10 @@ MALFORMED = {
         b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000,
         "response headers larger than 64 KiB",
     ),
+    "head over 64 KiB, complete in one read": (
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n",
+        "response headers larger than 64 KiB",
+    ),
     "bad chunk size": (CHUNKED_HEAD.encode() + b"zz\r\nhello\r\n0\r\n\r\n", "bad chunk size b'zz'"),
     "negative chunk size": (
         CHUNKED_HEAD.encode() + b"-5\r\nhello\r\n0\r\n\r\n",

@@ -134,7 +134,7 @@ class _Connection(asyncio.Protocol):
         """Parse status line and headers once they are complete; False if not yet."""
         buffer = self.buffer
         while True:  # past any interim (1xx) answers
-            end = buffer.find(b"\r\n\r\n")
+            end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
             if end < 0:
                 if len(buffer) > MAX_HEAD_BYTES:
                     raise VenueConnectionError("response headers larger than 64 KiB")
@@ -274,8 +274,11 @@ class _Connection(asyncio.Protocol):
         self._reset(max_bytes, head_only)
         self.received_any = False
         self.waiter = waiter = loop.create_future()
-        assert self.transport is not None
-        self.transport.write(request)
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            waiter.set_exception(VenueConnectionError("connection closed by the server"))
+        else:
+            transport.write(request)
         return waiter
 
     @property
