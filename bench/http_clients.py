@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import httpx
 
+from monitor import eventloop
 from monitor.simulator.process import running_simulator
 from monitor.venues.http import HttpClient
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     accounts = [str(100000 + i) for i in range(100)]
     with running_simulator(scenario) as base:
-        rows = asyncio.run(measure(base, accounts, args.requests, args.concurrency))
+        rows = eventloop.run(measure(base, accounts, args.requests, args.concurrency))
     print(f"HTTP client cost, {args.requests} GET balances at concurrency {args.concurrency}:")
     print(f"  {'client':50} {'CPU ms/req':>10} {'req/CPU-s':>10} {'req/s wall':>10}")
     for row in rows:

@@ -37,6 +37,7 @@ from bench.harness import (
     verdict,
     write_config,
 )
+from monitor import eventloop
 from monitor.config import load_config
 from monitor.logs import configure_logging
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.child is not None:
         configure_logging("warning")
-        print(json.dumps(asyncio.run(_child(args.child))))
+        print(json.dumps(eventloop.run(_child(args.child))))
         return {}
 
     async def both(base: str, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -40,6 +40,7 @@ from bench.harness import (
     write_config,
 )
 from bench.http_clients import measure
+from monitor import eventloop
 from monitor.config import load_config
 from monitor.logs import configure_logging
 
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ):
         http_rows: list[dict[str, Any]] = []
         if args.http_requests:
-            http_rows = asyncio.run(measure(base, accounts, args.http_requests, CONCURRENCY))
+            http_rows = eventloop.run(measure(base, accounts, args.http_requests, CONCURRENCY))
         config = write_config(
             Path(folder),
             base_url=base,
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             poll_interval=args.poll_interval,
             max_concurrency=CONCURRENCY,
         )
-        ours = asyncio.run(pipeline(config, args.seconds, simulator_pid))
+        ours = eventloop.run(pipeline(config, args.seconds, simulator_pid))
     by_name = {row["client"]: row for row in http_rows}
     raw = by_name.get(RAW, {}).get("requests_per_cpu_second")
     plain = by_name.get(PLAIN, {}).get("requests_per_cpu_second")
@@ -160,11 +161,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio_to_plain_httpx": round(rate / plain, 2) if plain else None,
         "target_polls_per_cpu_second": TARGET,
         "target_holds": rate >= TARGET,
+        "event_loop": eventloop.loop_name(),
     }
     print(
         f"{args.accounts} accounts, {RULES_PER_SNAPSHOT} rules each, polled as fast as allowed "
         f"(poll_interval {args.poll_interval}, {CONCURRENCY} in flight), "
-        f"{ours['wall_seconds']:.0f} s window, CPU of this process only:"
+        f"{ours['wall_seconds']:.0f} s window, CPU of this process only, every loop on"
+        f" {eventloop.loop_name()} as the daemon's:"
     )
     print(f"  {'loop':48} {'per CPU-s':>10} {'CPU ms each':>11} {'per s wall':>10}")
     for label, name in (

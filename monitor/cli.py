@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from monitor import __version__
+from monitor import __version__, eventloop
 from monitor.logs import configure_logging
 from monitor.shard import Shard
 from monitor.yamlsource import SourceError
@@ -180,7 +179,7 @@ def _snapshot(args: argparse.Namespace) -> int:
         )
         return 1
     shard = _shard(args.shard) if isinstance(args.shard, str) else args.shard
-    results = asyncio.run(poll_all(config, venue=args.venue, account=args.account, shard=shard))
+    results = eventloop.run(poll_all(config, venue=args.venue, account=args.account, shard=shard))
     (render_json if args.json else render_table)(results, sys.stdout)
     return 0 if all(r.snapshot is not None for r in results) else 2
 
@@ -195,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     from monitor.daemon import run_daemon
 
     shard = _shard(args.shard) if isinstance(args.shard, str) else args.shard
-    return asyncio.run(run_daemon(Path(args.config), shard=shard))
+    return eventloop.run(run_daemon(Path(args.config), shard=shard))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -203,7 +202,7 @@ def _demo(args: argparse.Namespace) -> int:
     from monitor.demo import run_demo
 
     try:
-        asyncio.run(run_demo(duration=args.duration))
+        eventloop.run(run_demo(duration=args.duration))
     except KeyboardInterrupt:
         pass
     except BrokerUnavailable as exc:
@@ -237,7 +236,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from monitor.simulator import cli as simulator_cli
 
     try:
-        return asyncio.run(simulator_cli.run(args))
+        return eventloop.run(simulator_cli.run(args))
     except KeyboardInterrupt:
         return 0
 
@@ -247,7 +246,7 @@ def _pagerduty(args: argparse.Namespace) -> int:
 
     if args.log_level is None:  # a daemon: info by default, as `run`
         configure_logging("info")
-    return asyncio.run(run_bridge(Path(args.config)))
+    return eventloop.run(run_bridge(Path(args.config)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
