@@ -459,6 +459,32 @@ async def test_notify_publishes_at_once(
         assert publisher.published_total == 20
 
 
+async def test_notify_writes_the_publish_before_it_returns_and_leaves_no_writer(
+    mosquitto: MosquittoBroker, store: Store, changes: Changes
+) -> None:
+    """The alert is on the wire when `notify()` returns (no loop turns in between), and
+    no socket writer is left registered to wake the loop on every turn afterwards."""
+    publisher = make_publisher(mosquitto.url, store, changes)
+    loop = asyncio.get_running_loop()
+    async with running(publisher):
+        await changes.until(lambda: publisher.connected)
+        append(store, event(1))
+        publisher.notify()
+        await changes.until(lambda: store.depth() == 0)  # the drain is running now
+        assert publisher._active is not None
+        paho = publisher._active.link.paho
+        append(store, event(2))
+        publisher.notify()
+        assert not paho.want_write()  # both PUBLISHes written to the socket already
+        await changes.until(lambda: store.depth() == 0)
+        for _ in range(3):  # the queued writer registration, then its undoing, run
+            await asyncio.sleep(0)
+        sock = paho.socket()
+        assert sock is not None
+        assert not loop.remove_writer(sock.fileno())
+        assert publisher.published_total == 2
+
+
 async def test_delivery_is_timed_from_the_venue_answer_to_the_puback(
     mosquitto: MosquittoBroker, store: Store, changes: Changes
 ) -> None:
