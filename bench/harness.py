@@ -129,6 +129,11 @@ class CountingDaemon(Daemon):
         super().__init__(config)
         self.snapshots = 0
         self.failures = 0
+        self.skipped = 0
+
+    def on_skipped(self, state: AccountState, reason: str) -> None:
+        self.skipped += 1
+        super().on_skipped(state, reason)
 
     def on_snapshot(self, snapshot: Snapshot, duration: float) -> None:
         self.snapshots += 1

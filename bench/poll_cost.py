@@ -69,7 +69,7 @@ async def pipeline(config_path: Path, seconds: float, simulator_pid: int) -> dic
         windows = []
         for _ in range(WINDOWS):
             polls0, failed0 = daemon.snapshots, daemon.failures
-            skipped0 = _skipped(daemon)
+            skipped0 = daemon.skipped
             sim0 = cpu_seconds(simulator_pid)
             cpu0, wall0 = time.process_time(), time.perf_counter()
             await asyncio.sleep(seconds / WINDOWS)
@@ -78,7 +78,7 @@ async def pipeline(config_path: Path, seconds: float, simulator_pid: int) -> dic
                 {
                     "polls": daemon.snapshots - polls0,
                     "failed_polls": daemon.failures - failed0,
-                    "skipped_turns": _skipped(daemon) - skipped0,
+                    "skipped_turns": daemon.skipped - skipped0,
                     "cpu_seconds": cpu,
                     "wall_seconds": wall,
                     "simulator_cpu_seconds": cpu_seconds(simulator_pid) - sim0,
@@ -103,15 +103,6 @@ async def pipeline(config_path: Path, seconds: float, simulator_pid: int) -> dic
         "riskmon_cpu_share": round(cpu / wall, 2),
         "simulator_cpu_share": round(total["simulator_cpu_seconds"] / wall, 2),
     }
-
-
-def _skipped(daemon: CountingDaemon) -> int:
-    text = daemon.metrics.render().decode()
-    return sum(
-        int(float(line.rsplit(" ", 1)[1]))
-        for line in text.splitlines()
-        if line.startswith("riskmon_polls_total{") and 'outcome="skipped_' in line
-    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
