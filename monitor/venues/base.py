@@ -10,8 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import importlib
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 from typing import ClassVar
 
 from monitor.config import AccountConfig, VenueConfig
@@ -40,15 +39,10 @@ class VenueAdapter(abc.ABC):
     async def list_accounts(self, deadline: float) -> list[str]:
         """The ids of every account these credentials can see (discovery)."""
 
-    @contextmanager
-    def errors_about(self, account: str | None) -> Iterator[None]:
-        """Name this venue (and account) on every VenueError raised inside."""
-        try:
-            yield
-        except VenueError as exc:
-            exc.venue = exc.venue or self.config.name
-            exc.account = exc.account or account
-            raise
+    def errors_about(self, account: str | None) -> _ErrorsAbout:
+        """`with adapter.errors_about(account):` names this venue (and account) on every
+        VenueError raised inside."""
+        return _ErrorsAbout(self.config.name, account)
 
     def attempt_deadline(self, deadline: float) -> float:
         """One HTTP attempt may take `timeout`, and never past the poll's deadline."""
@@ -56,6 +50,30 @@ class VenueAdapter(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release what the adapter holds besides the shared HTTP client."""
+
+
+class _ErrorsAbout:
+    """A class, not a @contextmanager generator: it is entered once per poll, and the
+    generator machinery costs several times as much."""
+
+    __slots__ = ("account", "venue")
+
+    def __init__(self, venue: str, account: str | None) -> None:
+        self.venue = venue
+        self.account = account
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, VenueError):
+            exc.venue = exc.venue or self.venue
+            exc.account = exc.account or self.account
 
 
 _REGISTRY: dict[str, type[VenueAdapter]] = {}
