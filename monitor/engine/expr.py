@@ -754,6 +754,32 @@ def _or(acc: Any, a: Any) -> Any:
     raise _Fail(f"`or` needs true or false, got {_kind(a)}")
 
 
+def _and_all(*values: Any) -> Any:
+    """`and` over values already computed, left to right (the fast path's fallback)."""
+    missing = False
+    for a in values:
+        if a is False:
+            return False
+        if a is MISSING:
+            missing = True
+        elif a is not True:
+            raise _Fail(f"`and` needs true or false, got {_kind(a)}")
+    return MISSING if missing else True
+
+
+def _or_all(*values: Any) -> Any:
+    """`or` over values already computed, left to right (the fast path's fallback)."""
+    missing = False
+    for a in values:
+        if a is True:
+            return True
+        if a is MISSING:
+            missing = True
+        elif a is not False:
+            raise _Fail(f"`or` needs true or false, got {_kind(a)}")
+    return MISSING if missing else False
+
+
 def _cond(a: Any) -> Any:
     if a is MISSING:
         return MISSING
@@ -958,6 +984,8 @@ _RUNTIME: Final[Mapping[str, Any]] = {
     "_not": _not,
     "_and": _and,
     "_or": _or,
+    "_and_all": _and_all,
+    "_or_all": _or_all,
     "_cond": _cond,
     "_in": _in,
     "_in_seq": _in_seq,
@@ -975,6 +1003,12 @@ _RUNTIME: Final[Mapping[str, Any]] = {
 # --------------------------------------------------------------------------- codegen
 
 _Atom = tuple[str, str, bool]  # (python expression, kind, is a constant)
+# The fast block's form of a node (see `_Gen.fx`): (fast Python, the conditions under
+# which it is right (None: never), Python right always, kind of fast, kind of full)
+_Fx = tuple[str, tuple[str, ...] | None, str, str, str]
+#: Fast-block Python longer than this is generated as statements instead (nested
+#: `and`/`or` repeat their operands in the fallback call).
+_FX_MAX_CHARS: Final = 2000
 _TYPE_NAMES: Final = {"num": "_D", "str": "_S", "bool": "_B"}
 _LOGIC_UNIT: Final = {"and": ("True", "False", "_and"), "or": ("False", "True", "_or")}
 
@@ -1013,6 +1047,15 @@ class _Gen:
         self.lines: list[str] = []
         self.indent = 0
         self.count = 0
+        # the fast block (see `fast_block`)
+        self.fast = False
+        self.known: set[str] = set()  # variables the fast block knows hold Decimals
+        self.rule_params: list[dict[str, str]] = []  # each expression's params variables
+        self.invariant_vars: dict[tuple[int, _Node], str] = {}
+        self.cse_pass = 0
+        self.cse_seen: dict[str, int] = {}  # arithmetic Python -> how often it occurs
+        self.cse: dict[str, str] = {}  # arithmetic Python -> the variable holding it
+        self.stmt_cse: dict[_Node, _Atom] = {}
 
     def tmp(self, prefix: str = "t") -> str:
         self.count += 1
@@ -1035,7 +1078,9 @@ class _Gen:
         return name
 
     def flag(self, code: str) -> str:
-        """A condition that is true iff the variable `code` holds a Decimal."""
+        """A condition that is true iff the variable `code` holds a Decimal ("": known)."""
+        if self.fast:
+            return "" if code in self.known else f"_type({code}) is _D"
         flag = self.flags.get(code)
         if flag is None:
             return f"_type({code}) is _D"
@@ -1087,6 +1132,19 @@ class _Gen:
     # ----------------------------------------------------------------- expressions
 
     def gen(self, node: _Node) -> _Atom:
+        if (
+            self.fast
+            and self.indent == 0
+            and isinstance(node, _Call | _Cond)
+            and not any(_is_param(p) for p in _field_paths(node, set()))
+        ):  # the fast block computes a repeated call such as coalesce(pnl, 0) once
+            atom = self.stmt_cse.get(node)
+            if atom is None:
+                atom = self.stmt_cse[node] = self.gen_node(node)
+            return atom
+        return self.gen_node(node)
+
+    def gen_node(self, node: _Node) -> _Atom:
         if isinstance(node, _Const):
             return self.gen_const(node.value)
         if isinstance(node, _Field):
@@ -1132,18 +1190,26 @@ class _Gen:
         collects the conditions under which the fast Python is right.
         """
         if self.prepared and _is_arith(node) and _invariant(node):
-            var = self.tmp("q")  # computed once per params by `prepare`
-            self.param_slots.append((self.index, node, var))
-            self.flags[var] = "d" + var
+            if self.fast:
+                var = self.invariant_vars[(self.index, node)]
+            else:
+                var = self.tmp("q")  # computed once per params by `prepare`
+                self.param_slots.append((self.index, node, var))
+                self.flags[var] = "d" + var
+                self.invariant_vars.setdefault((self.index, node), var)
             guards.append(self.flag(var))
             return var, var, True
         if isinstance(node, _Binary):
+            mark = len(guards)
             left = self.island(node.left, guards)
             right = self.island(node.right, guards)
             fast = f"({left[0]} {node.op} {right[0]})"
             if node.op == "%":  # a % 0 is an invalid operation for Decimal; say why
                 fast = f"_rem({left[0]}, {right[0]})"
-            return fast, f"_arith({node.op!r}, {left[1]}, {right[1]})", left[2] and right[2]
+            ok = left[2] and right[2]
+            if self.fast and ok and self.indent == 0 and not any(guards[mark:]):
+                fast = self.common(fast)
+            return fast, f"_arith({node.op!r}, {left[1]}, {right[1]})", ok
         if isinstance(node, _Unary) and node.op != "not":
             fast, slow, ok = self.island(node.operand, guards)
             return f"({node.op}{fast})", f"_arith1({node.op!r}, {slow})", ok
@@ -1288,6 +1354,197 @@ class _Gen:
         self.indent -= opened
         return result
 
+    # ----------------------------------------------------------------- fast block
+
+    def common(self, fast: str) -> str:
+        """Arithmetic over known Decimals that several expressions compute: once."""
+        if self.cse_pass == 1:  # the first pass counts
+            self.cse_seen[fast] = self.cse_seen.get(fast, 0) + 1
+            return fast
+        if self.cse_seen.get(fast, 0) < 2:
+            return fast
+        var = self.cse.get(fast)
+        if var is None:
+            var = self.cse[fast] = self.assign(fast)
+        return var
+
+    def guards_of(self, atoms: Sequence[_Atom], want: str) -> tuple[str, ...] | None:
+        """`_guard` for the fast block: known Decimals need no condition."""
+        conditions = []
+        for code, kind, const in atoms:
+            if const:
+                if kind != want:
+                    return None
+            elif not (want == "num" and code in self.known):
+                conditions.append(f"_type({code}) is {_TYPE_NAMES[want]}")
+        return tuple(dict.fromkeys(conditions))
+
+    def fx(self, node: _Node) -> _Fx:
+        """The fast block's Python for a node; statements it needs go to `self.lines`.
+
+        `full` (the third item) is right whenever evaluating it raises nothing: anything
+        raised in the fast block sends the snapshot to the slow function, which then
+        finds the error (or not) exactly. So operands may be computed eagerly. `fast` is
+        right, and of the kind given, when its conditions hold.
+        """
+        if isinstance(node, _Const):
+            code, kind, _ = self.gen_const(node.value)
+            return code, (), code, kind, kind
+        if isinstance(node, _Field):
+            var = self.param_vars.get(node.path) or self.snapshot_vars[node.path]
+            return var, (), var, "num" if var in self.known else "any", "any"
+        if _is_arith(node):
+            guards: list[str] = []
+            fast, slow, ok = self.island(node, guards)
+            return self.fx_join(fast, slow, _conditions(guards, ok), "num", "num")
+        if isinstance(node, _Unary):  # not
+            a = self.fx_bool(self.fx(node.operand))
+            return self.fx_join(f"(not {a[0]})", f"_not({a[2]})", a[1], "bool", "bool")
+        if isinstance(node, _Logic):
+            parts = [self.fx_bool(self.fx(value)) for value in node.values]
+            slow = f"_{node.op}_all({', '.join(p[2] for p in parts)})"
+            conditions: tuple[str, ...] | None = ()
+            for part in parts:
+                conditions = None if conditions is None or part[1] is None else conditions + part[1]
+            fast = "(" + f" {node.op} ".join(p[0] for p in parts) + ")"
+            if conditions is not None:
+                conditions = tuple(dict.fromkeys(conditions))
+            result = self.fx_join(fast, slow, conditions, "bool", "bool")
+            return result if len(result[2]) <= _FX_MAX_CHARS else self.fx_statements(node)
+        if isinstance(node, _Compare) and len(node.ops) == 1 and node.ops[0] not in _IN_OPS:
+            op, right_node = node.ops[0], node.rights[0]
+            if _numeric_comparison(node.left, op, right_node):
+                guards = []
+                left = self.island(node.left, guards)
+                right = self.island(right_node, guards)
+                fast = f"({left[0]} {op} {right[0]})"
+                slow = _comparison_call(op, left[1], right[1])
+                ok = left[2] and right[2]
+                return self.fx_join(fast, slow, _conditions(guards, ok), "bool", "bool")
+            x, y = self.gen(node.left), self.gen(right_node)
+            if op in ("==", "!="):
+                kinds = {atom[1] for atom in (x, y) if atom[2]}
+                want = kinds.pop() if len(kinds) == 1 else "num"
+                cond = None if want == "none" else self.guards_of([x, y], want)
+            else:
+                cond = self.guards_of([x, y], "str" if "str" in (x[1], y[1]) else "num")
+            slow = _comparison_call(op, x[0], y[0])
+            return self.fx_join(f"({x[0]} {op} {y[0]})", slow, cond, "bool", "bool")
+        if isinstance(node, _Call) and node.name == "present":
+            var = self.gen(node.args[0])[0]
+            fast = "True" if var in self.known else f"({var} is not _M)"
+            return fast, (), fast, "bool", "bool"
+        return self.fx_statements(node)
+
+    def fx_statements(self, node: _Node) -> _Fx:
+        """A node generated as statements (chains, `in`, `x if c else y`, calls)."""
+        code, kind, const = self.gen(node)
+        return code, (), code, kind if const else "any", kind
+
+    def fx_join(
+        self, fast: str, slow: str, conditions: tuple[str, ...] | None, kind: str, full_kind: str
+    ) -> _Fx:
+        if conditions is None:
+            return slow, None, slow, kind, full_kind
+        if not conditions:
+            return fast, (), fast, kind, full_kind
+        return (
+            fast,
+            conditions,
+            f"({fast} if {' and '.join(conditions)} else {slow})",
+            kind,
+            full_kind,
+        )
+
+    def fx_bool(self, fx: _Fx) -> _Fx:
+        """The form of an operand of `and`/`or`/`not` whose fast Python is a bool."""
+        fast, conditions, full, kind, full_kind = fx
+        if conditions is None or kind == "bool":
+            return fx
+        if conditions == () and fast.isidentifier() and fast not in ("None", "True", "False"):
+            return fast, (f"_type({fast}) is _B",), full, "bool", full_kind
+        return full, None, full, kind, full_kind
+
+    def fast_reads(self, paths: Sequence[str], required: set[str]) -> list[str]:
+        """The fast block's reads of the fields that are not required Decimals."""
+        lines = ["_g = f.get"]
+        if any(p == "labels" or p.startswith("labels.") for p in paths):
+            lines.append("_l = s.labels")
+        for path in paths:
+            var = self.snapshot_vars[path]
+            if var in required:
+                continue
+            if path in _IDENTITY:
+                lines.append(f"{var} = s.{path}")
+            elif path == "currency":
+                lines.append(f"{var} = s.currency")
+                lines.append(f"if {var} is None: {var} = _g({self.const(path)}, _M)")
+            elif path == "labels":
+                lines.append(f"{var} = _l")
+            elif path.startswith("labels."):
+                lines.append(f"{var} = _l.get({self.const(path[7:])}, _M)")
+            else:
+                lines.append(f"{var} = _g({self.const(path)}, _M)")
+        return lines
+
+    def fast_block(self, trees: Sequence[_Node], snapshot_paths: Sequence[str]) -> list[str]:
+        """Statements evaluating every tree when the usual holds, else falling through.
+
+        The usual: every field used as a number (an operand of arithmetic or of `<`,
+        `<=`, `>`, `>=`) is a Decimal, and so is every such param (`prepare` checks the
+        params once). Fields that some expression tests with `present` or `coalesce`
+        are exempt: they are read as any other and checked where they are used. Then
+        the rules are one `return [...]` of plain Python over Decimals, with no flags,
+        no per-rule error handling and arithmetic that several rules share computed
+        once; whatever raises (an error, a MISSING that a fast path cannot take) falls
+        through to the slow function, which evaluates every rule on its own exactly.
+        """
+        maybe_missing: set[str] = set()
+        for tree in trees:
+            _optional_paths(tree, maybe_missing)
+        required_fields: dict[str, str] = {}
+        for tree in trees:
+            for path in sorted(_numeric_paths(tree, set()) - maybe_missing):
+                if _is_param(path) or path in _IDENTITY or path == "currency":
+                    continue
+                if path == "labels" or path.startswith("labels."):
+                    continue
+                required_fields[path] = self.snapshot_vars[path]
+        self.known = set(required_fields.values())
+        for index, tree in enumerate(trees):
+            for path in _numeric_paths(tree, set()) - maybe_missing:
+                if _is_param(path):
+                    self.known.add(self.rule_params[index][path])
+        self.known.update(self.invariant_vars.values())
+        self.fast, self.prepared = True, True
+        prologue: list[str] = []
+        results: list[str] = []
+        for self.cse_pass in (1, 2):
+            self.cse, self.stmt_cse, prologue, results = {}, {}, [], []
+            for index, tree in enumerate(trees):
+                self.lines, self.indent, self.index = [], 0, index
+                self.param_vars = self.rule_params[index]
+                _, _, full, _, full_kind = self.fx(tree)
+                prologue += self.lines
+                results.append(f"_finish({full})" if full_kind == "any" else full)
+        self.fast = False
+        body = [*self.fast_reads(snapshot_paths, self.known), *prologue]
+        if self.param_slots:
+            body.append("".join(f"{v}, " for _, _, v in self.param_slots) + "= _fv")
+        body.append(f"return {_list(results)}")
+        lines = ["try:", "    f = s.fields"]
+        lines += [f"    {var} = f[{self.const(path)}]" for path, var in required_fields.items()]
+        lines += ["except _Exc:", "    pass", "else:"]
+        indent = "    "
+        if required_fields:
+            checks = " and ".join(f"_type({var}) is _D" for var in required_fields.values())
+            lines.append(f"    if {checks}:")
+            indent = "        "
+        lines.append(indent + "try:")
+        lines += [indent + "    " + line for line in body]
+        lines += [indent + "except _Exc:", indent + "    pass"]
+        return lines
+
     # ----------------------------------------------------------------- functions
 
     def function(self, trees: Sequence[_Node], *, single: bool) -> str:
@@ -1309,6 +1566,7 @@ class _Gen:
             self.lines, self.indent, self.index, self.prepared = [], 0, index, not single
             params = (p for p in _field_paths(tree, set()) if _is_param(p))
             self.param_reads(index, params, prepared=not single)
+            self.rule_params.append(self.param_vars)
             atom = self.gen(tree)
             result = f"r{index}"
             results.append(result)
@@ -1325,26 +1583,41 @@ class _Gen:
         reads = self.snapshot_reads(snapshot_paths)
         if self.param_slots:
             reads.append("".join(f"{v}, d{v}, " for _, _, v in self.param_slots) + "= pp")
-        names = sorted(self.namespace)
+        evaluate = [
+            "try:",
+            *("    " + line for line in reads),
+            "except _Exc as _e:",
+            "    _x = _error(_e)",
+            f"    return {'_x' if single else f'[_x] * {len(trees)}'}",
+            *rules,
+            f"return {results[0] if single else _list(results)}",
+        ]
+        if single:
+            head, slow = ["def _run(s, _p):"], []
+        else:
+            fast = self.fast_block(trees, snapshot_paths)
+            slow = ["def _slow(s, pp):", *("    " + line for line in evaluate)]
+            head = ["def _run(s, pp):"]
+            evaluate = [
+                "try:",
+                "    _fv, _sv = pp",
+                "except _Exc:",
+                "    _fv, _sv = None, pp  # not from `prepare`: the slow function says why",
+                "if _fv is not None:",
+                *("    " + line for line in fast),
+                "return _slow(s, _sv)",
+            ]
         body = [
             "_old = _getctx()",
             "if _old is not _CTX: _setctx(_CTX)",
             "try:",
-            "    try:",
-            *("        " + line for line in reads),
-            "    except _Exc as _e:",
-            "        _x = _error(_e)",
-            f"        return {'_x' if single else f'[_x] * {len(trees)}'}",
-            *("    " + line for line in rules),
-            f"    return {results[0] if single else _list(results)}",
+            *("    " + line for line in evaluate),
             "finally:",
             "    if _old is not _CTX: _setctx(_old)",
         ]
-        head = [
-            f"def _make({', '.join(names)}):",
-            f"    def _run(s, {'_p' if single else 'pp'}):",
-        ]
-        return "\n".join([*head, *("        " + line for line in body), "    return _run"]) + "\n"
+        names = sorted(self.namespace)
+        lines = [*slow, *head, *("    " + line for line in body), "return _run"]
+        return f"def _make({', '.join(names)}):\n" + "".join(f"    {x}\n" for x in lines)
 
     def build(self, trees: Sequence[_Node], *, single: bool, name: str) -> tuple[Any, str]:
         """The evaluating function and its source."""
@@ -1376,7 +1649,51 @@ def _numeric_comparison(left: _Node, op: str, right: _Node) -> bool:
 
 def _join(guards: Sequence[str], ok: bool) -> str | None:
     """The fast-path condition from island guards ("" always, None never)."""
-    return " and ".join(dict.fromkeys(guards)) if ok else None
+    return " and ".join(dict.fromkeys(g for g in guards if g)) if ok else None
+
+
+def _conditions(guards: Sequence[str], ok: bool) -> tuple[str, ...] | None:
+    """`_join` as the fast block's tuple of conditions."""
+    return tuple(dict.fromkeys(g for g in guards if g)) if ok else None
+
+
+_IN_OPS: Final = ("in", "not in")
+
+
+def _comparison_call(op: str, a: str, b: str) -> str:
+    """The slow path of one comparison of two non-`in` operands."""
+    if op in ("==", "!="):
+        return f"{'_eq' if op == '==' else '_ne'}({a}, {b})"
+    return f"_cmp({op!r}, {a}, {b})"
+
+
+def _numeric_paths(node: _Node, out: set[str]) -> set[str]:
+    """Field paths used as numbers: operands of arithmetic or of an ordering."""
+    sides: Iterable[_Node] = ()
+    if _is_arith(node):
+        sides = _children(node)
+    elif (
+        isinstance(node, _Compare)
+        and len(node.ops) == 1
+        and node.ops[0] in _ORDER
+        and _numeric_comparison(node.left, node.ops[0], node.rights[0])
+    ):
+        sides = (node.left, node.rights[0])
+    for side in sides:
+        if isinstance(side, _Field):
+            out.add(side.path)
+    for child in _children(node):
+        _numeric_paths(child, out)
+    return out
+
+
+def _optional_paths(node: _Node, out: set[str]) -> set[str]:
+    """Field paths an expression expects to be absent at times: present(x), coalesce."""
+    if isinstance(node, _Call) and node.name in ("present", "coalesce"):
+        out.update(arg.path for arg in node.args if isinstance(arg, _Field))
+    for child in _children(node):
+        _optional_paths(child, out)
+    return out
 
 
 def _guard(atoms: Sequence[_Atom], want: str) -> str | None:
@@ -1445,7 +1762,7 @@ class CompiledRules:
     does not.
     """
 
-    __slots__ = ("_param_slots", "_python", "exprs", "run")
+    __slots__ = ("_param_slots", "_python", "_required", "exprs", "run")
 
     exprs: tuple[CompiledExpr, ...]
     run: Callable[[Snapshot, PreparedParams], list[Any]]
@@ -1460,19 +1777,31 @@ class CompiledRules:
             (index, slot if isinstance(slot, str) else _invariant_evaluator(slot))
             for index, slot, _ in gen.param_slots
         )
+        # the slots that the fast block needs as Decimals
+        self._required = tuple(var in gen.known for _, _, var in gen.param_slots)
 
     def prepare(self, params: Sequence[Mapping[str, Any]]) -> PreparedParams:
-        """The values `run` reads from params[i] for exprs[i] (numbers as Decimal)."""
+        """The values `run` reads from params[i] for exprs[i] (numbers as Decimal).
+
+        A pair: the values for the fast block (None when one that it needs as a
+        Decimal is not one), and each value with its is-a-Decimal flag for the slow
+        function.
+        """
         if len(params) != len(self.exprs):
             raise ValueError(f"{len(self.exprs)} expressions but {len(params)} params mappings")
         values: list[Any] = []
-        for index, slot in self._param_slots:
+        flagged: list[Any] = []
+        fast = True
+        for (index, slot), required in zip(self._param_slots, self._required, strict=True):
             if isinstance(slot, str):
                 value = _param_value(params[index], slot)
             else:
                 value = slot(_NO_SNAPSHOT, params[index])
-            values += (value, type(value) is Decimal)
-        return PreparedParams(tuple(values))
+            is_decimal = type(value) is Decimal
+            values.append(value)
+            flagged += (value, is_decimal)
+            fast = fast and (is_decimal or not required)
+        return PreparedParams((tuple(values) if fast else None, tuple(flagged)))
 
     def __call__(self, snapshot: Snapshot, params: Sequence[Mapping[str, Any]]) -> list[Any]:
         return self.run(snapshot, self.prepare(params))
