@@ -1050,6 +1050,7 @@ class _Gen:
         # the fast block (see `fast_block`)
         self.fast = False
         self.known: set[str] = set()  # variables the fast block knows hold Decimals
+        self.fast_flags: dict[str, str] = {}  # fast block: field -> its is-a-Decimal flag
         self.rule_params: list[dict[str, str]] = []  # each expression's params variables
         self.invariant_vars: dict[tuple[int, _Node], str] = {}
         self.cse_pass = 0
@@ -1080,7 +1081,9 @@ class _Gen:
     def flag(self, code: str) -> str:
         """A condition that is true iff the variable `code` holds a Decimal ("": known)."""
         if self.fast:
-            return "" if code in self.known else f"_type({code}) is _D"
+            if code in self.known:
+                return ""
+            return self.fast_flags.get(code) or f"_type({code}) is _D"
         flag = self.flags.get(code)
         if flag is None:
             return f"_type({code}) is _D"
@@ -1466,7 +1469,10 @@ class _Gen:
         return full, None, full, kind, full_kind
 
     def fast_reads(self, paths: Sequence[str], required: set[str]) -> list[str]:
-        """The fast block's reads of the fields that are not required Decimals."""
+        """The fast block's reads of the fields that are not required Decimals.
+
+        Those used as numbers get an is-a-Decimal flag (see `fast_block`).
+        """
         lines = ["_g = f.get"]
         if any(p == "labels" or p.startswith("labels.") for p in paths):
             lines.append("_l = s.labels")
@@ -1485,6 +1491,8 @@ class _Gen:
                 lines.append(f"{var} = _l.get({self.const(path[7:])}, _M)")
             else:
                 lines.append(f"{var} = _g({self.const(path)}, _M)")
+            if var in self.fast_flags:
+                lines.append(f"{self.fast_flags[var]} = _type({var}) is _D")
         return lines
 
     def fast_block(self, trees: Sequence[_Node], snapshot_paths: Sequence[str]) -> list[str]:
@@ -1503,13 +1511,18 @@ class _Gen:
         for tree in trees:
             _optional_paths(tree, maybe_missing)
         required_fields: dict[str, str] = {}
+        self.fast_flags = {}
         for tree in trees:
-            for path in sorted(_numeric_paths(tree, set()) - maybe_missing):
-                if _is_param(path) or path in _IDENTITY or path == "currency":
+            for path in sorted(_numeric_paths(tree, set())):
+                if _is_param(path):
                     continue
-                if path == "labels" or path.startswith("labels."):
-                    continue
-                required_fields[path] = self.snapshot_vars[path]
+                var = self.snapshot_vars[path]
+                if path in maybe_missing or path in _IDENTITY or path == "currency":
+                    self.fast_flags[var] = "f" + var  # checked where used, once per snapshot
+                elif path == "labels" or path.startswith("labels."):
+                    self.fast_flags[var] = "f" + var
+                else:
+                    required_fields[path] = var
         self.known = set(required_fields.values())
         for index, tree in enumerate(trees):
             for path in _numeric_paths(tree, set()) - maybe_missing:
