@@ -14,6 +14,7 @@ from contextlib import contextmanager, suppress
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -312,3 +313,99 @@ def test_the_sandbox_watch_notices_escapes() -> None:
     with sandbox_watch() as calls, suppress(Escaped):
         builtins.eval("1")
     assert calls == ["eval"]
+
+
+# The fast block of a rule set (one `return [...]` over fields and params known to be
+# Decimals, falling back to the slow function on anything unusual) against each
+# expression evaluated alone: snapshots and params that are mostly the usual Decimals,
+# with now and then a value of another kind or an absent one.
+NUMERIC_FIELDS = ["a", "b", "m.x", "zero"]
+usual_numbers = st.one_of(
+    st.decimals(min_value=-(10**7), max_value=10**7, places=2),
+    st.sampled_from([Decimal(0), Decimal("-0"), Decimal("0.9"), Decimal("1E+30")]),
+)
+odd_values = st.one_of(
+    st.booleans(), st.text(max_size=2), st.integers(-3, 3), st.sampled_from([MISSING])
+)
+fast_leaves = st.one_of(
+    st.sampled_from([*NUMERIC_FIELDS, "flag", "name", "nope", "params.p", "params.q"]),
+    st.sampled_from(["0", "1", "0.9", "-3", "'a'", "True", "None"]),
+)
+
+
+def extend_fast(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.tuples(children, st.sampled_from(BINARY), children).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
+        st.tuples(children, st.sampled_from(COMPARE[:6]), children).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
+        st.tuples(children, st.sampled_from(["and", "or"]), children).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
+        st.tuples(children, st.sampled_from(["and", "or"]), children, children).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]} {t[1]} {t[3]})"
+        ),
+        st.tuples(st.sampled_from(["not ", "-", "abs"]), children).map(
+            lambda t: f"({t[0]}({t[1]}))"
+        ),
+        st.tuples(st.sampled_from(["min", "max", "coalesce"]), children, children).map(
+            lambda t: f"{t[0]}({t[1]}, {t[2]})"
+        ),
+        st.sampled_from(NUMERIC_FIELDS).map(lambda f: f"present({f})"),
+        st.tuples(children, children, children).map(lambda t: f"({t[0]} if {t[1]} else {t[2]})"),
+    )
+
+
+fast_expressions = st.recursive(fast_leaves, extend_fast, max_leaves=8)
+
+
+@st.composite
+def usual_snapshots(draw: st.DrawFn) -> Snapshot:
+    fields: dict[str, Any] = {"zero": Decimal(0), "flag": draw(st.booleans()), "name": "a"}
+    for name in NUMERIC_FIELDS[:3]:
+        if draw(st.integers(0, 9)):
+            fields[name] = draw(usual_numbers)
+        else:
+            value = draw(odd_values)
+            if value is not MISSING:
+                fields[name] = value
+    return Snapshot(venue="cs", venue_kind="clearstreet", account="1", fields=fields, taken_at=0.0)
+
+
+@st.composite
+def usual_params(draw: st.DrawFn) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ("p", "q"):
+        if draw(st.integers(0, 9)):
+            out[name] = draw(usual_numbers)
+        else:
+            value = draw(odd_values)
+            if value is not MISSING:
+                out[name] = value
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    texts=st.lists(fast_expressions, min_size=1, max_size=4),
+    snapshot=usual_snapshots(),
+    rule_params=st.lists(usual_params(), min_size=4, max_size=4),
+)
+def test_rule_sets_agree_with_each_expression_alone(
+    texts: list[str], snapshot: Snapshot, rule_params: list[dict[str, Any]]
+) -> None:
+    exprs = [compile_expression(text) for text in texts]
+    params = rule_params[: len(exprs)]
+    rules = compile_rules(exprs)
+    prepared = rules.prepare(params)
+    slow_only: Any = (None, prepared[1])  # what `run` does when the fast block falls through
+    results, slow = rules.run(snapshot, prepared), rules.run(snapshot, slow_only)
+    for expr, p, result, expected in zip(exprs, params, results, slow, strict=True):
+        assert type(result) is type(expected), (expr, result, expected)
+        assert result is expected or str(result) == str(expected), (expr, result, expected)
+        alone = expr.evaluate(snapshot, p)
+        assert type(result) is type(alone), (expr, result, alone)
+        assert isinstance(alone, EvalError) or result is alone or str(result) == str(alone)
