@@ -538,5 +538,10 @@ def build_info() -> dict[str, str]:
 
 
 async def run_daemon(config_path: Path, *, shard: Shard | None) -> int:
+    # Loading the config and the rules allocates much and frees little: with Python's
+    # default threshold, young collections (and the full ones they lead to) took a fifth
+    # of it (about 20 of 95 ms of CPU with 1,000 accounts). The heap is settled at the
+    # first tick.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     daemon = Daemon(load_config(config_path), shard=shard)
     return await daemon.run()
