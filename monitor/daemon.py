@@ -197,6 +197,7 @@ class Daemon(PollListener):
                     state.account = poller.accounts[account_id].account
                     poller.accounts[account_id] = state
         self.pollers[venue.name] = poller
+        self._set_venue_metrics(venue.name)
         self.poller_tasks[venue.name] = asyncio.create_task(poller.run(), name=f"poll-{venue.name}")
 
     async def _stop_venue(self, name: str) -> dict[str, AccountState]:
@@ -257,6 +258,12 @@ class Daemon(PollListener):
             self._emit(self.evaluator.forget_account(venue, account, now))
         if added or removed:
             log.info("accounts changed", venue=venue, added=len(added), removed=len(removed))
+        self._set_venue_metrics(venue)
+
+    def on_cycle(self, venue: str) -> None:
+        # First polls are caught up (monitor/poller.py): the daemon may turn ready before
+        # its first tick, and the venue's metrics should say so already.
+        self._set_venue_metrics(venue)
 
     def _evaluation_failed(self, rule: Rule, snapshot: Snapshot, error: EvalError) -> None:
         self.metrics.inc_rule_evaluation_failures(rule.alert)
@@ -356,12 +363,8 @@ class Daemon(PollListener):
         for snapshot in health_snapshots(healths, now, skip=settled):
             events.extend(self.health.evaluate(snapshot, now))
         self._emit(events)
-        for name, poller in self.pollers.items():
-            states = list(poller.accounts.values())
-            failing = sum(1 for s in states if s.consecutive_failures > 0)
-            self.metrics.set_venue(
-                name, up=not states or failing < len(states), accounts=len(states)
-            )
+        for name in self.pollers:
+            self._set_venue_metrics(name)
         self.metrics.set_alerts(self.book.active())
         if self.publisher is not None:
             self.metrics.set_mqtt(self.publisher.connected)
@@ -370,6 +373,15 @@ class Daemon(PollListener):
         self._save_alerts()
         if self._recording is not None:
             self._recording.flush()
+
+    def _set_venue_metrics(self, venue: str) -> None:
+        """`riskmon_venue_up` and `riskmon_venue_accounts` of a running venue."""
+        poller = self.pollers.get(venue)
+        if poller is None:  # still being built, or gone
+            return
+        states = poller.accounts.values()
+        failing = sum(1 for s in states if s.consecutive_failures > 0)
+        self.metrics.set_venue(venue, up=not states or failing < len(states), accounts=len(states))
 
     def _account_health(self, now: float) -> Iterable[AccountHealth]:
         for name, poller in self.pollers.items():
