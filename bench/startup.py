@@ -10,8 +10,9 @@ serving, MQTT connected, and the first poll cycle done: every account polled onc
 
 The config is the one production would use for 1,000 accounts: `poll_interval: 1s`,
 `max_requests_per_second: 2000`, `max_concurrency: 32`. riskmon spreads an interval's
-polls over the interval (each account at its own phase), so the first cycle ends up to
-one interval after polling starts: the start-up figure is about 1 s of polling plus the
+polls over the interval (each account at its own phase), but catches up the first polls
+at the venue's rate limit (monitor/poller.py): the first cycle takes about 1,000 / 2,000
+requests a second = 0.5 s, so the start-up figure is about 0.5 s of polling plus the
 process's own start (imports, config, rules, connections).
 
 Target: at most 2 s (the slowest run counts).

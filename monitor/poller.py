@@ -5,6 +5,17 @@ and hands what happened to a listener. Each account has a fixed phase inside its
 venue's interval (a hash of its name), so requests are spread evenly over the interval
 instead of bursting at its start. A poll that is still running when its account comes
 due again is not stacked: that turn is skipped and counted.
+
+An account's first poll (at start, or when discovery adds it) need not wait for its
+phase: the accounts that have never been polled are caught up one after another at the
+venue's `max_requests_per_second`, less what the accounts already polled ask of it, and
+each continues at its phase from the next interval on. So a restarted daemon knows every
+account (and is ready) after N / max_requests_per_second seconds rather than a whole
+interval, and the venue never sees more than the configured rate. An account is polled
+at most once per interval; its first two polls may be up to two intervals apart, so the
+catch-up is made only when a venue's `stale_after` is at least three intervals (an
+account may then still miss a poll without turning stale), and only when it finishes
+within one interval; otherwise first polls keep their phases.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ log = structlog.get_logger("riskmon.poller")
 
 AUTH_BACKOFF_MIN = 30.0  # after a 401 the venue is probed again no sooner than this
 AUTH_BACKOFF_MAX = 300.0
+CATCH_UP_MIN_STALE_INTERVALS = 3.0  # stale_after / poll_interval at which first polls catch up
 
 
 @dataclass(slots=True)
@@ -106,6 +118,9 @@ class VenuePoller:
         self.first_cycle_done = asyncio.Event()
         self._heap: list[tuple[float, int, str]] = []
         self._generation: dict[str, int] = {}
+        self._resume: dict[str, float] = {}  # caught-up account -> its next phase turn
+        self._catch_up_until = 0.0  # loop time the first polls planned so far end
+        self._running = False  # first polls are planned when run() starts
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._never_polled: set[str] = set()
@@ -129,6 +144,7 @@ class VenuePoller:
             if state.discovered == discovered and account_id not in wanted:
                 del self.accounts[account_id]
                 self._generation.pop(account_id, None)
+                self._resume.pop(account_id, None)
                 self._never_polled.discard(account_id)
                 removed.append(account_id)
         for account_id, account in wanted.items():
@@ -143,36 +159,59 @@ class VenuePoller:
             )
             self._never_polled.add(account_id)
             added.append(account_id)
-            self._schedule_first(account_id)
+        if added and self._running:
+            self._schedule_first(added, asyncio.get_running_loop().time())
         if added or removed:
             self.listener.on_accounts_changed(self.config.name, added, removed)
             self._wakeup.set()
         self._check_first_cycle()
 
-    def _schedule_first(self, account_id: str) -> None:
-        try:
-            loop_now = asyncio.get_running_loop().time()
-        except RuntimeError:  # built before the loop runs: schedule relative to zero
-            loop_now = 0.0
+    def _phase_turn(self, account_id: str, now: float) -> float:
+        """The account's first turn at its phase at or after `now` (loop time)."""
         interval = self.config.poll_interval
-        phase = phase_of(self.config.name, account_id) * interval
-        due = loop_now - (loop_now % interval) + phase
-        if due < loop_now:
-            due += interval
-        generation = self._generation.get(account_id, 0) + 1
-        self._generation[account_id] = generation
-        heapq.heappush(self._heap, (due, generation, account_id))
+        due = now - (now % interval) + phase_of(self.config.name, account_id) * interval
+        return due + interval if due < now else due
+
+    def _schedule_first(self, account_ids: Sequence[str], now: float) -> None:
+        """Schedule the first poll of each account (see the module's docstring): those
+        never polled are caught up at the spare request rate where that is sooner than
+        their phase, the others (a reloaded venue's) wait for their phase."""
+        config = self.config
+        interval = config.poll_interval
+        turns = sorted((self._phase_turn(a, now), a) for a in account_ids)
+        new = [t for t in turns if self.accounts[t[1]].polls == 0]
+        spacing = 0.0
+        start = max(now, self._catch_up_until)
+        if new and config.stale_after >= CATCH_UP_MIN_STALE_INTERVALS * interval:
+            # What the accounts already on their phases ask of the venue meanwhile.
+            spare = config.max_requests_per_second - (len(self.accounts) - len(new)) / interval
+            if spare > 0 and start + len(new) / spare <= now + interval:
+                spacing = 1.0 / spare
+                self._catch_up_until = start + len(new) * spacing
+        early = {}
+        if spacing:
+            for i, (turn, account_id) in enumerate(new):
+                at = start + i * spacing
+                if at < turn:
+                    early[account_id] = at
+        for turn, account_id in turns:
+            generation = self._generation.get(account_id, 0) + 1
+            self._generation[account_id] = generation
+            due = early.get(account_id)
+            if due is None:
+                due = turn
+                self._resume.pop(account_id, None)
+            else:
+                self._resume[account_id] = turn + interval
+            heapq.heappush(self._heap, (due, generation, account_id))
 
     # -- running -----------------------------------------------------------------------
 
     async def run(self) -> None:
         """Poll until `stop()`; then wait for the polls in flight to end."""
         loop = asyncio.get_running_loop()
-        # Accounts scheduled before the loop ran were placed relative to time zero.
-        if self._heap and self._heap[0][0] < loop.time() - self.config.poll_interval:
-            self._heap.clear()
-            for account_id in self.accounts:
-                self._schedule_first(account_id)
+        self._running = True
+        self._schedule_first(list(self.accounts), loop.time())
         discovery = asyncio.create_task(self._discover_forever()) if self.config.discovery else None
         try:
             while not self._stopping:
@@ -189,7 +228,9 @@ class VenuePoller:
             due, generation, account_id = heapq.heappop(self._heap)
             if self._generation.get(account_id) != generation:
                 continue  # the account left or was rescheduled
-            next_due = due + self.config.poll_interval
+            next_due = self._resume.pop(account_id, None)
+            if next_due is None:  # an account on its phase: the same phase next interval
+                next_due = due + self.config.poll_interval
             if next_due <= now:  # the loop fell behind: do not replay missed turns
                 next_due = now + self.config.poll_interval
             heapq.heappush(self._heap, (next_due, generation, account_id))

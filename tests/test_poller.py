@@ -78,7 +78,8 @@ async def test_every_account_is_polled_each_interval_spread_over_it(
     accounts = tuple(AccountConfig(str(100000 + i)) for i in range(30))
     for account in accounts:
         simulator.add_account("clearstreet", account.id)
-    config = fast(cs_config, accounts=accounts)
+    # stale_after under three intervals: even the first turn keeps the phases
+    config = fast(cs_config, accounts=accounts, stale_after=1.0)
     async with running(config, http_client) as (poller, recorder):
         await poller.first_cycle_done.wait()
         await recorder.until(lambda: len(recorder.snapshots) >= 90)
@@ -90,6 +91,58 @@ async def test_every_account_is_polled_each_interval_spread_over_it(
     assert times[-1] - times[0] > 0.4 * 0.5  # the first turn is spread, not one burst
     phases = [phase_of("cs", a.id) for a in accounts]
     assert len(set(phases)) == len(phases)
+
+
+def polls_by_account(simulator: Simulator) -> dict[str, list[float]]:
+    polls: dict[str, list[float]] = {}
+    for request in simulator.requests(endpoint="balances"):
+        polls.setdefault(request["account"], []).append(request["t"])
+    return polls
+
+
+async def test_first_polls_catch_up_at_the_rate_limit_then_keep_their_phases(
+    cs_config: VenueConfig, http_client: HttpClient, simulator: Simulator
+) -> None:
+    accounts = tuple(AccountConfig(str(100000 + i)) for i in range(40))
+    for account in accounts:
+        simulator.add_account("clearstreet", account.id)
+    # 40 accounts at 100 requests a second: the first turn takes 0.4 s, not the interval
+    config = dataclasses.replace(
+        cs_config, accounts=accounts, poll_interval=1.0, max_requests_per_second=100
+    )
+    async with running(config, http_client) as (poller, recorder):
+        await poller.first_cycle_done.wait()
+        await recorder.until(lambda: len(recorder.snapshots) >= 80)
+    polls = polls_by_account(simulator)
+    firsts = sorted(times[0] for times in polls.values())
+    assert len(firsts) == 40
+    assert 0.39 * 0.9 < firsts[-1] - firsts[0] < 0.75  # paced at the rate, not a burst
+    seconds = sorted(times[1] for times in polls.values() if len(times) > 1)
+    assert len(seconds) >= 30
+    assert seconds[0] - firsts[0] > 0.9  # nothing polled twice in the first interval
+    assert seconds[-1] - seconds[0] > 0.5  # the second turn is at the phases again
+    for times in polls.values():
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(gap > 0.9 for gap in gaps)
+        assert all(gap < 1.5 for gap in gaps[1:])  # then one interval apart
+        assert not gaps or gaps[0] < 2.1
+
+
+async def test_first_polls_keep_their_phases_when_the_rate_limit_cannot_do_better(
+    cs_config: VenueConfig, http_client: HttpClient, simulator: Simulator
+) -> None:
+    accounts = tuple(AccountConfig(str(100000 + i)) for i in range(30))
+    for account in accounts:
+        simulator.add_account("clearstreet", account.id)
+    # 30 accounts at 40 requests a second would take longer than the 0.4 s interval
+    config = fast(cs_config, accounts=accounts, max_requests_per_second=40)
+    async with running(config, http_client) as (poller, _):
+        await poller.first_cycle_done.wait()
+    polls = polls_by_account(simulator)
+    firsts = sorted(times[0] for times in polls.values())
+    assert firsts[-1] - firsts[0] > 0.4 * 0.5  # spread over the interval by phase
+    for times in polls.values():
+        assert all(b - a > 0.35 for a, b in itertools.pairwise(times))
 
 
 async def test_a_slow_poll_is_never_stacked(

@@ -101,7 +101,7 @@ def _matches(path: str, pattern: str) -> bool:
 @functools.cache
 def kind_fields(kind: str) -> KindFields:
     """What venue kind `kind` sends (KeyError for an unknown kind)."""
-    from monitor.venues.base import adapter_class  # imports every adapter: only when linting
+    from monitor.venues.base import adapter_class  # imports the adapter: only when linting
 
     adapter = adapter_class(kind)
     schema = adapter.schema

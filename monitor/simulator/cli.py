@@ -7,11 +7,15 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from monitor.simulator.keys import ensure_demo_credentials
-from monitor.simulator.scenario import Scenario, default_scenario, load_scenario
-from monitor.simulator.server import Simulator
 from monitor.yamlsource import SourceError
+
+if TYPE_CHECKING:
+    from monitor.simulator.scenario import Scenario
+
+# The scenario, keys and server modules are imported by the functions that need them:
+# `add_arguments` is called whenever `riskmon` builds its command line.
 
 DEFAULT_LISTEN = "127.0.0.1:8090"
 
@@ -43,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> Scenario:
+    from monitor.simulator.keys import ensure_demo_credentials
+    from monitor.simulator.scenario import default_scenario, load_scenario
+
     if args.scenario is not None:
         return load_scenario(args.scenario)
     base = Path.cwd()
@@ -52,6 +59,8 @@ def _load(args: argparse.Namespace) -> Scenario:
 
 
 async def run(args: argparse.Namespace) -> int:
+    from monitor.simulator.server import Simulator
+
     listen = args.listen
     host, port = parse_listen(listen) if isinstance(listen, str) else listen
     try:

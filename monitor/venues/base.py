@@ -77,7 +77,13 @@ class _ErrorsAbout:
 
 
 _REGISTRY: dict[str, type[VenueAdapter]] = {}
-BUILTIN_ADAPTERS = ("monitor.venues.clearstreet", "monitor.venues.polymarket")
+# kind -> the module that registers its adapter; imported when a venue of that kind is
+# used, so a daemon with no Polymarket venue never imports JWT signing and cryptography
+# (a tenth of riskmon's start-up).
+BUILTIN_ADAPTERS = {
+    "clearstreet": "monitor.venues.clearstreet",
+    "polymarket": "monitor.venues.polymarket",
+}
 
 
 def register(cls: type[VenueAdapter]) -> type[VenueAdapter]:
@@ -87,7 +93,8 @@ def register(cls: type[VenueAdapter]) -> type[VenueAdapter]:
 
 
 def adapter_class(kind: str) -> type[VenueAdapter]:
-    _load_builtin()
+    if kind not in _REGISTRY:
+        _load_builtin(kind)
     try:
         return _REGISTRY[kind]
     except KeyError:
@@ -103,7 +110,9 @@ def create_adapter(config: VenueConfig, http: HttpClient) -> VenueAdapter:
     return adapter_class(config.kind)(config, http)
 
 
-def _load_builtin() -> None:
-    # Imported lazily so `base` has no import cycle with the adapters that register here.
-    for module in BUILTIN_ADAPTERS:
-        importlib.import_module(module)
+def _load_builtin(kind: str | None = None) -> None:
+    """Import the built-in adapter of `kind` (every one when None or not built in).
+    Lazily, so `base` has no import cycle with the adapters that register here."""
+    module = BUILTIN_ADAPTERS.get(kind) if kind is not None else None
+    for name in (module,) if module is not None else BUILTIN_ADAPTERS.values():
+        importlib.import_module(name)
