@@ -3,8 +3,9 @@
 The poller knows nothing about a venue's wire format: it asks an adapter for a Snapshot
 and hands what happened to a listener. Each account has a fixed phase inside its
 venue's interval (a hash of its name), so requests are spread evenly over the interval
-instead of bursting at its start. A poll that is still running when its account comes
-due again is not stacked: that turn is skipped and counted.
+instead of bursting at its start (polls due within `START_WINDOW` of each other start
+together, which saves the loop a wake-up per poll). A poll that is still running when
+its account comes due again is not stacked: that turn is skipped and counted.
 
 An account's first poll (at start, or when discovery adds it) need not wait for its
 phase: the accounts that have never been polled are caught up one after another at the
@@ -39,6 +40,10 @@ log = structlog.get_logger("riskmon.poller")
 
 AUTH_BACKOFF_MIN = 30.0  # after a 401 the venue is probed again no sooner than this
 AUTH_BACKOFF_MAX = 300.0
+# Polls due within this many seconds start together, up to that much before their phase:
+# at 1,000 accounts a second, waking once per poll cost a third of the daemon's CPU
+# (bench/latency.py: 51% of a core against 36% with 5 ms, detection latency unchanged).
+START_WINDOW = 0.005
 CATCH_UP_MIN_STALE_INTERVALS = 3.0  # stale_after / poll_interval at which first polls catch up
 
 
@@ -224,7 +229,8 @@ class VenuePoller:
 
     async def _run_due(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
-        while self._heap and self._heap[0][0] <= now:
+        horizon = now + START_WINDOW
+        while self._heap and self._heap[0][0] <= horizon:
             due, generation, account_id = heapq.heappop(self._heap)
             if self._generation.get(account_id) != generation:
                 continue  # the account left or was rescheduled
