@@ -794,7 +794,17 @@ async def test_connection_refused_names_host_and_port(http_client: HttpClient) -
             await http_client.request("GET", f"http://127.0.0.1:{port}/", deadline=soon())
 
 
-@pytest.mark.parametrize("url", ["ftp://127.0.0.1/x", "http:///nohost", "127.0.0.1:80/x"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://127.0.0.1/x",
+        "http:///nohost",
+        "127.0.0.1:80/x",
+        "http://127.0.0.1:port/x",
+        "http://127.0.0.1/a b",
+        "http://127.0.0.1/a\r\nX-Injected: 1",
+    ],
+)
 async def test_unsupported_urls(http_client: HttpClient, url: str) -> None:
     with pytest.raises(VenueConnectionError, match="unsupported URL"):
         await http_client.request("GET", url, deadline=soon())
@@ -844,6 +854,16 @@ async def test_params_and_bodies_are_encoded(serve: Any, http_client: HttpClient
     assert (form.method, form.body) == ("PUT", b"a=b%26c&d=e+f")
     assert form.headers["content-type"] == "application/x-www-form-urlencoded"
     assert form.headers["content-length"] == "13"
+    assert server.accepted == 1
+
+
+async def test_targets_as_sent_for_every_url_shape(serve: Any, http_client: HttpClient) -> None:
+    server = await serve(answering(*(ok(b"x") for _ in range(4))))
+    origin = server.url("/").removesuffix("/")
+    for url in (f"{origin}/a/b?c=1#frag", f"{origin}?only=query", origin, f"{origin}/a%2Fb"):
+        response = await http_client.request("GET", url, deadline=soon())
+        assert response.status == 200
+    assert [r.target for r in server.requests] == ["/a/b?c=1", "/?only=query", "/", "/a%2Fb"]
     assert server.accepted == 1
 
 

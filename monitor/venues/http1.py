@@ -295,27 +295,52 @@ class Http1Pool:
         self.max_connections = max_connections
         self.user_agent = user_agent
         self._origins: dict[tuple[str, str, int], _Origin] = {}
-        self._targets: dict[str, tuple[_Origin, str]] = {}
+        self._by_head: dict[str, _Origin] = {}  # "scheme://host:port" as written -> origin
         self._slots = asyncio.Semaphore(max_connections)
         self._open: set[_Connection] = set()
         self._tls = tls  # None: the system's trusted CAs, loaded on the first https URL
 
     def _split(self, url: str) -> tuple[_Origin, str]:
-        known = self._targets.get(url)
-        if known is not None:
-            return known
+        """The origin of `url` and the request target to send it."""
+        scheme_end = url.find("://")
+        slash = url.find("/", scheme_end + 3) if scheme_end > 0 else -1
+        if slash < 0:
+            return self._parse(url)
+        head = url[:slash]
+        # Cached by `scheme://host:port` (a few), not by URL (one per account: 270 bytes
+        # an account of memory, bench/memory.py).
+        origin = self._by_head.get(head)
+        if origin is None or "?" in head or "#" in head:
+            return self._parse(url)
+        target = url[slash:]
+        if "#" in target:
+            target = target.partition("#")[0]
+        if not target.isprintable() or " " in target:
+            raise VenueConnectionError(f"unsupported URL {url[:80]!r}: blank or control character")
+        return origin, target
+
+    def _parse(self, url: str) -> tuple[_Origin, str]:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
-        if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        try:
+            hostname, port = parts.hostname, parts.port
+        except ValueError:  # a port that is not a number
+            hostname = port = None
+        if scheme not in _DEFAULT_PORTS or not hostname:
             raise VenueConnectionError(f"unsupported URL {url[:80]!r}: http or https only")
-        port = parts.port or _DEFAULT_PORTS[scheme]
-        key = (scheme, parts.hostname, port)
+        port = port or _DEFAULT_PORTS[scheme]
+        key = (scheme, hostname, port)
         origin = self._origins.get(key)
         if origin is None:
-            origin = self._origins[key] = _Origin(scheme, parts.hostname, port)
+            origin = self._origins[key] = _Origin(scheme, hostname, port)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if len(self._targets) < 100_000:  # one per account URL
-            self._targets[url] = (origin, target)
+        if not target.isprintable() or " " in target:
+            raise VenueConnectionError(f"unsupported URL {url[:80]!r}: blank or control character")
+        scheme_end = url.find("://")
+        slash = url.find("/", scheme_end + 3) if scheme_end > 0 else -1
+        head = url[:slash] if slash > 0 else ""
+        if head and "?" not in head and "#" not in head and len(self._by_head) < 1000:
+            self._by_head[head] = origin
         return origin, target
 
     async def request(
