@@ -760,28 +760,25 @@ def _or(acc: Any, a: Any) -> Any:
 
 def _and_all(*values: Any) -> Any:
     """`and` over values already computed, left to right (the fast path's fallback)."""
-    missing = False
-    for a in values:
-        if a is False:
-            return False
-        if a is MISSING:
-            missing = True
-        elif a is not True:
-            raise _Fail(f"`and` needs true or false, got {_kind(a)}")
-    return MISSING if missing else True
+    return _logic_all(values, decisive=False, word="and")
 
 
 def _or_all(*values: Any) -> Any:
     """`or` over values already computed, left to right (the fast path's fallback)."""
+    return _logic_all(values, decisive=True, word="or")
+
+
+def _logic_all(values: tuple[Any, ...], *, decisive: bool, word: str) -> Any:
+    """Three-valued `and` (decisive False) or `or` (decisive True)."""
     missing = False
     for a in values:
-        if a is True:
-            return True
+        if a is decisive:
+            return decisive
         if a is MISSING:
             missing = True
-        elif a is not False:
-            raise _Fail(f"`or` needs true or false, got {_kind(a)}")
-    return MISSING if missing else False
+        elif a is not (not decisive):
+            raise _Fail(f"`{word}` needs true or false, got {_kind(a)}")
+    return MISSING if missing else not decisive
 
 
 def _cond(a: Any) -> Any:
