@@ -151,6 +151,12 @@ def _rule_eval(r: Results) -> list[Row]:
             "-",
             "info",
         ),
+        (
+            "  yardstick: the rules' Decimal operations alone",
+            f"{r['ms_decimal_operations_alone']:.1f} ms",
+            "-",
+            "floor",
+        ),
     ]
 
 
