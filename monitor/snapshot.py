@@ -235,10 +235,10 @@ def _walk(
     for raw_key, value in node.items():
         if value is None:
             continue
-        step = steps.get(raw_key)
-        if step is None:
-            step = _step(schema, steps, pattern, raw_key)
-        key, child_pattern, kind = step
+        try:
+            key, child_pattern, kind = steps[raw_key]
+        except KeyError:
+            key, child_pattern, kind = _step(schema, steps, pattern, raw_key)
         child_path = child_pattern if outside_collections else _join(path, key)
         if kind is decimal_kind and type(value) is str:  # most fields: `_decimal_text` inlined
             try:
