@@ -1098,11 +1098,22 @@ class _Gen:
     # ----------------------------------------------------------------- field reads
 
     def snapshot_reads(self, paths: Sequence[str]) -> list[str]:
-        lines = ["_g = s.fields.get"]
+        flags = {var: flag for var, flag in self.flags.items() if flag in self.flags_used}
+        return self.reads("s.fields", paths, skip=set(), flags=flags)
+
+    def reads(
+        self, fields: str, paths: Sequence[str], *, skip: set[str], flags: dict[str, str]
+    ) -> list[str]:
+        """Statements reading each path's variable (except those in `skip`) from the
+        snapshot `s` and its fields mapping `fields`; `flags`: variable -> the name of
+        its is-a-Decimal flag, for those that need one."""
+        lines = [f"_g = {fields}.get"]
         if any(p == "labels" or p.startswith("labels.") for p in paths):
             lines.append("_l = s.labels")
         for path in paths:
             var = self.snapshot_vars[path]
+            if var in skip:
+                continue
             if path in _IDENTITY:
                 lines.append(f"{var} = s.{path}")
             elif path == "currency":
@@ -1114,8 +1125,8 @@ class _Gen:
                 lines.append(f"{var} = _l.get({self.const(path[7:])}, _M)")
             else:
                 lines.append(f"{var} = _g({self.const(path)}, _M)")
-            if self.flags[var] in self.flags_used:
-                lines.append(f"{self.flags[var]} = _type({var}) is _D")
+            if var in flags:
+                lines.append(f"{flags[var]} = _type({var}) is _D")
         return lines
 
     def param_reads(self, index: int, paths: Iterable[str], *, prepared: bool) -> None:
@@ -1478,27 +1489,7 @@ class _Gen:
 
         Those used as numbers get an is-a-Decimal flag (see `fast_block`).
         """
-        lines = ["_g = f.get"]
-        if any(p == "labels" or p.startswith("labels.") for p in paths):
-            lines.append("_l = s.labels")
-        for path in paths:
-            var = self.snapshot_vars[path]
-            if var in required:
-                continue
-            if path in _IDENTITY:
-                lines.append(f"{var} = s.{path}")
-            elif path == "currency":
-                lines.append(f"{var} = s.currency")
-                lines.append(f"if {var} is None: {var} = _g({self.const(path)}, _M)")
-            elif path == "labels":
-                lines.append(f"{var} = _l")
-            elif path.startswith("labels."):
-                lines.append(f"{var} = _l.get({self.const(path[7:])}, _M)")
-            else:
-                lines.append(f"{var} = _g({self.const(path)}, _M)")
-            if var in self.fast_flags:
-                lines.append(f"{self.fast_flags[var]} = _type({var}) is _D")
-        return lines
+        return self.reads("f", paths, skip=required, flags=self.fast_flags)
 
     def fast_block(self, trees: Sequence[_Node], snapshot_paths: Sequence[str]) -> list[str]:
         """Statements evaluating every tree when the usual holds, else falling through.
