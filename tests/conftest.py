@@ -1,12 +1,13 @@
 """Shared fixtures. Simulator fixtures: `rsa_keypair`, `sim_clock`, `sim_credentials`,
 `sim_scenario_data`, `simulator`. MQTT: `mosquitto`, `mosquitto_factory`,
-`mqtt_collector`."""
+`mqtt_collector`. `riskmon run` end to end: `riskmon_config`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import getpass
+import json
 import os
 import shutil
 import signal
@@ -420,3 +421,70 @@ def mqtt_collector(
         return MqttCollector(broker, topics, **kwargs)
 
     return make
+
+
+# -- the config of `riskmon run` over the simulator and Mosquitto (end-to-end tests) --------
+
+#: The simulator's three Clear Street accounts, as riskmon.yaml lists them.
+CS_ACCOUNTS: tuple[dict[str, Any], ...] = ({"id": "19816"}, {"id": "19817"}, {"id": "19818"})
+
+
+@pytest.fixture
+def riskmon_config(
+    tmp_path: Path,
+    simulator: Simulator,
+    mosquitto: MosquittoBroker,
+    sim_credentials: SimCredentials,
+) -> Callable[..., tuple[Path, int]]:
+    """`config, http_port = riskmon_config(instance=..., rules=..., stale_after=...)`.
+
+    Writes `tmp_path/riskmon.yaml` (and the key files it names) for a daemon polling
+    both of the `simulator`'s venues (cs: the Clear Street accounts `cs_accounts`; pmx:
+    the two Polymarket ones) every 200 ms and publishing to `mosquitto`, serving HTTP on
+    a free port; `venue_settings` are added to both venues. Relative paths in it are
+    relative to `tmp_path`.
+    """
+
+    def write(
+        *,
+        instance: str,
+        rules: str,
+        stale_after: str,
+        cs_accounts: Sequence[dict[str, Any]] = CS_ACCOUNTS,
+        venue_settings: dict[str, Any] | None = None,
+    ) -> tuple[Path, int]:
+        (tmp_path / "cs-key").write_text(sim_credentials.api_key)
+        (tmp_path / "pmx.pem").write_bytes(sim_credentials.keypair.private_pem)
+        extra = "".join(f"    {k}: {json.dumps(v)}\n" for k, v in (venue_settings or {}).items())
+        http_port = _free_port()
+        config = tmp_path / "riskmon.yaml"
+        config.write_text(f"""\
+instance: {instance}
+state_dir: state
+http: {{listen: "127.0.0.1:{http_port}"}}
+mqtt: {{url: "{mosquitto.url}", topic_prefix: riskmon}}
+rules: [{json.dumps(rules)}]
+stale_after: {stale_after}
+venues:
+  - name: cs
+    kind: clearstreet
+    base_url: {simulator.clearstreet_url}
+    api_key_file: cs-key
+    poll_interval: 200ms
+    timeout: 1s
+{extra}    accounts: {json.dumps(list(cs_accounts))}
+  - name: pmx
+    kind: polymarket
+    base_url: {simulator.polymarket_url}
+    poll_interval: 200ms
+    timeout: 1s
+{extra}    auth:
+      token_url: {simulator.token_url}
+      client_id: {sim_credentials.client_id}
+      private_key_file: pmx.pem
+      participant_id: {sim_credentials.participant_id}
+    accounts: [{{id: firms/ACME/accounts/main}}, {{id: firms/ACME/accounts/hedge}}]
+""")
+        return config, http_port
+
+    return write

@@ -289,7 +289,7 @@ def test_check_a_broken_file_prints_each_error_and_exits_1(tmp_path: Path) -> No
     assert result.returncode == 1, result.stderr
     lines = result.stdout.splitlines()
     assert lines == [
-        "broken.yaml:5:15: invalid expression: invalid syntax",
+        "broken.yaml:5:46: invalid expression: invalid syntax",  # after the dangling `and`
         "broken.yaml:6:14: for: expected a duration such as 30s or 1m30s, got 30 (add a unit)",
         "broken.yaml:7:19: severity: 'critcal' is not one of critical, error, warning, info; "
         "did you mean 'critical'?",
@@ -298,6 +298,33 @@ def test_check_a_broken_file_prints_each_error_and_exits_1(tmp_path: Path) -> No
         "broken.yaml:10:26: label values must not change between evaluations; "
         "move {{ buying_power }} to an annotation",
         "5 errors, 0 warnings",
+    ]
+
+
+def test_check_places_a_syntax_error_at_the_end_of_an_expression(tmp_path: Path) -> None:
+    # Python 3.11 reports an expression cut short at offset 0 unless a line break ends
+    # it: the user must still see where the expression stops, in every scalar style
+    (tmp_path / "cut.yaml").write_text(
+        """\
+groups:
+  - name: capital
+    rules:
+      - alert: Plain
+        expr: buying_power <
+      - alert: Quoted
+        expr: "equity * 2 + "
+      - alert: Block
+        expr: |
+          equity > 0 and
+"""
+    )
+    result = _riskmon("check", "cut.yaml", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.splitlines() == [
+        "cut.yaml:5:29: invalid expression: invalid syntax",
+        "cut.yaml:7:29: invalid expression: invalid syntax",
+        "cut.yaml:10:25: invalid expression: invalid syntax",
+        "3 errors, 0 warnings",
     ]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
-from conftest import MosquittoBroker, MqttCollector, SimCredentials, _free_port
+from conftest import MosquittoBroker, MqttCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.daemon import GC_YOUNG_THRESHOLD, settle_heap
@@ -125,44 +125,13 @@ class RiskmonProcess:
 
 @pytest.fixture
 def riskmon(
-    tmp_path: Path,
-    simulator: Simulator,
-    mosquitto: MosquittoBroker,
-    sim_credentials: SimCredentials,
+    tmp_path: Path, riskmon_config: Callable[..., tuple[Path, int]]
 ) -> Iterator[RiskmonProcess]:
-    (tmp_path / "cs-key").write_text(sim_credentials.api_key)
-    (tmp_path / "pmx.pem").write_bytes(sim_credentials.keypair.private_pem)
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "capital.yaml").write_text(RULES)
-    http_port = _free_port()
-    config = tmp_path / "riskmon.yaml"
-    config.write_text(f"""\
-instance: test-1
-state_dir: state
-http: {{listen: "127.0.0.1:{http_port}"}}
-mqtt: {{url: "{mosquitto.url}", topic_prefix: riskmon}}
-rules: ["rules/*.yaml"]
-stale_after: 1500ms
-venues:
-  - name: cs
-    kind: clearstreet
-    base_url: {simulator.clearstreet_url}
-    api_key_file: cs-key
-    poll_interval: 200ms
-    timeout: 1s
-    accounts: [{{id: "19816"}}, {{id: "19817"}}, {{id: "19818"}}]
-  - name: pmx
-    kind: polymarket
-    base_url: {simulator.polymarket_url}
-    poll_interval: 200ms
-    timeout: 1s
-    auth:
-      token_url: {simulator.token_url}
-      client_id: {sim_credentials.client_id}
-      private_key_file: pmx.pem
-      participant_id: {sim_credentials.participant_id}
-    accounts: [{{id: firms/ACME/accounts/main}}, {{id: firms/ACME/accounts/hedge}}]
-""")
+    config, http_port = riskmon_config(
+        instance="test-1", rules="rules/*.yaml", stale_after="1500ms"
+    )
     process = RiskmonProcess(tmp_path, config, http_port)
     try:
         yield process

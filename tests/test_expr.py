@@ -550,7 +550,7 @@ REFUSED = [
     ("abs", "is a function", 1),
     ("'" + "a" * 1001 + "'", "string literal longer than 1000", 1),
     ("", "invalid expression", 1),
-    ("a <", "invalid expression", 1),
+    ("a <", "invalid expression", 4),  # at the end, where the operand is missing
     ("a < < b", "invalid expression", 5),
     ("a.0", "invalid expression", 2),
     ("await x", "await", 1),
@@ -589,6 +589,30 @@ def test_location_of_the_offending_node() -> None:
     with pytest.raises(SourceError) as caught:
         compile_expression("__x")
     assert str(caught.value.problems[0].location) == "<expression>:1:1"
+
+
+@pytest.mark.parametrize(
+    ("text", "place"),
+    [
+        ("buying_power <", "r.yaml:3:25"),  # one past the end: the missing operand
+        ("buying_power <  ", "r.yaml:3:27"),  # trailing blanks count
+        ("  equity * 2 +", "r.yaml:3:25"),  # leading blanks count
+        ("'é' + x and", "r.yaml:3:22"),  # columns count characters
+        ("equity * (2 +", "r.yaml:3:20"),  # Python names the unclosed (
+        ("equity + \\\n  1 *", "r.yaml:4:6"),  # on a later line: its own column
+        ("", "r.yaml:3:11"),
+    ],
+)
+def test_syntax_error_at_the_end_is_located_at_the_end(text: str, place: str) -> None:
+    where = Location("r.yaml", 3, 11)
+    with pytest.raises(SourceError) as caught:
+        compile_expression(text, where=where)
+    problem = caught.value.problems[0]
+    assert str(problem.location) == place
+    assert problem.message.startswith("invalid expression: ")
+    with pytest.raises(SourceError) as caught:
+        compile_expression(text + "\n", where=where)  # as with a line break after it
+    assert str(caught.value.problems[0].location) == place
 
 
 def test_every_problem_is_reported() -> None:

@@ -14,14 +14,14 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import yaml
-from conftest import MosquittoBroker, SimCredentials, _free_port
+from conftest import _free_port
 from test_daemon import RiskmonProcess
 
 from monitor.metrics import ACCOUNT_FIELD_METRICS
@@ -380,48 +380,20 @@ class PrometheusProcess:
 
 @pytest.fixture
 def riskmon(
-    tmp_path: Path,
-    simulator: Simulator,
-    mosquitto: MosquittoBroker,
-    sim_credentials: SimCredentials,
+    tmp_path: Path, riskmon_config: Callable[..., tuple[Path, int]]
 ) -> Iterator[RiskmonProcess]:
     """riskmon with the shipped rules/*.yaml over the simulator's five accounts."""
-    (tmp_path / "cs-key").write_text(sim_credentials.api_key)
-    (tmp_path / "pmx.pem").write_bytes(sim_credentials.keypair.private_pem)
-    http_port = _free_port()
-    config = tmp_path / "riskmon.yaml"
-    config.write_text(f"""\
-instance: observability-1
-state_dir: state
-http: {{listen: "127.0.0.1:{http_port}"}}
-mqtt: {{url: "{mosquitto.url}", topic_prefix: riskmon}}
-rules: ["{REPO / "rules"}/*.yaml"]
-stale_after: 1s
-venues:
-  - name: cs
-    kind: clearstreet
-    base_url: {simulator.clearstreet_url}
-    api_key_file: cs-key
-    poll_interval: 200ms
-    timeout: 1s
-    max_requests_per_second: 1000
-    accounts:
-      - {{id: "19816", params: {{buying_power_floor: 50000}}}}
-      - {{id: "19817"}}
-      - {{id: "19818"}}
-  - name: pmx
-    kind: polymarket
-    base_url: {simulator.polymarket_url}
-    poll_interval: 200ms
-    timeout: 1s
-    max_requests_per_second: 1000
-    auth:
-      token_url: {simulator.token_url}
-      client_id: {sim_credentials.client_id}
-      private_key_file: pmx.pem
-      participant_id: {sim_credentials.participant_id}
-    accounts: [{{id: firms/ACME/accounts/main}}, {{id: firms/ACME/accounts/hedge}}]
-""")
+    config, http_port = riskmon_config(
+        instance="observability-1",
+        rules=f"{REPO / 'rules'}/*.yaml",
+        stale_after="1s",
+        cs_accounts=[
+            {"id": "19816", "params": {"buying_power_floor": 50000}},
+            {"id": "19817"},
+            {"id": "19818"},
+        ],
+        venue_settings={"max_requests_per_second": 1000},
+    )
     process = RiskmonProcess(tmp_path, config, http_port)
     try:
         yield process

@@ -365,7 +365,7 @@ def test_expression_errors_point_into_the_expression() -> None:
         "r.yaml:7:31: `__class__`: names with double underscores are not allowed"
     )
     assert problems[2].startswith("r.yaml:9:16: ")
-    assert problems[3].startswith("r.yaml:11:15: invalid expression")
+    assert problems[3] == "r.yaml:11:23: invalid expression: invalid syntax"  # at the end
     assert problems[4] == "r.yaml:15:17: invalid expression: invalid syntax"
     assert problems[5] == "r.yaml:18:11: `__y`: names with double underscores are not allowed"
     assert len(problems) == 6
@@ -552,7 +552,7 @@ groups:
         load_rules([path])
     places = [(p.location.line, p.location.col) for p in exc.value.problems]
     messages = [p.message for p in exc.value.problems]
-    assert places == [(6, 15), (7, 14), (8, 19), (11, 21), (13, 21), (14, 16), (15, 15), (16, 26)]
+    assert places == [(6, 59), (7, 14), (8, 19), (11, 21), (13, 21), (14, 16), (15, 15), (16, 26)]
     assert messages[0] == "invalid expression: invalid syntax"
     assert messages[1] == "for: expected a duration such as 30s or 1m30s, got 30 (add a unit)"
     assert messages[2].endswith("did you mean 'critical'?")

@@ -14,20 +14,18 @@ text (`max_concurrency: ${CS_CONCURRENCY}` works).
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import ipaddress
 import math
 import os
 import re
 import socket
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
+from monitor.config.checking import Checker, Section, describe_value, key_name, valid_host
 from monitor.config.model import (
     AccountConfig,
     Config,
@@ -36,15 +34,13 @@ from monitor.config.model import (
     MqttConfig,
     ParamValue,
     PolymarketAuthConfig,
-    TlsConfig,
     VenueConfig,
 )
 from monitor.config.secret import Secret
-from monitor.durations import format_duration, parse_duration
+from monitor.durations import format_duration
 from monitor.yamlsource import (
     KeyPath,
     Location,
-    Problem,
     SourceError,
     YamlDocument,
     parse_yaml,
@@ -52,8 +48,6 @@ from monitor.yamlsource import (
 )
 
 __all__ = ["load_config", "parse_config"]
-
-T = TypeVar("T")
 
 KINDS = ("clearstreet", "polymarket")
 
@@ -68,16 +62,6 @@ _TOP_KEYS = (
     "record_snapshots",
 )
 _HTTP_KEYS = ("listen",)
-_MQTT_KEYS = (
-    "url",
-    "topic_prefix",
-    "username",
-    "password",
-    "password_file",
-    "client_id",
-    "tls",
-)
-_TLS_KEYS = ("ca_file", "cert_file", "key_file", "insecure")
 _VENUE_KEYS = (
     "name",
     "kind",
@@ -106,19 +90,14 @@ _DISCOVER_KEYS = ("discover", "interval", "statuses", "labels", "params")
 
 _VENUE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _PARTICIPANT = re.compile(r"firms/[^/\s]+/users/[^/\s]+")
 _PMX_ACCOUNT = re.compile(r"firms/[^/\s]+/accounts/[^/\s]+")
 _INSTANCE = re.compile(r"[^\s/+#]+")
-_HOST = re.compile(
-    r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?"
-)
 _LISTEN = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]]+):(?P<port>[0-9]{1,5})")
 _NUMBER_TOKEN = re.compile(r"[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?")
 _PLAIN_TOKEN = re.compile(r"[^\s,\]}#]+")
 _PROPERTIES = re.compile(r"(?:[&!]\S*\s+)+")
-_DURATION_HINT = "a duration such as 500ms, 2s or 1m30s"
 # defaults, read from instances: slotted dataclasses keep no defaults on the class
 _HTTP = HttpConfig()
 _MQTT = MqttConfig()
@@ -153,7 +132,7 @@ def _build(
     base_dir: Path,
     environ: Mapping[str, str] | None,
 ) -> Config:
-    checker = _Checker(
+    checker = _ConfigChecker(
         doc, text, Path(base_dir).absolute(), os.environ if environ is None else environ
     )
     config = checker.config(source)
@@ -165,308 +144,8 @@ def _build(
     return config
 
 
-@dataclass(slots=True)
-class _Section:
-    """A mapping in the document, already checked for unknown keys."""
-
-    path: KeyPath
-    data: dict[str, Any]
-    where: str  # "venue 'cs-prod'", for messages
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def at(self, key: str) -> KeyPath:
-        return (*self.path, key)
-
-
-class _Checker:
-    def __init__(
-        self, doc: YamlDocument, text: str, base_dir: Path, environ: Mapping[str, str]
-    ) -> None:
-        self.doc = doc
-        self.lines = text.split("\n")
-        self.base_dir = base_dir
-        self.environ = environ
-        self.problems: list[Problem] = []
-        self.from_env: dict[KeyPath, str] = {}  # value paths that took text from ${VAR}
-        self.failed: set[KeyPath] = set()  # value paths already reported (unset variable)
-        self.value = self._expand(doc.value, ())
-
-    # -- reporting -------------------------------------------------------------------
-
-    def error(self, path: KeyPath, message: str, *, key: bool = False) -> None:
-        self.problems.append(self.doc.problem(path, message, key=key))
-
-    def show(self, path: KeyPath, value: Any) -> str:
-        """A value for a message; never text that came from the environment."""
-        if path in self.from_env:
-            template = re.sub(r"(\$\{[^}:]*):-[^}]*\}", r"\1:-...}", self.from_env[path])
-            return f"{_describe(template)} (from the environment)"
-        return _describe(value)
-
-    # -- ${VAR} ----------------------------------------------------------------------
-
-    def _expand(self, value: Any, path: KeyPath) -> Any:
-        if isinstance(value, dict):
-            return {k: self._expand(v, (*path, k)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._expand(v, (*path, i)) for i, v in enumerate(value)]
-        if not isinstance(value, str) or "$" not in value:
-            return value
-        out: list[str] = []
-        substituted = False
-        i = 0
-        while True:
-            j = value.find("$", i)
-            if j < 0:
-                out.append(value[i:])
-                break
-            out.append(value[i:j])
-            following = value[j + 1 : j + 2]
-            if following == "$":
-                out.append("$")
-                i = j + 2
-                continue
-            if following != "{":
-                out.append("$")
-                i = j + 1
-                continue
-            end = value.find("}", j + 2)
-            if end < 0:
-                self.error(path, "unterminated ${...}: add the closing } (or write $$ for a $)")
-                self.failed.add(path)
-                return value
-            name, has_default, default = value[j + 2 : end].partition(":-")
-            i = end + 1
-            substituted = True
-            if not _ENV_NAME.fullmatch(name):
-                self.error(
-                    path,
-                    f"invalid environment variable name {name[:40]!r} in ${{...}}: "
-                    "use letters, digits and _ (write $$ for a $)",
-                )
-                self.failed.add(path)
-                continue
-            found = self.environ.get(name)
-            if found is not None and not (has_default and found == ""):
-                out.append(found)
-            elif has_default:
-                out.append(default)
-            else:
-                self.error(path, f"environment variable {name} is not set")
-                self.failed.add(path)
-        if substituted:
-            self.from_env[path] = value
-        return "".join(out)
-
-    # -- structure ---------------------------------------------------------------------
-
-    def section(
-        self,
-        path: KeyPath,
-        value: Any,
-        where: str,
-        known: Collection[str],
-        *,
-        foreign: Mapping[str, str] | None = None,
-    ) -> _Section:
-        """Check a mapping's keys; anything else is reported and read as empty."""
-        if value is None and path:
-            return _Section(path, {}, where)
-        if not isinstance(value, dict):
-            self.error(
-                path,
-                f"expected a mapping of {where} settings, got {self.show(path, value)}",
-            )
-            return _Section(path, {}, where)
-        for key in value:
-            if key in known:
-                continue
-            if foreign and key in foreign:
-                self.error((*path, key), foreign[key], key=True)
-                continue
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = (
-                f"; did you mean {close[0]!r}?" if close else f" (known keys: {', '.join(known)})"
-            )
-            self.error((*path, key), f"unknown key {key!r} in {where}{hint}", key=True)
-        return _Section(path, {k: v for k, v in value.items() if k in known}, where)
-
-    def require(self, s: _Section, *keys: str) -> bool:
-        missing = [k for k in keys if k not in s.data]
-        for key in missing:
-            self.error(s.path, f"missing required key {key!r} in {s.where}")
-        return not missing
-
-    def field(
-        self,
-        s: _Section,
-        key: str,
-        default: T,
-        check: Callable[[KeyPath, Any], T | None],
-        *,
-        required: bool = False,
-    ) -> T:
-        """The checked value of `key`, or `default` when absent or wrong (and reported)."""
-        if key not in s.data:
-            if required:
-                self.require(s, key)
-            return default
-        path = s.at(key)
-        if path in self.failed:
-            return default
-        result = check(path, s.data[key])
-        return default if result is None else result
-
-    # -- scalars -----------------------------------------------------------------------
-
-    def _env_text(self, path: KeyPath, value: Any) -> str | None:
-        return value if path in self.from_env and isinstance(value, str) else None
-
-    def string(self, path: KeyPath, value: Any, *, secret: bool = False) -> str | None:
-        name = _name(path)
-        if not isinstance(value, str):
-            got = _kind_of(value) if secret else self.show(path, value)
-            self.error(path, f"{name}: expected text, got {got}")
-            return None
-        if not value.strip():
-            self.error(path, f"{name} is empty")
-            return None
-        return value
-
-    def secret_text(self, path: KeyPath, value: Any) -> str | None:
-        return self.string(path, value, secret=True)
-
-    def integer(self, path: KeyPath, value: Any, *, minimum: int) -> int | None:
-        text = self._env_text(path, value)
-        if text is not None and re.fullmatch(r"\s*[-+]?[0-9]+\s*", text):
-            value = int(text)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.error(
-                path, f"{_name(path)}: expected a whole number, got {self.show(path, value)}"
-            )
-            return None
-        if value < minimum:
-            self.error(path, f"{_name(path)} must be at least {minimum}, got {value}")
-            return None
-        return value
-
-    def positive_number(self, path: KeyPath, value: Any) -> float | None:
-        text = self._env_text(path, value)
-        if text is not None:
-            with contextlib.suppress(ValueError):
-                value = float(text)
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            self.error(path, f"{_name(path)}: expected a number, got {self.show(path, value)}")
-            return None
-        if not 0 < value < math.inf:
-            self.error(path, f"{_name(path)} must be a number greater than 0, got {value}")
-            return None
-        return float(value)
-
-    def boolean(self, path: KeyPath, value: Any) -> bool | None:
-        text = self._env_text(path, value)
-        if text is not None and text.strip().lower() in ("true", "false"):
-            value = text.strip().lower() == "true"
-        if not isinstance(value, bool):
-            self.error(path, f"{_name(path)}: expected true or false, got {self.show(path, value)}")
-            return None
-        return value
-
-    def duration(self, path: KeyPath, value: Any) -> float | None:
-        """A Prometheus-style duration greater than zero."""
-        name = _name(path)
-        if not isinstance(value, str):
-            unit_hint = " (add a unit)" if isinstance(value, int | float) and value else ""
-            self.error(
-                path, f"{name}: expected {_DURATION_HINT}, got {self.show(path, value)}{unit_hint}"
-            )
-            return None
-        try:
-            seconds = parse_duration(value)
-        except ValueError:
-            self.error(
-                path,
-                f"{name}: invalid duration {self.show(path, value)}: expected a number and a "
-                "unit (ms, s, m, h, d, w, y) such as 500ms, 2s or 1m30s",
-            )
-            return None
-        if seconds <= 0:
-            self.error(path, f"{name} must be longer than 0, e.g. 2s")
-            return None
-        return seconds
-
-    def path(self, path: KeyPath, value: Any) -> Path | None:
-        text = self.string(path, value)
-        if text is None:
-            return None
-        return _resolve(self.base_dir, text)
-
-    def readable_file(self, path: KeyPath, value: Any) -> Path | None:
-        resolved = self.path(path, value)
-        if resolved is None:
-            return None
-        if not resolved.is_file():
-            reason = "is not a file" if resolved.exists() else "does not exist"
-            self.error(path, f"{_name(path)} {resolved} {reason}")
-            return None
-        if not os.access(resolved, os.R_OK):
-            self.error(path, f"{_name(path)} {resolved} is not readable")
-            return None
-        return resolved
-
-    def secret_file(self, path: KeyPath, value: Any, name: str) -> Secret | None:
-        """A secret kept in a file, which must be readable now (and is re-read later)."""
-        resolved = self.readable_file(path, value)
-        if resolved is None:
-            return None
-        try:
-            content = resolved.read_text(encoding="utf-8")
-        except OSError as exc:
-            self.error(path, f"{_name(path)} {resolved}: cannot read: {exc.strerror}")
-            return None
-        except UnicodeDecodeError:
-            self.error(path, f"{_name(path)} {resolved} is not UTF-8 text")
-            return None
-        if not content.strip():
-            self.error(path, f"{_name(path)} {resolved} is empty")
-            return None
-        return Secret.file(name, resolved)
-
-    def http_url(self, path: KeyPath, value: Any) -> str | None:
-        """An http(s) URL, possibly with a path prefix; without a trailing slash."""
-        text = self.exact_url(path, value)
-        return None if text is None else text.rstrip("/")
-
-    def exact_url(self, path: KeyPath, value: Any) -> str | None:
-        """An http(s) URL, kept exactly as written."""
-        text = self.string(path, value)
-        if text is None:
-            return None
-        name = _name(path)
-        expected = "expected an http:// or https:// URL such as https://api.example.com"
-        parts = urlsplit(text)
-        if "@" in parts.netloc:  # never echo what may be a password
-            self.error(path, f"{name} must not hold credentials (user:password@)")
-            return None
-        if parts.scheme not in ("http", "https") or any(c.isspace() for c in text):
-            self.error(path, f"{name}: {expected}, got {self.show(path, text)}")
-            return None
-        if not parts.hostname or not _valid_host(parts.hostname):
-            self.error(path, f"{name}: no valid host in {self.show(path, text)}")
-            return None
-        try:
-            port = parts.port
-        except ValueError:
-            port = 0
-        if port == 0:
-            self.error(path, f"{name}: invalid port in {self.show(path, text)}")
-            return None
-        if parts.query or parts.fragment or text.endswith(("?", "#")):
-            self.error(path, f"{name} must not have a query (?) or fragment (#)")
-            return None
-        return text
+class _ConfigChecker(Checker):
+    """The daemon's config: its own sections on top of the shared checks."""
 
     # -- sections ----------------------------------------------------------------------
 
@@ -477,7 +156,8 @@ class _Checker:
                 self.error((), "the config file is empty; it needs at least a list of venues")
             else:
                 self.error(
-                    (), f"expected a mapping of settings at the top level, got {_describe(value)}"
+                    (),
+                    f"expected a mapping of settings at the top level, got {describe_value(value)}",
                 )
             return Config(source, "", self.base_dir, _HTTP, _MQTT, (), 30.0, (), self.doc)
         top = self.section((), value, "the config", _TOP_KEYS)
@@ -526,7 +206,7 @@ class _Checker:
         patterns = [self.path((*path, i), item) for i, item in enumerate(value)]
         return tuple(str(p) for p in patterns if p is not None)
 
-    def http(self, top: _Section) -> HttpConfig:
+    def http(self, top: Section) -> HttpConfig:
         s = self.section(top.at("http"), top.data.get("http"), "http", _HTTP_KEYS)
         return HttpConfig(listen=self.field(s, "listen", _HTTP.listen, self.listen))
 
@@ -546,111 +226,10 @@ class _Checker:
             except ValueError:
                 self.error(path, f"listen: invalid IPv6 address {host}")
                 return None
-        elif not _valid_host(host):
+        elif not valid_host(host):
             self.error(path, f"listen: invalid host {host!r}; {expected}")
             return None
         return text
-
-    def mqtt(self, top: _Section) -> MqttConfig:
-        s = self.section(top.at("mqtt"), top.data.get("mqtt"), "mqtt", _MQTT_KEYS)
-        url = self.field(s, "url", _MQTT.url, self.mqtt_url)
-        prefix = self.field(s, "topic_prefix", _MQTT.topic_prefix, self.topic_prefix)
-        username = self.field(s, "username", None, self.string)
-        client_id = self.field(s, "client_id", None, self.string)
-        password: Secret | None = None
-        if s.has("password") and s.has("password_file"):
-            self.error(
-                s.at("password_file"),
-                "mqtt takes password or password_file, not both",
-                key=True,
-            )
-        elif s.has("password"):
-            text = self.field(s, "password", "", self.secret_text)
-            password = Secret.literal("mqtt password", text) if text else None
-        elif s.has("password_file"):
-            password = self.field(
-                s,
-                "password_file",
-                None,
-                lambda p, v: self.secret_file(p, v, "mqtt password_file"),
-            )
-        if password is not None and username is None and not s.has("username"):
-            key = "password" if s.has("password") else "password_file"
-            self.error(s.at(key), "an MQTT password needs a username too", key=True)
-        tls: TlsConfig | None = None
-        if s.has("tls"):
-            tls = self.tls(s)
-            if url.startswith("mqtt://"):
-                self.error(
-                    s.at("tls"),
-                    "tls is set but url starts with mqtt://; use mqtts:// for TLS",
-                    key=True,
-                )
-        elif url.startswith("mqtts://"):
-            tls = TlsConfig()  # system CAs: tls is set whenever the connection uses TLS
-        return MqttConfig(
-            url=url,
-            topic_prefix=prefix,
-            username=username,
-            password=password,
-            tls=tls,
-            client_id=client_id,
-        )
-
-    def mqtt_url(self, path: KeyPath, value: Any) -> str | None:
-        text = self.string(path, value)
-        if text is None:
-            return None
-        if text == "embedded":
-            return text
-        expected = "expected mqtt://HOST:PORT, mqtts://HOST:PORT or embedded"
-        parts = urlsplit(text)
-        if "@" in parts.netloc:  # never echo what may be a password
-            self.error(path, "url must not hold credentials: use username and password_file")
-            return None
-        if parts.scheme not in ("mqtt", "mqtts") or any(c.isspace() for c in text):
-            self.error(path, f"url: {expected}, got {self.show(path, text)}")
-            return None
-        if not parts.hostname or not _valid_host(parts.hostname):
-            self.error(path, f"url: no valid host in {self.show(path, text)}; {expected}")
-            return None
-        try:
-            port = parts.port
-        except ValueError:
-            port = 0
-        if port == 0:
-            self.error(path, f"url: invalid port in {self.show(path, text)}; {expected}")
-            return None
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            self.error(path, f"url: an MQTT url has no path or query; {expected}")
-            return None
-        return text.rstrip("/")
-
-    def topic_prefix(self, path: KeyPath, value: Any) -> str | None:
-        text = self.string(path, value)
-        if text is None:
-            return None
-        if "+" in text or "#" in text or "\0" in text:
-            self.error(path, "topic_prefix must not contain the MQTT wildcards + or #")
-            return None
-        if text.startswith("/") or text.endswith("/") or "//" in text:
-            self.error(
-                path,
-                f"topic_prefix {self.show(path, text)} must not start or end with / "
-                "or have empty levels (//)",
-            )
-            return None
-        return text
-
-    def tls(self, mqtt: _Section) -> TlsConfig:
-        s = self.section(mqtt.at("tls"), mqtt.data["tls"], "mqtt tls", _TLS_KEYS)
-        ca_file = self.field(s, "ca_file", None, self.readable_file)
-        cert_file = self.field(s, "cert_file", None, self.readable_file)
-        key_file = self.field(s, "key_file", None, self.readable_file)
-        if s.has("key_file") and not s.has("cert_file"):
-            self.error(s.at("key_file"), "key_file needs a cert_file too", key=True)
-        insecure = self.field(s, "insecure", False, self.boolean)
-        return TlsConfig(ca_file=ca_file, cert_file=cert_file, key_file=key_file, insecure=insecure)
 
     # -- venues ------------------------------------------------------------------------
 
@@ -784,7 +363,7 @@ class _Checker:
             max_response_bytes=max_bytes,
         )
 
-    def api_key(self, s: _Section, venue: str) -> Secret | None:
+    def api_key(self, s: Section, venue: str) -> Secret | None:
         if s.has("api_key") and s.has("api_key_file"):
             self.error(s.at("api_key_file"), "give api_key or api_key_file, not both", key=True)
             return None
@@ -815,7 +394,7 @@ class _Checker:
             return None
         return text
 
-    def auth(self, venue: _Section, name: str) -> PolymarketAuthConfig | None:
+    def auth(self, venue: Section, name: str) -> PolymarketAuthConfig | None:
         path, value = venue.at("auth"), venue.data["auth"]
         if path in self.failed:
             return None
@@ -885,7 +464,7 @@ class _Checker:
     # -- accounts ----------------------------------------------------------------------
 
     def accounts(
-        self, venue: _Section, kind: str | None
+        self, venue: Section, kind: str | None
     ) -> tuple[tuple[AccountConfig, ...], DiscoveryConfig | None]:
         if not venue.has("accounts"):
             self.error(
@@ -956,7 +535,7 @@ class _Checker:
         return tuple(accounts), discovery
 
     def account(
-        self, path: KeyPath, item: dict[str, Any], venue: _Section, kind: str | None
+        self, path: KeyPath, item: dict[str, Any], venue: Section, kind: str | None
     ) -> AccountConfig:
         raw_id = item.get("id")
         where = f"accounts[{path[-1]}] of {venue.where}"
@@ -1003,7 +582,7 @@ class _Checker:
         return text
 
     def discovery(
-        self, path: KeyPath, item: dict[str, Any], venue: _Section, kind: str | None
+        self, path: KeyPath, item: dict[str, Any], venue: Section, kind: str | None
     ) -> DiscoveryConfig | None:
         foreign = {}
         known: tuple[str, ...] = _DISCOVER_KEYS
@@ -1114,13 +693,11 @@ class _Checker:
             return Decimal(value)
         if isinstance(value, float):
             if not math.isfinite(value):
-                self.error(path, f"{_name(path)}: expected a finite number, got {value}")
+                self.error(path, f"{key_name(path)}: expected a finite number, got {value}")
                 return None
             return self._exact(path, value)
-        self.error(
-            path,
-            f"{_name(path)}: expected a number, text or true/false, got {self.show(path, value)}",
-        )
+        got = self.show(path, value)
+        self.error(path, f"{key_name(path)}: expected a number, text or true/false, got {got}")
         return None
 
     def _exact(self, path: KeyPath, value: float) -> Decimal:
@@ -1146,60 +723,5 @@ class _Checker:
         return m.group(0) if m and m.group(0) else None
 
 
-def _resolve(base_dir: Path, text: str) -> Path:
-    """A path from the file, absolute, relative ones against the config's folder."""
-    return Path(os.path.normpath(base_dir / Path(text).expanduser()))
-
-
-def _valid_host(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return bool(_HOST.fullmatch(host)) and len(host) <= 253
-    return True
-
-
 def _looks_like_pem(text: str) -> bool:
     return "-----BEGIN" in text and "PRIVATE KEY-----" in text
-
-
-def _name(path: KeyPath) -> str:
-    """The key a value stands under, for messages: `poll_interval`, `rules[2]`."""
-    if not path:
-        return "value"
-    last = path[-1]
-    if isinstance(last, int):
-        return f"{_name(path[:-1])}[{last}]"
-    return last
-
-
-def _kind_of(value: Any) -> str:
-    if value is None:
-        return "an empty value"
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
-def _describe(value: Any) -> str:
-    """A value as a person would recognise it from the YAML."""
-    if value is None:
-        return "an empty value"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, str):
-        shown = value if len(value) <= 60 else value[:57] + "..."
-        return repr(shown)
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"{value} (a {type(value).__name__})"

@@ -595,6 +595,27 @@ def _parse_number(segment: str) -> tuple[Decimal | None, str]:
         return None, f"invalid number literal {segment!r}"
 
 
+def _syntax_error_place(text: str, exc: SyntaxError) -> tuple[int, int]:
+    """The line (1-based) and character column (0-based) of a syntax error in `text`.
+
+    When the text ends in the middle of an expression (`buying_power <`), Python 3.11
+    gives offset 0 unless the text ends in a line break: the place is then the one
+    Python gives for the text with a line break added, or else the end of the text.
+    """
+    if exc.offset or text.endswith(("\n", "\r")):
+        return exc.lineno or 1, max((exc.offset or 1) - 1, 0)
+    lines = _LINE_BREAK.split(text)
+    end = (len(lines), len(lines[-1]))
+    try:
+        ast.parse(text + "\n", mode="eval")
+    except SyntaxError as again:
+        if again.offset and again.lineno:
+            return min((again.lineno, again.offset - 1), end)
+    except (ValueError, MemoryError, RecursionError):
+        pass
+    return end
+
+
 def _check(text: str, where: Location | None) -> _Node:
     stripped = text.lstrip(" \t")
     lead = len(text) - len(stripped)
@@ -610,7 +631,7 @@ def _check(text: str, where: Location | None) -> _Node:
     try:
         tree = ast.parse(stripped, mode="eval")
     except SyntaxError as exc:
-        loc = checker.location(exc.lineno or 1, max((exc.offset or 1) - 1, 0))
+        loc = checker.location(*_syntax_error_place(stripped, exc))
         raise SourceError([Problem(loc, f"invalid expression: {exc.msg}")]) from None
     except (ValueError, MemoryError, RecursionError) as exc:
         loc = checker.location(1, 0)

@@ -56,7 +56,7 @@ from monitor.pagerduty.inbound import BadEvent, InboundEvent, parse_event
 from monitor.pagerduty.ratelimit import TokenBucket
 from monitor.pagerduty.sender import EventsApi
 from monitor.pagerduty.store import BridgeStore, StoreLocked
-from monitor.publish.mqtt import _describe, _Endpoint, _Link, _tls_context, open_link
+from monitor.publish.link import Endpoint, Link, describe_error, open_link, ssl_context
 
 __all__ = ["STORE_FILE", "PagerDutyBridge", "run_bridge"]
 
@@ -98,7 +98,7 @@ class PagerDutyBridge:
         keepalive: int = 30,
     ) -> None:
         self.config = config
-        self._endpoint = _Endpoint.parse(config.mqtt.url)
+        self._endpoint = Endpoint.parse(config.mqtt.url)
         prefix = config.mqtt.topic_prefix
         if not prefix or "+" in prefix or "#" in prefix:
             raise ValueError("mqtt topic_prefix must be non-empty and hold no + or #")
@@ -223,7 +223,7 @@ class PagerDutyBridge:
                 fields = {
                     "host": self._endpoint.host,
                     "port": self._endpoint.port,
-                    "error": _describe(exc),
+                    "error": describe_error(exc),
                     "retry_in": round(delay, 2),
                 }
                 if isinstance(exc, _EXPECTED):
@@ -271,9 +271,9 @@ class PagerDutyBridge:
             log.info("pagerduty bridge disconnected")
         except (aiomqtt.MqttError, TimeoutError) as exc:
             link.abort()
-            log.warning("pagerduty bridge: unclean disconnect", error=_describe(exc))
+            log.warning("pagerduty bridge: unclean disconnect", error=describe_error(exc))
 
-    async def _connect(self) -> _Link:
+    async def _connect(self) -> Link:
         return await open_link(self._new_link, self._downgrade)
 
     def _downgrade(self) -> bool:
@@ -283,12 +283,12 @@ class PagerDutyBridge:
         self._protocol = aiomqtt.ProtocolVersion.V311
         return True
 
-    async def _new_link(self) -> _Link:
+    async def _new_link(self) -> Link:
         mqtt = self.config.mqtt
         password = mqtt.password.get(fresh=True) if mqtt.password is not None else None
         tls_context = None
         if self._endpoint.tls:
-            tls_context = await asyncio.to_thread(_tls_context, mqtt.tls)
+            tls_context = await asyncio.to_thread(ssl_context, mqtt.tls)
         if self._protocol == aiomqtt.ProtocolVersion.V5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             expiry = min(max(0, round(self.config.session_expiry)), 0xFFFFFFFF)
@@ -300,7 +300,7 @@ class PagerDutyBridge:
             }
         else:
             session = {"clean_session": False}
-        link = _Link(
+        link = Link(
             self._endpoint.host,
             self._endpoint.port,
             username=mqtt.username,
@@ -316,7 +316,7 @@ class PagerDutyBridge:
         link.paho.manual_ack_set(True)
         return link
 
-    async def _subscribe(self, link: _Link) -> None:
+    async def _subscribe(self, link: Link) -> None:
         granted = await link.subscribe(self.topic, qos=1)
         for code in granted:
             value = code.value if isinstance(code, ReasonCode) else int(code)
@@ -331,7 +331,7 @@ class PagerDutyBridge:
                     topic=self.topic,
                 )
 
-    async def _read(self, link: _Link) -> None:
+    async def _read(self, link: Link) -> None:
         """Store each message, then acknowledge it; return never."""
         async for message in link.messages:
             self._receive(message)  # raises (no PUBACK) when the store fails

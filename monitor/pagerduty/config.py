@@ -1,7 +1,7 @@
 """The bridge's own YAML config (`riskmon pagerduty -c pagerduty.yaml`), validated.
 
 It reads like the daemon's config and is checked by the same machinery
-(`monitor.config.loader`): every problem as `path:line:col: message`, unknown keys with
+(`monitor.config.checking`): every problem as `path:line:col: message`, unknown keys with
 a "did you mean", `${VAR}` and `${VAR:-default}` in text values, Prometheus durations,
 paths relative to the file. A routing key comes from a file (`routing_key_file`,
 re-read when it changes) or an environment variable (`routing_key_env`), never from
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from monitor.config.loader import _Checker, _Section
+from monitor.config.checking import Checker, Section
 from monitor.config.model import MqttConfig
 from monitor.config.secret import Secret
 from monitor.yamlsource import KeyPath, Location, SourceError, parse_yaml, read_source
@@ -168,7 +168,7 @@ def _parse(
 ) -> PagerDutyConfig:
     doc = parse_yaml(text, file)
     env = os.environ if environ is None else environ
-    checker = _Checker(doc, text, Path(base_dir).absolute(), env)
+    checker = Checker(doc, text, Path(base_dir).absolute(), env)
     config = _build(checker, source)
     if checker.problems:
         unique = dict.fromkeys(checker.problems)
@@ -179,7 +179,7 @@ def _parse(
 # -- building ------------------------------------------------------------------------------
 
 
-def _build(c: _Checker, source: Path) -> PagerDutyConfig:
+def _build(c: Checker, source: Path) -> PagerDutyConfig:
     value = c.value
     mqtt = MqttConfig(client_id=DEFAULT_CLIENT_ID)
     if not isinstance(value, dict):
@@ -217,7 +217,7 @@ def _build(c: _Checker, source: Path) -> PagerDutyConfig:
     )
 
 
-def _session_expiry(c: _Checker) -> Any:
+def _session_expiry(c: Checker) -> Any:
     def check(path: KeyPath, value: Any) -> float | None:
         seconds = c.duration(path, value)
         if seconds is not None and seconds > _MAX_SESSION_EXPIRY:
@@ -228,7 +228,7 @@ def _session_expiry(c: _Checker) -> Any:
     return check
 
 
-def _rate_limit(c: _Checker, top: _Section) -> RateLimit:
+def _rate_limit(c: Checker, top: Section) -> RateLimit:
     default = RateLimit()
     s = c.section(top.at("rate_limit"), top.data.get("rate_limit"), "rate_limit", _RATE_KEYS)
     per_minute = c.field(s, "events_per_minute", default.events_per_minute, c.positive_number)
@@ -236,7 +236,7 @@ def _rate_limit(c: _Checker, top: _Section) -> RateLimit:
     return RateLimit(events_per_minute=per_minute, burst=burst)
 
 
-def _backoff(c: _Checker, top: _Section) -> Backoff:
+def _backoff(c: Checker, top: Section) -> Backoff:
     default = Backoff()
     s = c.section(top.at("backoff"), top.data.get("backoff"), "backoff", _BACKOFF_KEYS)
     initial = c.field(s, "initial", default.initial, c.duration)
@@ -246,7 +246,7 @@ def _backoff(c: _Checker, top: _Section) -> Backoff:
     return Backoff(initial=initial, max=max(initial, longest))
 
 
-def _routes(c: _Checker, path: KeyPath, value: Any) -> tuple[Route, ...]:
+def _routes(c: Checker, path: KeyPath, value: Any) -> tuple[Route, ...]:
     if not isinstance(value, list) or not value:
         got = "an empty list" if value == [] else c.show(path, value)
         c.error(path, f"routes: expected a list of routes (at least one), got {got}")
@@ -271,7 +271,7 @@ def _routes(c: _Checker, path: KeyPath, value: Any) -> tuple[Route, ...]:
     return tuple(routes)
 
 
-def _route(c: _Checker, path: KeyPath, value: Any, names: dict[str, Location]) -> Route | None:
+def _route(c: Checker, path: KeyPath, value: Any, names: dict[str, Location]) -> Route | None:
     index = path[-1]
     if not isinstance(value, dict):
         c.error(
@@ -317,7 +317,7 @@ def _route(c: _Checker, path: KeyPath, value: Any, names: dict[str, Location]) -
     return Route(name=name, match=match, routing_key=key, key_id=key_id)
 
 
-def _route_name(c: _Checker, path: KeyPath, value: Any, names: dict[str, Location]) -> str | None:
+def _route_name(c: Checker, path: KeyPath, value: Any, names: dict[str, Location]) -> str | None:
     text = c.string(path, value)
     if text is None:
         return None
@@ -331,7 +331,7 @@ def _route_name(c: _Checker, path: KeyPath, value: Any, names: dict[str, Locatio
     return text
 
 
-def _env_key(c: _Checker, path: KeyPath, value: Any, where: str) -> tuple[Secret, str] | None:
+def _env_key(c: Checker, path: KeyPath, value: Any, where: str) -> tuple[Secret, str] | None:
     name = c.string(path, value)
     if name is None:
         return None
@@ -349,7 +349,7 @@ def _env_key(c: _Checker, path: KeyPath, value: Any, where: str) -> tuple[Secret
     return Secret.literal(f"{where} routing_key_env {name}", found), f"env {name}"
 
 
-def _match(c: _Checker, path: KeyPath, value: Any, where: str) -> Match | None:
+def _match(c: Checker, path: KeyPath, value: Any, where: str) -> Match | None:
     s = c.section(path, value, f"match of {where}", _MATCH_KEYS)
     if not s.data:
         c.error(path, f"match of {where} is empty: give severity or labels, or drop match")
@@ -359,7 +359,7 @@ def _match(c: _Checker, path: KeyPath, value: Any, where: str) -> Match | None:
     return Match(severities=severities, labels=labels)
 
 
-def _texts(c: _Checker, path: KeyPath, value: Any) -> list[tuple[KeyPath, str]] | None:
+def _texts(c: Checker, path: KeyPath, value: Any) -> list[tuple[KeyPath, str]] | None:
     """One text or a non-empty list of texts, each with its place."""
     items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
     if not items:
@@ -376,7 +376,7 @@ def _texts(c: _Checker, path: KeyPath, value: Any) -> list[tuple[KeyPath, str]] 
     return result
 
 
-def _severities(c: _Checker, path: KeyPath, value: Any) -> frozenset[str] | None:
+def _severities(c: Checker, path: KeyPath, value: Any) -> frozenset[str] | None:
     items = _texts(c, path, value)
     if items is None:
         return None
@@ -392,7 +392,7 @@ def _severities(c: _Checker, path: KeyPath, value: Any) -> frozenset[str] | None
     return frozenset(result)
 
 
-def _labels(c: _Checker, path: KeyPath, value: Any) -> dict[str, frozenset[str]] | None:
+def _labels(c: Checker, path: KeyPath, value: Any) -> dict[str, frozenset[str]] | None:
     if not isinstance(value, dict) or not value:
         c.error(
             path,

@@ -50,26 +50,20 @@ import asyncio
 import contextlib
 import json
 import random
-import socket
-import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import aiomqtt
 import structlog
-from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.client import MQTT_ERR_SUCCESS
-from paho.mqtt.client import Client as PahoClient
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from monitor import __version__
-from monitor.config.model import MqttConfig, TlsConfig
+from monitor.config.model import MqttConfig
 from monitor.config.secret import SecretUnavailable
 from monitor.publish.events import (
     encode,
@@ -78,6 +72,7 @@ from monitor.publish.events import (
     status_payload,
     status_topic,
 )
+from monitor.publish.link import Endpoint, Link, describe_error, open_link, ssl_context
 from monitor.store import Store
 
 __all__ = ["MqttPublisher", "PublishRefused"]
@@ -85,7 +80,6 @@ __all__ = ["MqttPublisher", "PublishRefused"]
 log = structlog.get_logger("riskmon.mqtt")
 
 JSON: Final = "application/json"
-_UNSUPPORTED_PROTOCOL: Final = (1, 132)  # CONNACK: MQTT 3.1.1 code 1, MQTT 5 code 0x84
 _IDLE_POLL: Final = 1.0  # seconds between outbox checks when nobody calls notify()
 _GOODBYE_TIMEOUT: Final = 2.0  # for the offline status' PUBACK and the DISCONNECT
 _CONNECT_TIMEOUT: Final = 10.0  # for the CONNACK
@@ -99,144 +93,11 @@ class PublishRefused(Exception):
 _EXPECTED: Final = (aiomqtt.MqttError, OSError, PublishRefused, TimeoutError, SecretUnavailable)
 
 
-@dataclass(frozen=True, slots=True)
-class _Endpoint:
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> _Endpoint:
-        if url == "embedded":
-            raise ValueError(
-                "mqtt url 'embedded': start the embedded broker first and pass its mqtt:// url"
-            )
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or "@" in parts.netloc:
-            raise ValueError("mqtt url: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-        tls = parts.scheme == "mqtts"
-        try:
-            port = parts.port
-        except ValueError:
-            raise ValueError("mqtt url: invalid port") from None
-        return cls(parts.hostname, port or (8883 if tls else 1883), tls)
-
-
-class _Link(aiomqtt.Client):
-    """One connection: aiomqtt's Client plus what its public API does not offer.
-
-    `send` hands a message to paho at once (so messages go out in call order) and
-    returns a future resolved with the PUBACK's reason code, where aiomqtt's `publish`
-    would hide failure reason codes; `receive_maximum` is the broker's MQTT 5 Receive
-    Maximum; `abort` drops the connection without DISCONNECT, so the broker publishes
-    the will. These rely on aiomqtt 2.x internals (`_client`, `_on_connect`,
-    `_on_publish`, `_disconnected`), checked by tests/test_mqtt.py.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._acks: dict[
-            int, tuple[asyncio.Future[ReasonCode | None], Callable[[], None] | None]
-        ] = {}
-        self.receive_maximum = 65535
-
-    @property
-    def paho(self) -> PahoClient:
-        client: PahoClient = self._client
-        return client
-
-    def send(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int,
-        retain: bool = False,
-        properties: Properties | None = None,
-        on_ack: Callable[[], None] | None = None,
-    ) -> asyncio.Future[ReasonCode | None]:
-        """Publish; the future resolves with None on success (PUBACK, or written for
-        QoS 0), with the reason code when the broker refused the message. `on_ack` is
-        called the moment the PUBACK is read (the future's callbacks run a loop turn
-        later)."""
-        info = self.paho.publish(topic, payload, qos, retain, properties)
-        if info.rc != MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-        done: asyncio.Future[ReasonCode | None] = self._loop.create_future()
-        if qos == 0 or info.is_published():
-            done.set_result(None)
-        else:
-            self._acks[info.mid] = (done, on_ack)
-        return done
-
-    def flush(self) -> None:
-        """Write what `send` queued now, rather than when the loop next finds the socket
-        writable: one loop turn less between an alert and its PUBLISH. What does not fit
-        in the socket's buffer is written later, as before."""
-        paho = self.paho
-        paho.loop_write()
-        if not paho.want_write():
-            # aiomqtt registers the socket's writer through call_soon_threadsafe, so that
-            # registration is still queued: were it left, it would wake the loop on every
-            # turn (the socket is writable) with nothing to write. Undo it after it ran,
-            # unless paho has wanted to write again meanwhile.
-            self._loop.call_soon(self._forget_writer, paho.socket())
-
-    def _forget_writer(self, sock: Any) -> None:
-        current = self.paho.socket()
-        if current is not None and current is sock and not self.paho._registered_write:
-            self._loop.remove_writer(current.fileno())
-
-    def _on_connect(
-        self,
-        client: PahoClient,
-        userdata: Any,
-        flags: Any,
-        reason_code: ReasonCode,
-        properties: Properties | None = None,
-    ) -> None:
-        maximum = getattr(properties, "ReceiveMaximum", None)
-        if isinstance(maximum, int) and maximum > 0:
-            self.receive_maximum = maximum
-        super()._on_connect(client, userdata, flags, reason_code, properties)
-
-    def _on_publish(
-        self,
-        client: PahoClient,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties,
-    ) -> None:
-        waiting = self._acks.pop(mid, None)
-        if waiting is not None:
-            done, on_ack = waiting
-            if on_ack is not None:
-                on_ack()
-            if not done.done():
-                done.set_result(reason_code if reason_code.is_failure else None)
-        super()._on_publish(client, userdata, mid, reason_code, properties)
-
-    def abort(self) -> None:
-        """Close the connection without DISCONNECT (the broker then sends the will)."""
-        # Nobody awaits the disconnection any more: mark its error as seen.
-        self._disconnected.add_done_callback(_consume)
-        sock = self.paho.socket()
-        if isinstance(sock, socket.socket):  # an SSLSocket too
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 @dataclass(slots=True)
 class _Drain:
     """The outbox's way to the broker on one connection: what is in flight, in order."""
 
-    link: _Link
+    link: Link
     window: int  # the most records in flight
     inflight: deque[_InFlight]
     cursor: int = 0  # the last seq handed to the broker on this connection
@@ -296,7 +157,7 @@ class MqttPublisher:
         reconnect_max: float = 30.0,
         ack_timeout: float = 30.0,
     ) -> None:
-        self._endpoint = _Endpoint.parse(config.url)
+        self._endpoint = Endpoint.parse(config.url)
         prefix = config.topic_prefix
         if not prefix or "+" in prefix or "#" in prefix:
             raise ValueError("mqtt topic_prefix must be non-empty and hold no + or #")
@@ -440,7 +301,7 @@ class MqttPublisher:
                 link.abort()
         await self._goodbye(link)
 
-    async def _connect(self) -> _Link:
+    async def _connect(self) -> Link:
         return await open_link(self._new_link, self._downgrade)
 
     def _downgrade(self) -> bool:
@@ -450,14 +311,14 @@ class MqttPublisher:
         self._protocol = aiomqtt.ProtocolVersion.V311
         return True
 
-    async def _new_link(self) -> _Link:
+    async def _new_link(self) -> Link:
         config = self._config
         password = None
         if config.password is not None:
             password = config.password.get(fresh=True)  # SecretUnavailable names the file only
         tls_context = None
         if self._endpoint.tls:
-            tls_context = await asyncio.to_thread(_tls_context, config.tls)
+            tls_context = await asyncio.to_thread(ssl_context, config.tls)
         v5 = self._protocol == aiomqtt.ProtocolVersion.V5
         will = aiomqtt.Will(
             self.status_topic,
@@ -466,7 +327,7 @@ class MqttPublisher:
             retain=True,
             properties=_json_properties(PacketTypes.WILLMESSAGE) if v5 else None,
         )
-        return _Link(
+        return Link(
             self._endpoint.host,
             self._endpoint.port,
             username=config.username,
@@ -481,7 +342,7 @@ class MqttPublisher:
             tls_context=tls_context,
         )
 
-    async def _serve(self, link: _Link) -> None:
+    async def _serve(self, link: Link) -> None:
         """Online status, then heartbeats and the drain, until stopped or broken."""
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -506,14 +367,14 @@ class MqttPublisher:
             first = _first(group)
             raise first from first.__cause__  # (keeps the reason, drops the group)
 
-    async def _confirm(self, link: _Link, topic: str, payload: bytes, *, retain: bool) -> None:
+    async def _confirm(self, link: Link, topic: str, payload: bytes, *, retain: bool) -> None:
         ack = link.send(topic, payload, qos=1, retain=retain, properties=self._properties(payload))
         async with asyncio.timeout(self._ack_timeout):
             code = await ack
         if code is not None:
             raise PublishRefused(f"broker refused {topic}: {code.getName()} (0x{code.value:02x})")
 
-    async def _goodbye(self, link: _Link) -> None:
+    async def _goodbye(self, link: Link) -> None:
         """After a stop: the retained offline status, then a clean DISCONNECT."""
         offline = encode(status_payload("offline", instance=self.instance, at=time.time()))
         try:
@@ -525,12 +386,12 @@ class MqttPublisher:
             log.info("mqtt disconnected", outbox=self._store.depth())
         except (aiomqtt.MqttError, PublishRefused, TimeoutError) as exc:
             link.abort()  # the will says offline instead
-            log.warning("mqtt: could not say goodbye", error=_describe(exc))
+            log.warning("mqtt: could not say goodbye", error=describe_error(exc))
         except BaseException:
             link.abort()
             raise
 
-    async def _drain(self, link: _Link) -> None:
+    async def _drain(self, link: Link) -> None:
         """Publish the outbox in seq order; return once stopped and drained (or late)."""
         active = _Drain(link, max(1, min(self._window, link.receive_maximum - 1) // 2), deque())
         self._active = active
@@ -631,7 +492,7 @@ class MqttPublisher:
         self.published_total += len(records)
         self._changed()
 
-    async def _heartbeats(self, link: _Link) -> None:
+    async def _heartbeats(self, link: Link) -> None:
         loop = asyncio.get_running_loop()
         properties = None
         if self._protocol == aiomqtt.ProtocolVersion.V5:
@@ -662,7 +523,7 @@ class MqttPublisher:
         return _PUBLISH_JSON
 
     def _failed(self, exc: Exception, retry_in: float) -> None:
-        message = _describe(exc)
+        message = describe_error(exc)
         self.last_error = message
         fields = {
             "host": self._endpoint.host,
@@ -698,26 +559,7 @@ class MqttPublisher:
                 log.exception("mqtt: the on_change callback failed")
 
 
-async def open_link(make: Callable[[], Awaitable[_Link]], downgrade: Callable[[], bool]) -> _Link:
-    """A connected link from `make()`; when the broker refuses the protocol version and
-    `downgrade()` can step down to MQTT 3.1.1, try again with it."""
-    while True:
-        link = await make()
-        try:
-            await link.__aenter__()
-        except MqttConnectError as exc:
-            link.abort()
-            if exc.rc in _UNSUPPORTED_PROTOCOL and downgrade():
-                log.info("mqtt broker refuses MQTT 5; using MQTT 3.1.1")
-                continue
-            raise
-        except BaseException:
-            link.abort()
-            raise
-        return link
-
-
-async def _watch(link: _Link) -> None:
+async def _watch(link: Link) -> None:
     """Return never; raise MqttError when the connection is lost."""
     try:
         async for _message in link.messages:  # nothing is subscribed: this only waits
@@ -746,16 +588,6 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return leaves[0] if leaves else group
 
 
-def _describe(exc: BaseException) -> str:
-    """A short text for logs and `last_error`; never holds a password (none is ever in
-    an exception here: paho and aiomqtt do not echo credentials)."""
-    cause = exc.__cause__
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, aiomqtt.MqttError) and cause is not None and str(cause):
-        text = f"{text}: {cause}"
-    return text
-
-
 def _json_properties(packet_type: int) -> Properties:
     properties = Properties(packet_type)  # type: ignore[no-untyped-call]
     properties.ContentType = JSON
@@ -764,15 +596,3 @@ def _json_properties(packet_type: int) -> Properties:
 
 
 _PUBLISH_JSON: Final = _json_properties(PacketTypes.PUBLISH)  # read-only once built
-
-
-def _tls_context(tls: TlsConfig | None) -> ssl.SSLContext:
-    """Runs in a thread: loading certificates reads files."""
-    ca = str(tls.ca_file) if tls is not None and tls.ca_file is not None else None
-    context = ssl.create_default_context(cafile=ca)
-    if tls is not None and tls.cert_file is not None:
-        key = str(tls.key_file) if tls.key_file is not None else None
-        context.load_cert_chain(str(tls.cert_file), key)
-    if tls is not None and tls.insecure:
-        context.check_hostname = False
-    return context

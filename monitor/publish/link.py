@@ -1,0 +1,209 @@
+"""The MQTT connection pieces shared by the publisher and the PagerDuty bridge.
+
+`Endpoint` is a broker's host, port and TLS flag from an `mqtt://` or `mqtts://` url;
+`Link` is one connection (aiomqtt's Client plus PUBACK reason codes, the broker's
+Receive Maximum and an abort without DISCONNECT); `ssl_context` builds the TLS context
+of a `TlsConfig`; `open_link` connects, stepping down to MQTT 3.1.1 when the broker
+refuses MQTT 5; `describe_error` is the short text of a failure for logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import aiomqtt
+import structlog
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.client import MQTT_ERR_SUCCESS
+from paho.mqtt.client import Client as PahoClient
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from monitor.config.model import TlsConfig
+
+__all__ = ["Endpoint", "Link", "describe_error", "open_link", "ssl_context"]
+
+log = structlog.get_logger("riskmon.mqtt")
+
+_UNSUPPORTED_PROTOCOL: Final = (1, 132)  # CONNACK: MQTT 3.1.1 code 1, MQTT 5 code 0x84
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        if url == "embedded":
+            raise ValueError(
+                "mqtt url 'embedded': start the embedded broker first and pass its mqtt:// url"
+            )
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or "@" in parts.netloc:
+            raise ValueError("mqtt url: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("mqtt url: invalid port") from None
+        return cls(parts.hostname, port or (8883 if tls else 1883), tls)
+
+
+class Link(aiomqtt.Client):
+    """One connection: aiomqtt's Client plus what its public API does not offer.
+
+    `send` hands a message to paho at once (so messages go out in call order) and
+    returns a future resolved with the PUBACK's reason code, where aiomqtt's `publish`
+    would hide failure reason codes; `receive_maximum` is the broker's MQTT 5 Receive
+    Maximum; `abort` drops the connection without DISCONNECT, so the broker publishes
+    the will. These rely on aiomqtt 2.x internals (`_client`, `_on_connect`,
+    `_on_publish`, `_disconnected`), checked by tests/test_mqtt.py.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acks: dict[
+            int, tuple[asyncio.Future[ReasonCode | None], Callable[[], None] | None]
+        ] = {}
+        self.receive_maximum = 65535
+
+    @property
+    def paho(self) -> PahoClient:
+        client: PahoClient = self._client
+        return client
+
+    def send(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int,
+        retain: bool = False,
+        properties: Properties | None = None,
+        on_ack: Callable[[], None] | None = None,
+    ) -> asyncio.Future[ReasonCode | None]:
+        """Publish; the future resolves with None on success (PUBACK, or written for
+        QoS 0), with the reason code when the broker refused the message. `on_ack` is
+        called the moment the PUBACK is read (the future's callbacks run a loop turn
+        later)."""
+        info = self.paho.publish(topic, payload, qos, retain, properties)
+        if info.rc != MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        done: asyncio.Future[ReasonCode | None] = self._loop.create_future()
+        if qos == 0 or info.is_published():
+            done.set_result(None)
+        else:
+            self._acks[info.mid] = (done, on_ack)
+        return done
+
+    def flush(self) -> None:
+        """Write what `send` queued now, rather than when the loop next finds the socket
+        writable: one loop turn less between an alert and its PUBLISH. What does not fit
+        in the socket's buffer is written later, as before."""
+        paho = self.paho
+        paho.loop_write()
+        if not paho.want_write():
+            # aiomqtt registers the socket's writer through call_soon_threadsafe, so that
+            # registration is still queued: were it left, it would wake the loop on every
+            # turn (the socket is writable) with nothing to write. Undo it after it ran,
+            # unless paho has wanted to write again meanwhile.
+            self._loop.call_soon(self._forget_writer, paho.socket())
+
+    def _forget_writer(self, sock: Any) -> None:
+        current = self.paho.socket()
+        if current is not None and current is sock and not self.paho._registered_write:
+            self._loop.remove_writer(current.fileno())
+
+    def _on_connect(
+        self,
+        client: PahoClient,
+        userdata: Any,
+        flags: Any,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        maximum = getattr(properties, "ReceiveMaximum", None)
+        if isinstance(maximum, int) and maximum > 0:
+            self.receive_maximum = maximum
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def _on_publish(
+        self,
+        client: PahoClient,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        waiting = self._acks.pop(mid, None)
+        if waiting is not None:
+            done, on_ack = waiting
+            if on_ack is not None:
+                on_ack()
+            if not done.done():
+                done.set_result(reason_code if reason_code.is_failure else None)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    def abort(self) -> None:
+        """Close the connection without DISCONNECT (the broker then sends the will)."""
+        # Nobody awaits the disconnection any more: mark its error as seen.
+        self._disconnected.add_done_callback(_consume)
+        sock = self.paho.socket()
+        if isinstance(sock, socket.socket):  # an SSLSocket too
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def open_link(make: Callable[[], Awaitable[Link]], downgrade: Callable[[], bool]) -> Link:
+    """A connected link from `make()`; when the broker refuses the protocol version and
+    `downgrade()` can step down to MQTT 3.1.1, try again with it."""
+    while True:
+        link = await make()
+        try:
+            await link.__aenter__()
+        except MqttConnectError as exc:
+            link.abort()
+            if exc.rc in _UNSUPPORTED_PROTOCOL and downgrade():
+                log.info("mqtt broker refuses MQTT 5; using MQTT 3.1.1")
+                continue
+            raise
+        except BaseException:
+            link.abort()
+            raise
+        return link
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short text for logs and `last_error`; never holds a password (none is ever in
+    an exception here: paho and aiomqtt do not echo credentials)."""
+    cause = exc.__cause__
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, aiomqtt.MqttError) and cause is not None and str(cause):
+        text = f"{text}: {cause}"
+    return text
+
+
+def ssl_context(tls: TlsConfig | None) -> ssl.SSLContext:
+    """Runs in a thread: loading certificates reads files."""
+    ca = str(tls.ca_file) if tls is not None and tls.ca_file is not None else None
+    context = ssl.create_default_context(cafile=ca)
+    if tls is not None and tls.cert_file is not None:
+        key = str(tls.key_file) if tls.key_file is not None else None
+        context.load_cert_chain(str(tls.cert_file), key)
+    if tls is not None and tls.insecure:
+        context.check_hostname = False
+    return context
