@@ -17,9 +17,15 @@ published again.
 
 Cost. Every call is synchronous and meant for the event loop: `append` of one event with
 `synchronous=NORMAL` is one small write transaction, about 20 to 40 microseconds on a
-laptop SSD; `depth` is a counter in memory. One process owns a state folder: a second
-`Store` on the same file, in this process or another, fails at open with
-`StoreLocked` (two daemons draining one outbox would publish everything twice).
+laptop SSD; `depth` is a counter in memory. Copying the WAL into the database file (a
+checkpoint, with its fsyncs) is left to a thread of the Store's own, once a second:
+done by whichever commit crossed SQLite's 1,000-page mark, it held that `append` or
+`acknowledge`, and the loop, 4-5 ms (bench/latency.py), about one event in 200. Should
+the thread fall behind, SQLite's own checkpoint at 10,000 pages bounds the WAL.
+
+One process owns a state folder: a second `Store` on the same file, in this process or
+another, fails at open with `StoreLocked` (two daemons draining one outbox would publish
+everything twice).
 
 Tables: `outbox` (the events, with when the venue answer behind each arrived),
 `alert_state` (one row: the AlertBook's JSON), `meta` (the schema version). A file
@@ -34,6 +40,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +60,8 @@ __all__ = [
 SCHEMA_VERSION: Final = 1
 
 _SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
+CHECKPOINT_INTERVAL: Final = 1.0  # seconds between the background checkpoints
+_AUTOCHECKPOINT_PAGES: Final = 10_000  # SQLite's own, only if the thread falls behind
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -140,13 +149,20 @@ class Store:
     (against power loss too).
     """
 
-    def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "NORMAL",
+        checkpoint_interval: float = CHECKPOINT_INTERVAL,
+    ) -> None:
         mode = synchronous.upper()
         if mode not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self._lock: IO[bytes] | None = None
+        self._checkpointer: _Checkpointer | None = None
         self._depth = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +174,8 @@ class Store:
         except BaseException:
             self._release_lock()
             raise
+        self._checkpointer = _Checkpointer(self.path, checkpoint_interval)
+        self._checkpointer.start()
 
     # -- opening --------------------------------------------------------------------------
 
@@ -196,6 +214,7 @@ class Store:
             if str(mode).lower() != "wal":
                 raise StoreError(f"{self.path}: cannot switch the database to WAL mode")
             db.execute(f"PRAGMA synchronous={synchronous}")
+            db.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
             check = db.execute("PRAGMA quick_check").fetchall()
             if check != [("ok",)]:
                 problems = "; ".join(str(row[0]) for row in check[:3])
@@ -315,6 +334,9 @@ class Store:
 
     def close(self) -> None:
         """Close the database and let another Store open it; safe to call twice."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
@@ -355,6 +377,40 @@ class Store:
                     with contextlib.suppress(sqlite3.Error):
                         db.execute("ROLLBACK")
                 raise
+
+
+class _Checkpointer(threading.Thread):
+    """Checkpoints the WAL every `interval` seconds on a connection of its own (PASSIVE:
+    it never waits for, nor blocks, the Store's writes). `done` is set after each one;
+    a failure is kept in `error` and tried again at the next turn."""
+
+    def __init__(self, path: Path, interval: float) -> None:
+        super().__init__(name=f"checkpoint {path.name}", daemon=True)
+        self._path = path
+        self._interval = interval
+        self._stopping = threading.Event()
+        self.done = threading.Event()
+        self.error: str | None = None
+
+    def run(self) -> None:
+        db: sqlite3.Connection | None = None
+        try:
+            while not self._stopping.wait(self._interval):
+                try:
+                    if db is None:
+                        db = sqlite3.connect(self._path, isolation_level=None)
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.error = None
+                    self.done.set()
+                except sqlite3.Error as exc:
+                    self.error = str(exc)
+        finally:
+            if db is not None:
+                db.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
 
 
 def _dump_alerts(alerts: list[dict[str, Any]]) -> str:

@@ -184,6 +184,31 @@ def test_wal_mode_and_synchronous(db_path: Path) -> None:
         Store(db_path, synchronous="sometimes")
 
 
+def test_checkpoints_run_beside_the_writes_and_keep_the_wal_small(db_path: Path) -> None:
+    """Commits never checkpoint (SQLite's own mark is 10,000 pages); the Store's thread
+    does, so the WAL is reused round after round instead of growing with all that was
+    ever written."""
+    wal = db_path.with_name(db_path.name + "-wal")
+    big = b"x" * 3000  # about a page per event
+    sizes = []
+    with Store(db_path, checkpoint_interval=0.01) as store:
+        (autocheckpoint,) = store._conn().execute("PRAGMA wal_autocheckpoint").fetchone()
+        assert autocheckpoint == 10_000
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        for round_ in range(4):
+            for n in range(200):
+                store.append([replace(entry(round_ * 200 + n), event_payload=big)])
+            store.acknowledge([r.seq for r in store.pending(limit=200)])
+            sizes.append(wal.stat().st_size)
+            checkpointer.done.clear()  # a checkpoint after this round's writes
+            assert checkpointer.done.wait(10), checkpointer.error
+        assert checkpointer.error is None
+        assert store.depth() == 0
+    assert max(sizes) <= sizes[0] * 1.2  # reused from its start after each checkpoint
+    assert not checkpointer.is_alive()  # close() stops it
+
+
 def test_corrupt_file_is_a_clear_error(db_path: Path) -> None:
     db_path.parent.mkdir(parents=True)
     db_path.write_bytes(b"this is not an SQLite database, just some bytes" * 100)
