@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import io
 import subprocess
 import sys
@@ -346,3 +347,46 @@ def test_replay_prints_transitions_and_answers_what_ifs(tmp_path: Path) -> None:
 def test_replay_refuses_a_bad_override() -> None:
     with pytest.raises(ValueError, match=r"params\.NAME=VALUE"):
         parse_overrides(["floor=1"])
+
+
+@pytest.mark.parametrize("template", ["margin", "cash", "legacy_pdt"])
+def test_the_shipped_rules_take_the_fast_path_on_a_current_clear_street_answer(
+    shipped: Any, template: str
+) -> None:
+    """The generated fast block serves a current margin account's answer (deprecated PDT
+    fields absent) without falling back to the per-rule slow function: the results are
+    the same either way, but the fast block costs half as much, and it once fell back on
+    every snapshot. Other shapes may fall back; their results still agree."""
+    import json
+
+    from monitor.engine.expr import CONTEXT
+    from monitor.simulator.templates import CS_TEMPLATES
+
+    data = json.loads(CS_TEMPLATES[template].json_body, parse_float=Decimal)
+    snapshot = Snapshot(
+        venue="cs",
+        venue_kind="clearstreet",
+        account="19816",
+        fields=ClearStreetAdapter.parse_balances(data, "19816"),
+        taken_at=0.0,
+    )
+    program = Evaluator(shipped)._program("cs", "clearstreet")
+    run = program.compiled.run
+    cells = dict(zip(run.__code__.co_freevars, run.__closure__ or (), strict=True))
+    slow = cells["_slow"].cell_contents
+    slow_calls: list[Snapshot] = []
+
+    def spy(s: Snapshot, pp: Any) -> list[Any]:
+        slow_calls.append(s)
+        return list(slow(s, pp))
+
+    cells["_slow"].cell_contents = spy
+    try:
+        with decimal.localcontext(CONTEXT):
+            results = run(snapshot, program.defaults)
+            expected = slow(snapshot, program.defaults[1])
+    finally:
+        cells["_slow"].cell_contents = slow
+    assert results == expected
+    if template == "margin":
+        assert slow_calls == []

@@ -108,7 +108,7 @@ class Evaluator:
                 else:
                     clear_at.append(len(exprs))
                     exprs.append(rule.clear)
-            compiled = compile_rules(exprs)
+            compiled = compile_rules(exprs, optional=_often_absent(venue_kind))
             program = _Program(
                 rules,
                 compiled,
@@ -227,3 +227,21 @@ def _renderer(rule: Rule, snapshot: Snapshot) -> Callable[[], dict[str, str]]:
 
 
 __all__ = ["Evaluator", "merged_params"]
+
+
+def _often_absent(venue_kind: str) -> frozenset[str]:
+    """The fields venue kind `venue_kind` has deprecated (Clear Street's pattern-day-trader
+    fields, gone since 2026-06): absent from nearly every snapshot, so the rules' fast
+    path treats them as optional rather than falling back whenever they are missing."""
+    from monitor.engine.check import kind_fields  # imports the adapter, once per kind
+
+    try:
+        fields = kind_fields(venue_kind)
+    except KeyError:  # a kind without an adapter (tests): nothing known
+        return frozenset()
+    plain = {p for p in fields.deprecated if "*" not in p}
+    return (
+        frozenset(fields.deprecated_normalized)
+        | frozenset(fields.deprecated_normalized.values())
+        | plain
+    )

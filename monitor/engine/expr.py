@@ -1059,7 +1059,8 @@ class _Gen:
     guards on fields and params known to be Decimals left out.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, optional: frozenset[str] = frozenset()) -> None:
+        self.optional = optional  # fields the fast block must not count on
         self.namespace: dict[str, Any] = dict(_RUNTIME)
         self.const_names: dict[tuple[type, str], str] = {}
         self.snapshot_vars: dict[str, str] = {}
@@ -1524,7 +1525,7 @@ class _Gen:
         once; whatever raises (an error, a MISSING that a fast path cannot take) falls
         through to the slow function, which evaluates every rule on its own exactly.
         """
-        maybe_missing: set[str] = set()
+        maybe_missing: set[str] = set(self.optional)
         for tree in trees:
             _optional_paths(tree, maybe_missing)
         required_fields: dict[str, str] = {}
@@ -1558,9 +1559,10 @@ class _Gen:
                 prologue += self.lines
                 results.append(f"_finish({full})" if full_kind == "any" else full)
         self.fast = False
-        body = [*self.fast_reads(snapshot_paths, self.known), *prologue]
-        if self.param_slots:
+        body = self.fast_reads(snapshot_paths, self.known)
+        if self.param_slots:  # before the prologue: shared arithmetic may read params
             body.append("".join(f"{v}, " for _, _, v in self.param_slots) + "= _fv")
+        body += prologue
         body.append(f"return {_list(results)}")
         lines = ["try:", "    f = s.fields"]
         lines += [f"    {var} = f[{self.const(path)}]" for path, var in required_fields.items()]
@@ -1804,9 +1806,9 @@ class CompiledRules:
     exprs: tuple[CompiledExpr, ...]
     run: Callable[[Snapshot, PreparedParams], list[Any]]
 
-    def __init__(self, exprs: Sequence[CompiledExpr]) -> None:
+    def __init__(self, exprs: Sequence[CompiledExpr], *, optional: Iterable[str] = ()) -> None:
         self.exprs = tuple(exprs)
-        gen = _Gen()
+        gen = _Gen(frozenset(optional))
         self.run, self._python = gen.build(
             [e._tree for e in self.exprs], single=False, name="<riskmon rules>"
         )
@@ -1865,9 +1867,11 @@ def compile_expression(text: str, *, where: Location | None = None) -> CompiledE
     return CompiledExpr(text, _check(text, where), where)
 
 
-def compile_rules(exprs: Sequence[CompiledExpr]) -> CompiledRules:
-    """One evaluator for many expressions (see `CompiledRules`)."""
-    return CompiledRules(exprs)
+def compile_rules(exprs: Sequence[CompiledExpr], *, optional: Iterable[str] = ()) -> CompiledRules:
+    """One evaluator for many expressions (see `CompiledRules`). `optional`: fields that
+    are often absent (a venue's deprecated ones): the fast path checks them where they
+    are used instead of leaving every rule to the slow path when one is missing."""
+    return CompiledRules(exprs, optional=optional)
 
 
 def _list(names: Sequence[str]) -> str:
