@@ -380,36 +380,52 @@ class Store:
 
 
 class _Checkpointer(threading.Thread):
-    """Checkpoints the WAL every `interval` seconds on a connection of its own (PASSIVE:
-    it never waits for, nor blocks, the Store's writes). `done` is set after each one;
-    a failure is kept in `error` and tried again at the next turn."""
+    """Checkpoints the WAL every `interval` seconds, or when asked (`request`), on a
+    connection of its own (PASSIVE: it never waits for, nor blocks, the Store's writes).
+    `done` is set after each one and `complete` tells whether it copied the whole WAL
+    (the next write then starts the WAL over, unless a checkpoint is running just
+    then: it appends, and a later write starts over); a failure is kept in `error` and
+    tried again at the next turn."""
 
     def __init__(self, path: Path, interval: float) -> None:
         super().__init__(name=f"checkpoint {path.name}", daemon=True)
         self._path = path
         self._interval = interval
-        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._stopping = False
         self.done = threading.Event()
+        self.complete = False
         self.error: str | None = None
 
     def run(self) -> None:
         db: sqlite3.Connection | None = None
         try:
-            while not self._stopping.wait(self._interval):
+            while True:
+                self._wake.wait(self._interval)
+                self._wake.clear()
+                if self._stopping:
+                    return
                 try:
                     if db is None:
                         db = sqlite3.connect(self._path, isolation_level=None)
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.complete = not busy and frames == copied
                     self.error = None
-                    self.done.set()
                 except sqlite3.Error as exc:
                     self.error = str(exc)
+                self.done.set()
         finally:
             if db is not None:
                 db.close()
 
+    def request(self) -> None:
+        """Checkpoint now; `done` is set when it is over."""
+        self.done.clear()
+        self._wake.set()
+
     def stop(self) -> None:
-        self._stopping.set()
+        self._stopping = True
+        self._wake.set()
         self.join()
 
 
