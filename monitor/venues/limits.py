@@ -79,7 +79,9 @@ class _Slot:
         semaphore = self._limits.semaphore
         await semaphore.acquire()
         try:
-            await self._limits.rate.acquire(self._deadline)
+            wait = self._limits.rate.reserve(self._deadline)
+            if wait > 0:  # nearly always 0: no coroutine for `acquire` then
+                await asyncio.sleep(wait)
         except BaseException:
             semaphore.release()
             raise
