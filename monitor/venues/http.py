@@ -75,11 +75,12 @@ class HttpClient:
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise PollDeadlineExceeded("deadline passed before the request was sent")
-        if self.backend == "http1":
-            send = self._send_http1
-        else:
-            send = self._send_httpx if self.backend == "httpx" else self._send_aiohttp
         try:
+            if self.backend == "http1":
+                return await self._send_http1(
+                    method, url, deadline, headers, params, json_body, form, max_bytes
+                )
+            send = self._send_httpx if self.backend == "httpx" else self._send_aiohttp
             return await send(method, url, remaining, headers, params, json_body, form, max_bytes)
         except TimeoutError:
             raise PollDeadlineExceeded(f"no answer within {remaining:.3g}s") from None
@@ -88,7 +89,7 @@ class HttpClient:
         self,
         method: str,
         url: str,
-        remaining: float,
+        deadline: float,
         headers: Mapping[str, str] | None,
         params: Mapping[str, str | int] | None,
         json_body: Any,
@@ -111,7 +112,7 @@ class HttpClient:
         status, response_headers, content = await pool.request(
             method,
             url,
-            deadline=asyncio.get_running_loop().time() + remaining,
+            deadline=deadline,
             headers=headers,
             params=params,
             body=body,

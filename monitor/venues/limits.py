@@ -40,11 +40,6 @@ class RateLimiter:
         self._tat = tat + self.interval
         return wait
 
-    async def acquire(self, deadline: float | None = None) -> None:
-        wait = self.reserve(deadline)
-        if wait > 0:
-            await asyncio.sleep(wait)
-
 
 class VenueLimits:
     """The concurrency cap and rate limit of one venue, applied to every request."""
@@ -80,7 +75,7 @@ class _Slot:
         await semaphore.acquire()
         try:
             wait = self._limits.rate.reserve(self._deadline)
-            if wait > 0:  # nearly always 0: no coroutine for `acquire` then
+            if wait > 0:  # nearly always 0, and then nothing to await
                 await asyncio.sleep(wait)
         except BaseException:
             semaphore.release()
