@@ -304,22 +304,20 @@ class Http1Pool:
         """The origin of `url` and the request target to send it."""
         scheme_end = url.find("://")
         slash = url.find("/", scheme_end + 3) if scheme_end > 0 else -1
-        if slash < 0:
-            return self._parse(url)
-        head = url[:slash]
-        # Cached by `scheme://host:port` (a few), not by URL (one per account: 270 bytes
+        # Cached by `scheme://host:port` (a few), not by URL (one per account: 380 bytes
         # an account of memory, bench/memory.py).
-        origin = self._by_head.get(head)
-        if origin is None or "?" in head or "#" in head:
-            return self._parse(url)
-        target = url[slash:]
-        if "#" in target:
-            target = target.partition("#")[0]
+        origin = self._by_head.get(url[:slash]) if slash > 0 else None
+        if origin is None:
+            origin, target = self._parse(url, slash)
+        else:
+            target = url[slash:].partition("#")[0]
         if not target.isprintable() or " " in target:
             raise VenueConnectionError(f"unsupported URL {url[:80]!r}: blank or control character")
         return origin, target
 
-    def _parse(self, url: str) -> tuple[_Origin, str]:
+    def _parse(self, url: str, slash: int) -> tuple[_Origin, str]:
+        """`_split` the long way, for a URL whose origin is not cached yet (`slash`:
+        where its path starts, -1 if it has none); caches the origin if it can."""
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         try:
@@ -333,15 +331,10 @@ class Http1Pool:
         origin = self._origins.get(key)
         if origin is None:
             origin = self._origins[key] = _Origin(scheme, hostname, port)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if not target.isprintable() or " " in target:
-            raise VenueConnectionError(f"unsupported URL {url[:80]!r}: blank or control character")
-        scheme_end = url.find("://")
-        slash = url.find("/", scheme_end + 3) if scheme_end > 0 else -1
         head = url[:slash] if slash > 0 else ""
         if head and "?" not in head and "#" not in head and len(self._by_head) < 1000:
             self._by_head[head] = origin
-        return origin, target
+        return origin, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
     async def request(
         self,
