@@ -141,7 +141,7 @@ class Daemon(PollListener):
             self._start_venue(venue)
         # The heap is settled at the first tick (see _tick_forever); fewer young
         # collections from now on.
-        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        collect_young_less_often()
         self.serving.set()
         log.info(
             "riskmon running",
@@ -542,6 +542,12 @@ def settle_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+    collect_young_less_often()
+
+
+def collect_young_less_often() -> None:
+    """A young collection every GC_YOUNG_THRESHOLD allocations, not Python's 700 (see
+    `settle_heap`); the older generations' thresholds stay."""
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
@@ -554,6 +560,6 @@ async def run_daemon(config_path: Path, *, shard: Shard | None) -> int:
     # default threshold, young collections (and the full ones they lead to) took a fifth
     # of it (about 20 of 95 ms of CPU with 1,000 accounts). The heap is settled at the
     # first tick.
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    collect_young_less_often()
     daemon = Daemon(load_config(config_path), shard=shard)
     return await daemon.run()
