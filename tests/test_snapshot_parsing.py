@@ -229,6 +229,16 @@ def test_to_decimal_takes_exactly_the_plain_decimal_syntax(text: str) -> None:
     result = to_decimal(text)
     assert result == expected
     assert result is None or expected is None or result.as_tuple() == expected.as_tuple()
+    # flatten's own copy of the check, inlined in its field loop for speed, takes the same
+    try:
+        parsed = flatten({"x": text}, _ONE_DECIMAL)["x"]
+    except SnapshotParseError:
+        parsed = None
+    assert parsed == expected
+    assert parsed is None or expected is None or parsed.as_tuple() == expected.as_tuple()
+
+
+_ONE_DECIMAL = FieldSchema({"x": FieldType.DECIMAL})
 
 
 def test_flatten_skips_null_items_and_keeps_lists_whole() -> None:
