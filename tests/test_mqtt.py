@@ -34,6 +34,7 @@ from monitor.config import Secret
 from monitor.config.model import MqttConfig, TlsConfig
 from monitor.engine.lifecycle import AlertEvent, fingerprint
 from monitor.publish.events import to_entry
+from monitor.publish.link import call_on_change
 from monitor.publish.mqtt import MqttPublisher
 from monitor.store import Store
 
@@ -521,6 +522,20 @@ async def test_a_failing_delivery_callback_does_not_stop_publishing(
             publisher.notify()
         await changes.until(lambda: publisher.published_total == 3)
         assert store.depth() == 0
+
+
+def test_a_failing_on_change_callback_is_logged_not_raised() -> None:
+    """`call_on_change`, which the publisher and the PagerDuty bridge share."""
+
+    def broken() -> None:
+        raise RuntimeError("a bug in the metrics")
+
+    logger = structlog.get_logger("riskmon.mqtt")
+    with structlog.testing.capture_logs() as logs:
+        call_on_change(None, logger, "mqtt")
+        call_on_change(broken, logger, "pagerduty")
+    assert [entry["event"] for entry in logs] == ["pagerduty: the on_change callback failed"]
+    assert logs[0]["log_level"] == "error"
 
 
 # -- protocol, TLS, credentials, refusals ---------------------------------------------------------

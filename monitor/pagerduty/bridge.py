@@ -56,7 +56,14 @@ from monitor.pagerduty.inbound import BadEvent, InboundEvent, parse_event
 from monitor.pagerduty.ratelimit import TokenBucket
 from monitor.pagerduty.sender import EventsApi
 from monitor.pagerduty.store import BridgeStore, StoreLocked
-from monitor.publish.link import Endpoint, Link, describe_error, open_link, ssl_context
+from monitor.publish.link import (
+    Endpoint,
+    Link,
+    call_on_change,
+    describe_error,
+    open_link,
+    ssl_context,
+)
 
 __all__ = ["STORE_FILE", "PagerDutyBridge", "run_bridge"]
 
@@ -429,11 +436,7 @@ class PagerDutyBridge:
                 log.exception("pagerduty: pruning the store failed")
 
     def _changed(self) -> None:
-        if self._on_change is not None:
-            try:
-                self._on_change()
-            except Exception:
-                log.exception("pagerduty: the on_change callback failed")
+        call_on_change(self._on_change, log, "pagerduty")
 
 
 async def run_bridge(config_path: Path) -> int:

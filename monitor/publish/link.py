@@ -4,7 +4,8 @@
 `Link` is one connection (aiomqtt's Client plus PUBACK reason codes, the broker's
 Receive Maximum and an abort without DISCONNECT); `ssl_context` builds the TLS context
 of a `TlsConfig`; `open_link` connects, stepping down to MQTT 3.1.1 when the broker
-refuses MQTT 5; `describe_error` is the short text of a failure for logs.
+refuses MQTT 5; `describe_error` is the short text of a failure for logs;
+`call_on_change` calls an owner's `on_change` callback, logging (not raising) its failure.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from paho.mqtt.client import MQTT_ERR_SUCCESS
 from paho.mqtt.client import Client as PahoClient
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from structlog.typing import FilteringBoundLogger
 
 from monitor.config.model import TlsConfig
 
-__all__ = ["Endpoint", "Link", "describe_error", "open_link", "ssl_context"]
+__all__ = ["Endpoint", "Link", "call_on_change", "describe_error", "open_link", "ssl_context"]
 
 log = structlog.get_logger("riskmon.mqtt")
 
@@ -195,6 +197,18 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, aiomqtt.MqttError) and cause is not None and str(cause):
         text = f"{text}: {cause}"
     return text
+
+
+def call_on_change(
+    on_change: Callable[[], None] | None, logger: FilteringBoundLogger, owner: str
+) -> None:
+    """Call `on_change` if there is one; a failure in it is logged under `owner`, never
+    raised into the publisher's or the bridge's loop."""
+    if on_change is not None:
+        try:
+            on_change()
+        except Exception:
+            logger.exception(f"{owner}: the on_change callback failed")
 
 
 def ssl_context(tls: TlsConfig | None) -> ssl.SSLContext:

@@ -72,7 +72,14 @@ from monitor.publish.events import (
     status_payload,
     status_topic,
 )
-from monitor.publish.link import Endpoint, Link, describe_error, open_link, ssl_context
+from monitor.publish.link import (
+    Endpoint,
+    Link,
+    call_on_change,
+    describe_error,
+    open_link,
+    ssl_context,
+)
 from monitor.store import Store
 
 __all__ = ["MqttPublisher", "PublishRefused"]
@@ -552,11 +559,7 @@ class MqttPublisher:
             log.exception("mqtt: the on_delivery callback failed")
 
     def _changed(self) -> None:
-        if self._on_change is not None:
-            try:
-                self._on_change()
-            except Exception:
-                log.exception("mqtt: the on_change callback failed")
+        call_on_change(self._on_change, log, "mqtt")
 
 
 async def _watch(link: Link) -> None:
