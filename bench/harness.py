@@ -17,15 +17,12 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from monitor.broker import find_mosquitto, free_port
 from monitor.config import Config
@@ -55,31 +52,6 @@ def scenario(count: int) -> dict[str, Any]:
             ],
         }
     }
-
-
-@contextlib.contextmanager
-def simulator(data: dict[str, Any]) -> Iterator[tuple[str, int]]:
-    """`riskmon simulate` in its own process (as `monitor.simulator.process` runs it);
-    yields (base URL, pid), the pid for reading its CPU time."""
-    with tempfile.TemporaryDirectory(prefix="riskmon-bench-sim-") as folder:
-        path = Path(folder) / "scenario.yaml"
-        path.write_text(yaml.safe_dump(data))
-        command = [sys.executable, "-m", "monitor", "simulate", "--scenario", str(path)]
-        process = subprocess.Popen(
-            [*command, "--listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        try:
-            assert process.stdout is not None
-            line = process.stdout.readline()
-            if "listening on" not in line:
-                raise RuntimeError(f"the simulator did not start: {line.strip()!r}")
-            yield line.split("listening on ", 1)[1].split()[0], process.pid
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
 
 
 def write_config(

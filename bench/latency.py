@@ -51,13 +51,13 @@ from bench.harness import (
     percentile,
     running_broker,
     scenario,
-    simulator,
     stop_process,
     verdict,
     wait_ready,
     write_config,
 )
 from monitor.broker import free_port
+from monitor.simulator.process import simulator_process
 
 ACCOUNTS = 1_000
 CHANGES = 200
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with (
         tempfile.TemporaryDirectory(prefix="riskmon-bench-latency-") as folder,
-        simulator(scenario(args.accounts)) as (base, _pid),
+        simulator_process(scenario(args.accounts)) as (base, _pid),
     ):
         result = asyncio.run(run(base, Path(folder)))
     interval_ms = POLL_INTERVAL * 1000

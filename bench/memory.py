@@ -33,13 +33,13 @@ from bench.harness import (
     rss_bytes,
     running_broker,
     scenario,
-    simulator,
     verdict,
     write_config,
 )
 from monitor import eventloop
 from monitor.config import load_config
 from monitor.logs import configure_logging
+from monitor.simulator.process import simulator_process
 
 TARGET_BYTES = 10 * 1024
 ACCOUNTS = 10_000
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with (
         tempfile.TemporaryDirectory(prefix="riskmon-bench-memory-") as folder,
-        simulator(scenario(args.accounts)) as (base, _pid),
+        simulator_process(scenario(args.accounts)) as (base, _pid),
     ):
         baseline, loaded = asyncio.run(both(base, Path(folder)))
     per_account = (loaded["rss_bytes"] - baseline["rss_bytes"]) / (args.accounts - 1)

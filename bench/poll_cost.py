@@ -35,7 +35,6 @@ from bench.harness import (
     account_ids,
     cpu_seconds,
     scenario,
-    simulator,
     verdict,
     write_config,
 )
@@ -43,6 +42,7 @@ from bench.http_clients import measure
 from monitor import eventloop
 from monitor.config import load_config
 from monitor.logs import configure_logging
+from monitor.simulator.process import simulator_process
 
 TARGET = 5_000.0
 ACCOUNTS = 1_000
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     accounts = account_ids(args.accounts)
     with (
         tempfile.TemporaryDirectory(prefix="riskmon-bench-poll-") as folder,
-        simulator(scenario(args.accounts)) as (base, simulator_pid),
+        simulator_process(scenario(args.accounts)) as (base, simulator_pid),
     ):
         http_rows: list[dict[str, Any]] = []
         if args.http_requests:

@@ -35,13 +35,13 @@ import aiohttp
 from bench.harness import (
     running_broker,
     scenario,
-    simulator,
     stop_process,
     verdict,
     wait_ready,
     write_config,
 )
 from monitor.broker import free_port
+from monitor.simulator.process import simulator_process
 
 TARGET_SECONDS = 2.0
 ACCOUNTS = 1_000
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with (
         tempfile.TemporaryDirectory(prefix="riskmon-bench-startup-") as folder,
-        simulator(scenario(args.accounts)) as (base, _pid),
+        simulator_process(scenario(args.accounts)) as (base, _pid),
     ):
         seconds = asyncio.run(runs(base, Path(folder)))
     worst = max(seconds)

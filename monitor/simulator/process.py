@@ -19,6 +19,15 @@ def running_simulator(
     scenario: dict[str, Any] | Path, *, listen: str = "127.0.0.1:0"
 ) -> Iterator[str]:
     """Start the simulator with a scenario (data or file); yield its base URL; stop it."""
+    with simulator_process(scenario, listen=listen) as (base_url, _pid):
+        yield base_url
+
+
+@contextlib.contextmanager
+def simulator_process(
+    scenario: dict[str, Any] | Path, *, listen: str = "127.0.0.1:0"
+) -> Iterator[tuple[str, int]]:
+    """As `running_simulator`, yielding (base URL, pid): the pid for reading its CPU time."""
     with tempfile.TemporaryDirectory(prefix="riskmon-sim-") as folder:
         if isinstance(scenario, Path):
             path = scenario
@@ -45,7 +54,7 @@ def running_simulator(
             line = process.stdout.readline()
             if "listening on" not in line:
                 raise RuntimeError(f"the simulator did not start: {line.strip()!r}")
-            yield line.split("listening on ", 1)[1].split()[0]
+            yield line.split("listening on ", 1)[1].split()[0], process.pid
         finally:
             process.terminate()
             process.wait(timeout=10)
