@@ -14,10 +14,9 @@ separately). Target: well under 1 us per step.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from decimal import Decimal
 
+from bench.timing import best_of
 from monitor.engine.expr import compile_expression
 from monitor.engine.lifecycle import AlertBook, Observation
 from monitor.engine.model import Rule
@@ -69,15 +68,6 @@ def _observe_all(
     return events
 
 
-def _best_of(runs: int, body: Callable[[], object]) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        start = time.perf_counter()
-        body()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main(argv: list[str] | None = None) -> dict[str, object]:
     accounts = [str(n) for n in range(STEPS // RULES)]  # 10,000 x 20 = 200,000 steps
     values = {"buying_power": Decimal("24000.00")}
@@ -99,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         def body(book: AlertBook = book, rules: list[Rule] = rules, obs: Observation = obs) -> None:
             assert _observe_all(book, rules, accounts, obs, 60.0) == 0  # no transition
 
-        seconds = _best_of(RUNS, body)
+        seconds = best_of(RUNS, body)
         assert len(book) == expected
         ns = seconds / STEPS * 1e9
         print(
@@ -114,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         for _ in range(STEPS):
             Observation(condition=False, clear=None, values=values, render=_no_annotations)
 
-    build = _best_of(RUNS, build_all)
+    build = best_of(RUNS, build_all)
     print(f"(building an Observation, the caller's cost: {build / STEPS * 1e9:.0f} ns)")
     results["observation_build_ns"] = round(build / STEPS * 1e9, 1)
     worst = max(float(str(results[f"{s}_ns_per_step"])) for s in ("inactive", "pending", "firing"))

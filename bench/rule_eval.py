@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+from bench.timing import best_of
 from monitor.engine.expr import CONTEXT, CompiledExpr, compile_expression, compile_rules
 from monitor.snapshot import Snapshot
 
@@ -164,15 +165,6 @@ def decimal_floor(snapshots: list[Snapshot]) -> Callable[[], None]:
     return body
 
 
-def _best_of(runs: int, body: Callable[[], object]) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        start = time.perf_counter()
-        body()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main(argv: list[str] | None = None) -> dict[str, object]:
     exprs: list[CompiledExpr] = [compile_expression(text) for text, _ in RULES]
     params = [_params(raw) for _, raw in RULES]
@@ -215,17 +207,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             total += time.perf_counter() - start
         return total
 
-    switching = _best_of(RUNS, rule_set(snapshots))
+    switching = best_of(RUNS, rule_set(snapshots))
     old = decimal.getcontext()
     decimal.setcontext(CONTEXT)  # as in an evaluation task that runs under CONTEXT
     try:
-        in_context = _best_of(RUNS, rule_set(snapshots))
-        in_context_hot = _best_of(RUNS, rule_set(hot))
+        in_context = best_of(RUNS, rule_set(snapshots))
+        in_context_hot = best_of(RUNS, rule_set(hot))
         daemon_order = min(as_built() for _ in range(RUNS))
-        floor = _best_of(RUNS, decimal_floor(snapshots))
+        floor = best_of(RUNS, decimal_floor(snapshots))
     finally:
         decimal.setcontext(old)
-    separate = _best_of(RUNS, one_by_one)
+    separate = best_of(RUNS, one_by_one)
 
     print(f"{len(exprs)} rules x {len(snapshots)} snapshots = {evaluations} evaluations")
     print(f"results: {dict(sorted(outcome.items()))}")

@@ -29,6 +29,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
+from bench.timing import best_of
 from monitor.metrics import ACCOUNT_FIELD_METRICS, Metrics, format_value
 from monitor.snapshot import Snapshot
 from monitor.venues.clearstreet import ClearStreetAdapter
@@ -107,16 +108,6 @@ def stock_registry(snaps: list[Snapshot]) -> CollectorRegistry:
     return registry
 
 
-def _best_of(runs: int, body: Callable[[], object]) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        gc.collect()
-        start = time.perf_counter()
-        body()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def _held(build: Callable[[], object]) -> tuple[int, object]:
     """Bytes still allocated after `build()`, which must return what it built."""
     gc.collect()
@@ -144,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
     account_series = sum(1 for line in body.splitlines() if line.startswith(b"riskmon_acc"))
     account_series += body.count(b"\nriskmon_last_success_timestamp_seconds{")
-    render_s = _best_of(args.runs, metrics.render)
+    render_s = best_of(args.runs, metrics.render, collect=True)
 
     # A poll where every value changed, and one where none did.
     changed = snapshots(n, taken_at=1.9e9)
@@ -166,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     registry = stock_registry(snaps)
     stock_body = generate_latest(registry)
-    stock_s = _best_of(2, lambda: generate_latest(registry))
+    stock_s = best_of(2, lambda: generate_latest(registry), collect=True)
 
     render_ms = render_s * 1000
     speedup = stock_s / render_s
