@@ -29,6 +29,7 @@ from monitor.api import account_json, alert_json, create_app, start_http
 from monitor.broker import EmbeddedBroker
 from monitor.config import Config, VenueConfig, load_config
 from monitor.engine.builtin import (
+    VENUE_WIDE,
     AccountHealth,
     builtin_rules,
     could_be_stale,
@@ -97,6 +98,7 @@ class Daemon(PollListener):
         # the rules' param defaults per (venue, venue kind), for riskmon_account_param
         self._param_defaults: dict[tuple[str, str], Mapping[str, Any]] = {}
         self._param_defaults_of: RuleSet | None = None
+        self._unsettled: set[str] = set()  # venues whose discovery has not answered yet
 
     # -- running ----------------------------------------------------------------------------
 
@@ -139,6 +141,7 @@ class Daemon(PollListener):
         ]
         for venue in self.config.venues:
             self._start_venue(venue)
+        self._forget_unmonitored(time.time())
         # The heap is settled at the first tick (see _tick_forever); fewer young
         # collections from now on.
         collect_young_less_often()
@@ -191,13 +194,13 @@ class Daemon(PollListener):
         self, venue: VenueConfig, states: dict[str, AccountState] | None = None
     ) -> None:
         poller = VenuePoller(venue, create_adapter(venue, self.http), self, shard=self.shard)
-        if states:
-            for account_id, state in states.items():
-                if account_id in poller.accounts:
-                    state.account = poller.accounts[account_id].account
-                    poller.accounts[account_id] = state
+        gone = poller.adopt(states) if states else []
         self.pollers[venue.name] = poller
+        if gone:
+            self.on_accounts_changed(venue.name, [], gone)
         self._set_venue_metrics(venue.name)
+        if not poller.accounts_settled:
+            self._unsettled.add(venue.name)
         self.poller_tasks[venue.name] = asyncio.create_task(poller.run(), name=f"poll-{venue.name}")
 
     async def _stop_venue(self, name: str) -> dict[str, AccountState]:
@@ -259,6 +262,20 @@ class Daemon(PollListener):
         if added or removed:
             log.info("accounts changed", venue=venue, added=len(added), removed=len(removed))
         self._set_venue_metrics(venue)
+
+    def _forget_unmonitored(self, now: float) -> None:
+        """Resolve the alerts of accounts and venues that are no longer monitored: held
+        in the saved state from before a restart (the config or the shard changed
+        meanwhile) or left behind by a reload. Venues whose discovery has not answered
+        yet are left until it has (`_unsettled`)."""
+        for venue, account in self.book.accounts():
+            poller = self.pollers.get(venue)
+            if poller is not None and (
+                venue in self._unsettled or account == VENUE_WIDE or account in poller.accounts
+            ):
+                continue
+            self.metrics.remove_account(venue, account)
+            self._emit(self.evaluator.forget_account(venue, account, now))
 
     def on_cycle(self, venue: str) -> None:
         # First polls are caught up (monitor/poller.py): the daemon may turn ready before
@@ -363,6 +380,11 @@ class Daemon(PollListener):
         for snapshot in health_snapshots(healths, now, skip=settled):
             events.extend(self.health.evaluate(snapshot, now))
         self._emit(events)
+        if self._unsettled:
+            answered = {name for name in self._unsettled if self.pollers[name].accounts_settled}
+            if answered:
+                self._unsettled -= answered
+                self._forget_unmonitored(now)
         for name in self.pollers:
             self._set_venue_metrics(name)
         self.metrics.set_alerts(self.book.active())
@@ -455,6 +477,8 @@ class Daemon(PollListener):
         for name in old_venues.keys() - new_venues.keys():
             for account in await self._stop_venue(name):
                 self.on_accounts_changed(name, [], [account])
+            self._unsettled.discard(name)
+            self.metrics.remove_venue(name)
         for name, venue in new_venues.items():
             if name not in old_venues:
                 self._start_venue(venue)
@@ -469,6 +493,7 @@ class Daemon(PollListener):
             instance=self.config.instance,
         )
         self.rule_source = source
+        self._forget_unmonitored(now)
         self._emit(self.evaluator.replace_rules(rules, now))
         self.metrics.set_reload(True, now)
         settle_heap()

@@ -25,7 +25,7 @@ import asyncio
 import hashlib
 import heapq
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -132,6 +132,9 @@ class VenuePoller:
         self._auth_retry_at = 0.0
         self._auth_backoff = AUTH_BACKOFF_MIN
         self._stopping = False
+        # whether the accounts are known: at once without discovery, otherwise once
+        # discovery has answered (until then an account may or may not be the venue's)
+        self.accounts_settled = config.discovery is None
         self.set_accounts(config.accounts, discovered=False)
 
     # -- the account set -------------------------------------------------------------
@@ -170,6 +173,32 @@ class VenuePoller:
             self.listener.on_accounts_changed(self.config.name, added, removed)
             self._wakeup.set()
         self._check_first_cycle()
+
+    def adopt(self, states: Mapping[str, AccountState]) -> list[str]:
+        """Take over the states of the same venue's previous poller (a reload), before
+        `run()`: the accounts it still polls keep their snapshot, failures and phase, and
+        so do discovered ones while discovery is on (its next answer settles them).
+        Returns the ids it no longer polls."""
+        gone = []
+        for account_id, state in states.items():
+            mine = self.accounts.get(account_id)
+            if mine is not None:
+                state.account = mine.account
+                state.discovered = mine.discovered
+            elif self.config.discovery is not None and (
+                self.shard is None or self.shard.owns(self.config.name, account_id)
+            ):
+                state.discovered = True
+            else:
+                gone.append(account_id)
+                continue
+            self.accounts[account_id] = state
+            if state.polls:
+                self._never_polled.discard(account_id)
+            else:
+                self._never_polled.add(account_id)
+        self._check_first_cycle()
+        return gone
 
     def _phase_turn(self, account_id: str, now: float) -> float:
         """The account's first turn at its phase at or after `now` (loop time)."""
@@ -372,6 +401,7 @@ class VenuePoller:
                     (AccountConfig(i, discovery.labels, discovery.params) for i in ids),
                     discovered=True,
                 )
+                self.accounts_settled = True
             await asyncio.sleep(discovery.interval)
 
     def stop(self) -> None:

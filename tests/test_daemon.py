@@ -367,6 +367,59 @@ async def test_reloads_keep_the_running_rules_when_the_new_ones_are_broken(
     assert status == 200
 
 
+async def _breach_19816(
+    riskmon: RiskmonProcess, simulator: Simulator, subscriber: MqttCollector
+) -> None:
+    await riskmon.ready()
+    simulator.set_fields("clearstreet", "19816", {"buying_power": "20000.00"})
+    await subscriber.wait_for(lambda _: bool(subscriber.on(BREACH)))
+    assert events(subscriber, BREACH)[0]["status"] == "firing"
+
+
+def _without_19816(config: Path) -> None:
+    text = config.read_text()
+    assert '{"id": "19816"}, ' in text
+    config.write_text(text.replace('{"id": "19816"}, ', ""))
+
+
+async def _gone_resolved(riskmon: RiskmonProcess, subscriber: MqttCollector) -> None:
+    """The breach resolves because its account is no longer monitored, and the account
+    leaves the alerts and the metrics."""
+    await subscriber.wait_for(lambda _: len(events(subscriber, BREACH)) == 2)
+    resolved = events(subscriber, BREACH)[1]
+    jsonschema.validate(resolved, SCHEMA)
+    assert (resolved["status"], resolved["reason"]) == ("resolved", "account no longer monitored")
+    assert resolved["pagerduty"]["event_action"] == "resolve"
+    _, body = await riskmon.get("/api/v1/alerts")
+    assert json.loads(body)["alerts"] == []
+    metrics = await riskmon.metrics()
+    assert not [key for key in metrics if ("account", "19816") in key[1]]
+    assert metrics[("riskmon_venue_accounts", (("venue", "cs"),))] == 2
+
+
+async def test_an_account_removed_by_a_reload_resolves_its_alerts_and_leaves_the_metrics(
+    riskmon: RiskmonProcess, simulator: Simulator, subscriber: MqttCollector
+) -> None:
+    riskmon.start()
+    await _breach_19816(riskmon, simulator, subscriber)
+    _without_19816(riskmon.config)
+    assert riskmon.process is not None
+    riskmon.process.send_signal(signal.SIGHUP)
+    await _gone_resolved(riskmon, subscriber)
+
+
+async def test_an_account_removed_while_riskmon_was_down_resolves_at_start(
+    riskmon: RiskmonProcess, simulator: Simulator, subscriber: MqttCollector
+) -> None:
+    riskmon.start()
+    await _breach_19816(riskmon, simulator, subscriber)
+    assert riskmon.signal(signal.SIGTERM) == 0
+    _without_19816(riskmon.config)
+    riskmon.start()
+    await riskmon.ready()
+    await _gone_resolved(riskmon, subscriber)
+
+
 def test_settle_heap_freezes_what_start_up_built_and_keeps_the_older_thresholds() -> None:
     before = gc.get_threshold()
     try:

@@ -223,6 +223,44 @@ async def test_discovery_adds_and_drops_accounts(
     assert any("424242" in removed for _, removed in recorder.changes)
 
 
+async def test_a_reloaded_venue_keeps_the_state_of_accounts_it_still_polls(
+    cs_config: VenueConfig, http_client: HttpClient, simulator: Simulator
+) -> None:
+    discovering = fast(cs_config, accounts=(), discovery=DiscoveryConfig(interval=0.2))
+    async with running(discovering, http_client) as (old, recorder):
+        await recorder.until(lambda: len(recorder.snapshots) >= 3)
+        assert old.accounts_settled
+    states = dict(old.accounts)
+    assert {"19816", "19817", "19818"} == states.keys()
+
+    # Still discovering, one account now configured: every state is taken over, the
+    # discovered ones stay discovered until discovery answers; nothing is known yet.
+    reloaded = VenuePoller(
+        dataclasses.replace(discovering, accounts=(AccountConfig("19816", {"desk": "a"}),)),
+        create_adapter(discovering, http_client),
+        Recorder(),
+    )
+    assert not reloaded.accounts_settled
+    assert reloaded.adopt(states) == []
+    assert reloaded.accounts["19816"] is states["19816"]
+    assert reloaded.accounts["19816"].account.labels == {"desk": "a"}
+    assert not reloaded.accounts["19816"].discovered
+    assert reloaded.accounts["19817"].discovered
+    assert reloaded.first_cycle_done.is_set()  # every account was polled before
+
+    # No discovery any more, one account configured: the other two are gone.
+    configured = VenuePoller(
+        fast(cs_config, accounts=(AccountConfig("19817"),)),
+        create_adapter(cs_config, http_client),
+        Recorder(),
+    )
+    assert configured.accounts_settled
+    assert sorted(configured.adopt(states)) == ["19816", "19818"]
+    assert configured.accounts.keys() == {"19817"}
+    assert configured.accounts["19817"] is states["19817"]
+    assert not configured.accounts["19817"].discovered
+
+
 async def test_discovery_failure_keeps_the_accounts_found_before(
     cs_config: VenueConfig, http_client: HttpClient, simulator: Simulator
 ) -> None:

@@ -501,6 +501,10 @@ class AlertBook:
         """Whether some alert of the account is pending or firing."""
         return (venue, account) in self._accounts
 
+    def accounts(self) -> list[tuple[str, str]]:
+        """The (venue, account) pairs that hold a pending or firing alert."""
+        return list(self._accounts)
+
     def _add(self, key: AlertKey, alert: Alert) -> None:
         self._alerts[key] = alert
         account = (key[1], key[2])
