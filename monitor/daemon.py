@@ -80,6 +80,8 @@ class Daemon(PollListener):
         )
         self.health = Evaluator(builtin_rules(), self.book)
         self.metrics = Metrics()
+        self._failing_rules: set[str] = set()  # alertnames whose failure was logged as a warning
+        self._rules_loaded(self.rule_source.rules)
         self.metrics.set_reload(True, self.started_at)
         self.http = HttpClient()
         self.pollers: dict[str, VenuePoller] = {}
@@ -282,8 +284,26 @@ class Daemon(PollListener):
         # its first tick, and the venue's metrics should say so already.
         self._set_venue_metrics(venue)
 
+    def _rules_loaded(self, rules: RuleSet) -> None:
+        """Each rule's failure counter exists at 0 (so that `increase()` sees the first
+        failure), and each rule's first failure is logged as a warning again."""
+        for rule in rules.rules:
+            self.metrics.inc_rule_evaluation_failures(rule.alert, 0)
+        self._failing_rules.clear()
+
     def _evaluation_failed(self, rule: Rule, snapshot: Snapshot, error: EvalError) -> None:
         self.metrics.inc_rule_evaluation_failures(rule.alert)
+        if rule.alert not in self._failing_rules:  # once: a broken rule fails every poll
+            self._failing_rules.add(rule.alert)
+            log.warning(
+                "rule evaluation failed; the rule's further failures are counted in"
+                " riskmon_rule_evaluation_failures_total and logged at debug level",
+                alertname=rule.alert,
+                venue=snapshot.venue,
+                account=snapshot.account,
+                error=error.message,
+            )
+            return
         log.debug(
             "rule evaluation failed",
             alertname=rule.alert,
@@ -435,6 +455,7 @@ class Daemon(PollListener):
             self.metrics.set_reload(False, time.time())
             return False
         self._emit(self.evaluator.replace_rules(rules, time.time()))
+        self._rules_loaded(rules)
         self.metrics.set_reload(True, time.time())
         settle_heap()
         return True
@@ -495,6 +516,7 @@ class Daemon(PollListener):
         self.rule_source = source
         self._forget_unmonitored(now)
         self._emit(self.evaluator.replace_rules(rules, now))
+        self._rules_loaded(rules)
         self.metrics.set_reload(True, now)
         settle_heap()
         log.info("reloaded", venues=list(new_venues), rules=len(rules.rules))

@@ -420,6 +420,34 @@ async def test_an_account_removed_while_riskmon_was_down_resolves_at_start(
     await _gone_resolved(riskmon, subscriber)
 
 
+async def test_a_failing_rule_is_counted_from_zero_and_logged_once_as_a_warning(
+    riskmon: RiskmonProcess,
+) -> None:
+    (riskmon.folder / "rules" / "broken.yaml").write_text(
+        "groups:\n  - name: broken\n    rules:\n"
+        "      - alert: Broken\n        expr: buying_power / (equity - equity) > 0\n"
+    )
+    riskmon.start()
+    await riskmon.ready()
+    failures = "riskmon_rule_evaluation_failures_total"
+
+    async def failed_three_times() -> bool:
+        metrics = await riskmon.metrics()
+        assert metrics[(failures, (("alertname", "BuyingPowerBelowFloor"),))] == 0
+        return metrics.get((failures, (("alertname", "Broken"),)), 0) >= 3
+
+    await riskmon.until(failed_three_times, "three failures of the broken rule")
+    warnings = [
+        json.loads(line)
+        for line in riskmon.log().splitlines()
+        if "further failures are counted" in line
+    ]
+    assert len(warnings) == 1
+    assert warnings[0]["level"] == "warning"
+    assert warnings[0]["alertname"] == "Broken"
+    assert "division" in warnings[0]["error"].lower()
+
+
 def test_settle_heap_freezes_what_start_up_built_and_keeps_the_older_thresholds() -> None:
     before = gc.get_threshold()
     try:
