@@ -48,6 +48,8 @@ class VenueAuthError(VenueError):
     """401/403: the credentials are wrong or lack permission; never hot-retried."""
 
     outcome = "auth_failed"
+    #: `digest_of` the credential that was refused, when the adapter knows which it was.
+    credential_digest: str | None = None
 
 
 class VenueRateLimited(VenueError):

@@ -12,7 +12,7 @@ import pytest
 
 from monitor.config import Config, load_config
 from monitor.config.loader import parse_config
-from monitor.config.secret import RECHECK_SECONDS
+from monitor.config.secret import RECHECK_SECONDS, UNREADABLE_DIGEST, Secret, digest_of
 from monitor.yamlsource import SourceError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -780,3 +780,20 @@ def test_rotated_api_key_file_is_seen(tmp_path: Path, monkeypatch: pytest.Monkey
     os.utime(key_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     api_key.recheck()  # as an adapter does when the venue refuses the key
     assert api_key.get() == "third-key-rotated!"
+
+
+def test_a_secret_digest_follows_the_file_and_never_shows_the_value(tmp_path: Path) -> None:
+    key_file = tmp_path / "cs.key"
+    secret = Secret.file("cs api_key", key_file)
+    assert secret.digest() == UNREADABLE_DIGEST
+    key_file.write_text("first-key\n")
+    first = secret.digest()  # looked at now, not after RECHECK_SECONDS
+    assert first == digest_of("first-key")
+    assert "first-key" not in first
+    new_file = tmp_path / "cs.key.new"
+    new_file.write_text("first-key\n")
+    new_file.replace(key_file)
+    assert secret.digest() == first  # the same value in a new file
+    new_file.write_text("second-key\n")
+    new_file.replace(key_file)
+    assert secret.digest() == digest_of("second-key")

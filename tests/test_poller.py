@@ -7,10 +7,13 @@ import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
+from conftest import RsaKeyPair, SimCredentials
 
 from monitor.config import AccountConfig, DiscoveryConfig, Secret, VenueConfig
+from monitor.config.secret import digest_of
 from monitor.errors import VenueAuthError, VenueError, VenueUnavailable
 from monitor.poller import AccountState, PollListener, VenuePoller, phase_of
 from monitor.shard import Shard
@@ -200,6 +203,102 @@ async def test_wrong_credentials_back_off_instead_of_hammering(
     assert all(isinstance(e, VenueAuthError) for _, e in recorder.failures)
     # Only the polls already scheduled before the first 401 answered reach the venue.
     assert len(simulator.requests(endpoint="balances")) <= len(config.accounts)
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Swap a new file in, as Kubernetes rotates a mounted Secret."""
+    new = path.with_name(path.name + ".new")
+    new.write_text(text)
+    new.replace(path)
+
+
+def in_auth_backoff(recorder: Recorder) -> Callable[[], bool]:
+    return lambda: any(reason == "auth_backoff" for _, reason in recorder.skips)
+
+
+async def test_a_fixed_key_file_ends_the_auth_back_off(
+    cs_config: VenueConfig,
+    http_client: HttpClient,
+    simulator: Simulator,
+    sim_credentials: SimCredentials,
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "cs.key"
+    key_file.write_text("wrong-key\n")
+    config = fast(cs_config, api_key=Secret.file("cs api_key", key_file))
+    async with running(config, http_client) as (poller, recorder):
+        await recorder.until(in_auth_backoff(recorder))
+        loop = asyncio.get_running_loop()
+        assert poller.auth_retry_at - loop.time() > 20  # a 30 s back-off (at least)
+        assert not recorder.snapshots
+        replace_file(key_file, sim_credentials.api_key + "\n")
+        await recorder.until(lambda: len(recorder.snapshots) >= len(config.accounts))
+        # ended by the new key, not waited out
+        assert poller.auth_retry_at == 0.0
+    accepted = [r for r in simulator.requests(endpoint="balances") if r["status"] == 200]
+    assert len(accepted) >= len(config.accounts)
+
+
+async def test_an_unchanged_wrong_key_keeps_the_auth_back_off(
+    cs_config: VenueConfig,
+    http_client: HttpClient,
+    simulator: Simulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key_file = tmp_path / "cs.key"
+    key_file.write_text("wrong-key\n")
+    config = fast(cs_config, api_key=Secret.file("cs api_key", key_file))
+    async with running(config, http_client) as (poller, recorder):
+        await recorder.until(in_auth_backoff(recorder))
+        refused = recorder.failures[0][1]
+        assert isinstance(refused, VenueAuthError)
+        assert refused.credential_digest == digest_of("wrong-key")  # the key it sent
+        retry_at = poller.auth_retry_at
+        sent = len(simulator.requests(endpoint="balances"))
+        original = poller.adapter.credential_digest
+        checks: list[str | None] = []
+        looked_twice = asyncio.Event()
+
+        def counted() -> str | None:
+            checks.append(original())
+            if len(checks) >= 2:
+                looked_twice.set()
+            return checks[-1]
+
+        monkeypatch.setattr(poller.adapter, "credential_digest", counted)
+        replace_file(key_file, "wrong-key\n")  # rewritten, the same refused key
+        async with asyncio.timeout(10):
+            await looked_twice.wait()
+        assert poller.auth_retry_at == retry_at
+        assert not recorder.snapshots
+    assert len(simulator.requests(endpoint="balances")) == sent
+
+
+async def test_a_fixed_private_key_file_ends_the_auth_back_off(
+    pmx_config: VenueConfig,
+    http_client: HttpClient,
+    rsa_keypair: RsaKeyPair,
+    other_rsa_keypair: RsaKeyPair,
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "pmx.pem"
+    key_file.write_bytes(other_rsa_keypair.private_pem)  # not the key the venue knows
+    assert pmx_config.auth is not None
+    auth = dataclasses.replace(
+        pmx_config.auth, private_key=Secret.file("pmx private_key", key_file)
+    )
+    config = fast(pmx_config, auth=auth)
+    async with running(config, http_client) as (poller, recorder):
+        await recorder.until(in_auth_backoff(recorder))
+        refused = recorder.failures[0][1]
+        assert isinstance(refused, VenueAuthError)
+        assert refused.credential_digest == digest_of(
+            other_rsa_keypair.private_pem.decode().strip()
+        )
+        replace_file(key_file, rsa_keypair.private_pem.decode())
+        await recorder.until(lambda: len(recorder.snapshots) >= 1)
+        assert poller.auth_retry_at == 0.0
 
 
 async def test_discovery_adds_and_drops_accounts(

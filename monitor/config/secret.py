@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -9,6 +10,13 @@ from pathlib import Path
 
 #: How long a file secret's value is used before the file is looked at again.
 RECHECK_SECONDS = 1.0
+#: The digest of a secret that cannot be read (no value hashes to it).
+UNREADABLE_DIGEST = "unreadable"
+
+
+def digest_of(value: str) -> str:
+    """A digest of a secret's value: tells whether it changed without keeping a copy."""
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 class Secret:
@@ -77,6 +85,14 @@ class Secret:
                 self._stamp = stamp
             self._check_after = now + RECHECK_SECONDS
             return self._cached
+
+    def digest(self) -> str:
+        """`digest_of` the value in the file now (`UNREADABLE_DIGEST` when it cannot be
+        read); a `stat`, and a read only when the file changed."""
+        try:
+            return digest_of(self.get(fresh=True))
+        except SecretUnavailable:
+            return UNREADABLE_DIGEST
 
     def recheck(self) -> None:
         """Look at the file again on the next `get()` (its value was just refused)."""

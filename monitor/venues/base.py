@@ -48,6 +48,12 @@ class VenueAdapter(abc.ABC):
         """One HTTP attempt may take `timeout`, and never past the poll's deadline."""
         return min(deadline, asyncio.get_running_loop().time() + self.config.timeout)
 
+    def credential_digest(self) -> str | None:
+        """A digest of the credentials as they are on disk now, or None when they come from
+        no file (and so cannot change while riskmon runs). While the venue is in auth
+        back-off the poller asks once a second, and polls again when it changes."""
+        return None
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release what the adapter holds besides the shared HTTP client."""
 

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from monitor.config import AccountConfig, SecretUnavailable, VenueConfig
+from monitor.config.secret import digest_of
 from monitor.errors import (
     SnapshotParseError,
     VenueAuthError,
@@ -191,7 +192,8 @@ class ClearStreetAdapter(VenueAdapter):
         url = self.config.base_url + path
 
         async def attempt() -> HttpResponse:
-            headers = {"authorization": f"Bearer {self._api_key()}"}
+            key = self._api_key()
+            headers = {"authorization": f"Bearer {key}"}
             async with self.limits.slot(deadline):
                 response = await self.http.request(
                     "GET",
@@ -202,9 +204,12 @@ class ClearStreetAdapter(VenueAdapter):
                     max_bytes=self.config.max_response_bytes,
                 )
             if response.status != 200:
+                error = self._error(response)
                 if response.status == 401 and self.config.api_key is not None:
                     self.config.api_key.recheck()  # rotated since it was last read?
-                raise self._error(response)
+                    if isinstance(error, VenueAuthError):
+                        error.credential_digest = digest_of(key)
+                raise error
             return response
 
         return await with_retries(attempt, deadline=deadline)
@@ -216,6 +221,10 @@ class ClearStreetAdapter(VenueAdapter):
             return self.config.api_key.get()
         except SecretUnavailable as exc:
             raise VenueAuthError(str(exc), venue=self.config.name) from None
+
+    def credential_digest(self) -> str | None:
+        key = self.config.api_key
+        return key.digest() if key is not None and key.path is not None else None
 
     def _error(self, response: HttpResponse) -> VenueError:
         body = try_decode_json(response)

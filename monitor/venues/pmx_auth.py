@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from monitor.config import PolymarketAuthConfig, SecretUnavailable
+from monitor.config.secret import digest_of
 from monitor.errors import (
     SnapshotParseError,
     VenueAuthError,
@@ -124,11 +125,18 @@ class TokenProvider:
         self._key = (pem, key)
         return key
 
+    def key_digest(self) -> str | None:
+        """The private key file's digest now; None when the key is not from a file."""
+        key = self.config.private_key
+        return key.digest() if key.path is not None else None
+
     async def _mint(self, deadline: float) -> AccessToken:
+        assertion = self.assertion()
+        signed_with = self._key[0] if self._key is not None else None
         form = {
             "grant_type": "client_credentials",
             "client_assertion_type": CLIENT_ASSERTION_TYPE,
-            "client_assertion": self.assertion(),
+            "client_assertion": assertion,
             "audience": self.audience,
         }
         started = self.clock()
@@ -141,7 +149,10 @@ class TokenProvider:
             exc.message = f"token request: {exc.message}"
             raise
         if response.status != 200:
-            raise self._error(response)
+            error = self._error(response)
+            if isinstance(error, VenueAuthError) and signed_with is not None:
+                error.credential_digest = digest_of(signed_with)
+            raise error
         body = decode_json(response)
         token = body.get("access_token") if isinstance(body, dict) else None
         expires_in = body.get("expires_in") if isinstance(body, dict) else None

@@ -153,6 +153,9 @@ class PolymarketAdapter(VenueAdapter):
 
         return await with_retries(attempt, deadline=deadline)
 
+    def credential_digest(self) -> str | None:
+        return self.auth.key_digest()
+
     def _error(self, response: HttpResponse) -> VenueError:
         body = try_decode_json(response)
         message = clip(body.get("message", "")) if isinstance(body, dict) else ""
