@@ -11,7 +11,7 @@ from pathlib import Path
 from monitor import __version__, eventloop
 from monitor.logs import configure_logging
 from monitor.shard import Shard
-from monitor.yamlsource import SourceError
+from monitor.yamlsource import Problem, SourceError
 
 DEFAULT_CONFIG = "riskmon.yaml"
 #: The exit code of a command whose stdout was closed early: the shell's for a process
@@ -229,7 +229,13 @@ def _replay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"riskmon replay: {exc}", file=sys.stderr)
         return 2
-    rules, warnings = load_rules(expand_rule_globs(args.rules))
+    unmatched: list[Problem] = []
+    paths = expand_rule_globs(args.rules, warnings=unmatched)
+    if unmatched:  # a typo must not read as "0 transitions": all clear
+        for problem in unmatched:
+            print(f"riskmon replay: -r: {problem.message}", file=sys.stderr)
+        return 1
+    rules, warnings = load_rules(paths)
     for warning in warnings:
         print(warning, file=sys.stderr)
     return run_replay(args.files, rules, overrides, sys.stdout)
