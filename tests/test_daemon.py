@@ -436,3 +436,37 @@ def test_an_unusable_state_dir_names_it(riskmon: RiskmonProcess) -> None:
         f"{config}:2:12: state_dir: /proc/nope/riskmon.db: cannot create its folder: "
         "No such file or directory\n"
     )
+
+
+async def test_no_rules_is_a_warning_at_start_and_at_each_reload(
+    tmp_path: Path, riskmon_config: Callable[..., tuple[Path, int]]
+) -> None:
+    """It still runs (a shard may have only the built-in alerts), but says so loudly."""
+    config, http_port = riskmon_config(instance="t", rules="rulez/*.yaml", stale_after="5s")
+    riskmon = RiskmonProcess(tmp_path, config, http_port)
+
+    def warnings() -> list[dict[str, Any]]:
+        lines = (json.loads(line) for line in riskmon.log().splitlines() if line.startswith("{"))
+        return [
+            line for line in lines if line["event"] == "no rules loaded: nothing is being evaluated"
+        ]
+
+    async def warned(times: int) -> bool:
+        return len(warnings()) == times
+
+    try:
+        riskmon.start()
+        await riskmon.ready()
+        await riskmon.until(lambda: warned(1), "the warning at start")
+        assert riskmon.process is not None
+        riskmon.process.send_signal(signal.SIGHUP)
+        await riskmon.until(lambda: warned(2), "the warning at the reload")
+    finally:
+        riskmon.stop()
+    for warning in warnings():
+        assert warning["level"] == "warning"
+        assert warning["patterns"] == [str(tmp_path / "rulez" / "*.yaml")]
+        assert warning["warnings"] == [
+            f"{tmp_path / 'rulez' / '*.yaml'}:1:1: warning: no rule file matches "
+            f"'{tmp_path / 'rulez' / '*.yaml'}'"
+        ]
