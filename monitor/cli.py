@@ -11,9 +11,12 @@ from pathlib import Path
 from monitor import __version__, eventloop
 from monitor.logs import configure_logging
 from monitor.shard import Shard
-from monitor.yamlsource import SourceError
+from monitor.yamlsource import Problem, SourceError
 
 DEFAULT_CONFIG = "riskmon.yaml"
+#: The exit code of a command whose stdout was closed early: the shell's for a process
+#: SIGPIPE ended (128 + 13), kept apart from the codes the commands document.
+EXIT_BROKEN_PIPE = 141
 
 
 def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -226,7 +229,13 @@ def _replay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"riskmon replay: {exc}", file=sys.stderr)
         return 2
-    rules, warnings = load_rules(expand_rule_globs(args.rules))
+    unmatched: list[Problem] = []
+    paths = expand_rule_globs(args.rules, warnings=unmatched)
+    if unmatched:  # a typo must not read as "0 transitions": all clear
+        for problem in unmatched:
+            print(f"riskmon replay: -r: {problem.message}", file=sys.stderr)
+        return 1
+    rules, warnings = load_rules(paths)
     for warning in warnings:
         print(warning, file=sys.stderr)
     return run_replay(args.files, rules, overrides, sys.stdout)
@@ -263,11 +272,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pagerduty": _pagerduty,
     }
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
+        sys.stdout.flush()  # here, where a reader gone away can still be handled
     except SourceError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader stopped reading (`riskmon snapshot --json | head -1`): nothing to
+        # say. Python's flush of stdout at exit would fail again; devnull takes it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return code
 
 
 if __name__ == "__main__":

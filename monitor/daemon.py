@@ -15,8 +15,10 @@ import contextlib
 import dataclasses
 import decimal
 import gc
+import os
 import platform
 import signal
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -25,8 +27,8 @@ from typing import Any, TextIO
 import structlog
 
 from monitor import __version__
-from monitor.api import account_json, alert_json, create_app, start_http
-from monitor.broker import EmbeddedBroker
+from monitor.api import AsyncHttpServer, account_json, alert_json, create_app, start_http
+from monitor.broker import BrokerUnavailable, EmbeddedBroker
 from monitor.config import Config, VenueConfig, load_config
 from monitor.engine.builtin import (
     VENUE_WIDE,
@@ -48,10 +50,10 @@ from monitor.publish.mqtt import MqttPublisher
 from monitor.recording import write_record
 from monitor.shard import Shard
 from monitor.snapshot import Snapshot
-from monitor.store import Store
+from monitor.store import Store, StoreError
 from monitor.venues.base import create_adapter
 from monitor.venues.http import HttpClient
-from monitor.yamlsource import SourceError
+from monitor.yamlsource import KeyPath, Location, Problem, SourceError
 
 log = structlog.get_logger("riskmon.daemon")
 
@@ -60,12 +62,26 @@ RULE_WATCH = 2.0  # seconds between checks of the rule files for changes
 SHUTDOWN_FLUSH = 10.0  # seconds to publish what is left at shutdown
 POLLER_STOP = 3.0  # seconds polls in flight may take to finish at shutdown
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (Python's default: 700)
+#: The settings a start-up can fail on after the config checked out (a port in use,
+#: a state_dir another riskmon holds); their errors stand where they are set.
+_STARTUP_SETTINGS: tuple[KeyPath, ...] = (
+    ("state_dir",),
+    ("http", "listen"),
+    ("mqtt", "url"),
+    ("record_snapshots",),
+)
 
 
 class Daemon(PollListener):
     """One running riskmon instance."""
 
     def __init__(self, config: Config, *, shard: Shard | None = None) -> None:
+        # Where the settings start-up can fail on stand in the file, for its errors.
+        document = config.document
+        self._where = {
+            path: document.at(path) if document else Location(str(config.source), 1, 1)
+            for path in _STARTUP_SETTINGS
+        }
         # The YAML document (its node tree, for `riskmon check`'s locations) is not
         # needed once loaded: 800 bytes an account (bench/memory.py).
         self.config = config = dataclasses.replace(config, document=None)
@@ -73,8 +89,15 @@ class Daemon(PollListener):
         self.started_at = time.time()
         self.rule_source = RuleSource(config.rules)
         self.rule_source.load()  # a broken rule set at start is fatal: SourceError
-        self.store = Store(config.state_dir / "riskmon.db")
-        self.book = AlertBook.from_json(self.store.load_alerts())
+        try:
+            self.store = Store(config.state_dir / "riskmon.db")
+        except StoreError as exc:
+            raise self._startup_error(("state_dir",), f"state_dir: {exc}") from None
+        try:
+            self.book = AlertBook.from_json(self.store.load_alerts())
+        except StoreError as exc:
+            self.store.close()
+            raise self._startup_error(("state_dir",), f"state_dir: {exc}") from None
         self.evaluator = Evaluator(
             self.rule_source.rules, self.book, on_eval_failure=self._evaluation_failed
         )
@@ -118,25 +141,13 @@ class Daemon(PollListener):
         ):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, handler)
-        if self.config.record_snapshots is not None:
-            self.config.record_snapshots.parent.mkdir(parents=True, exist_ok=True)
-            self._recording = self.config.record_snapshots.open("a", encoding="utf-8")
-        mqtt = self.config.mqtt
-        if mqtt.url == "embedded":
-            self.broker = EmbeddedBroker(self.config.state_dir / "broker")
-            mqtt = dataclasses.replace(mqtt, url=await self.broker.start())
-        self.publisher = MqttPublisher(
-            mqtt,
-            self.store,
-            instance=self.config.instance,
-            heartbeat=self._heartbeat,
-            on_change=self._publisher_changed,
-            on_delivery=self.metrics.observe_event_delivery,
-        )
-        server = await start_http(create_app(self), self.config.http.listen)
-        self.http_port = server.port
+        try:
+            server, publisher, mqtt_url = await self._start()
+        except BaseException:
+            await self._close()
+            raise
         background = [
-            asyncio.create_task(self.publisher.run(), name="mqtt"),
+            asyncio.create_task(publisher.run(), name="mqtt"),
             asyncio.create_task(self._tick_forever(), name="tick"),
             asyncio.create_task(self._watch_rules(), name="rule-watch"),
             asyncio.create_task(self._reload_on_request(), name="reload"),
@@ -155,7 +166,7 @@ class Daemon(PollListener):
             venues=[v.name for v in self.config.venues],
             shard=str(self.shard or "all"),
             http=f"{self.config.http.listen.rsplit(':', 1)[0]}:{server.port}",
-            mqtt=mqtt.url,
+            mqtt=mqtt_url,
             rules=len(self.rule_source.rules.rules),
         )
         try:
@@ -164,6 +175,57 @@ class Daemon(PollListener):
             await self._shutdown(background)
             await server.stop()
         return 0
+
+    async def _start(self) -> tuple[AsyncHttpServer, MqttPublisher, str]:
+        """Open what the daemon serves and writes to: the recording, the embedded broker,
+        the publisher and the HTTP server; the server, the publisher and the broker's
+        URL. SourceError at the setting when one fails."""
+        recording = self.config.record_snapshots
+        if recording is not None:
+            try:
+                recording.parent.mkdir(parents=True, exist_ok=True)
+                self._recording = recording.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise self._startup_error(
+                    ("record_snapshots",), f"record_snapshots: {recording}: {_reason(exc)}"
+                ) from None
+        mqtt = self.config.mqtt
+        if mqtt.url == "embedded":
+            self.broker = EmbeddedBroker(self.config.state_dir / "broker")
+            try:
+                mqtt = dataclasses.replace(mqtt, url=await self.broker.start())
+            except BrokerUnavailable as exc:
+                raise self._startup_error(("mqtt", "url"), str(exc)) from None
+        self.publisher = publisher = MqttPublisher(
+            mqtt,
+            self.store,
+            instance=self.config.instance,
+            heartbeat=self._heartbeat,
+            on_change=self._publisher_changed,
+            on_delivery=self.metrics.observe_event_delivery,
+        )
+        listen = self.config.http.listen
+        try:
+            server = await start_http(create_app(self), listen)
+        except OSError as exc:
+            raise self._startup_error(
+                ("http", "listen"), f"http.listen {listen}: {_reason(exc)}"
+            ) from None
+        self.http_port = server.port
+        return server, publisher, mqtt.url
+
+    def _startup_error(self, setting: KeyPath, message: str) -> SourceError:
+        return SourceError([Problem(self._where[setting], message)])
+
+    async def _close(self) -> None:
+        """Close what the daemon opened (the last step of a shutdown, or of a failed
+        start); what was not opened is skipped."""
+        await self.http.aclose()
+        if self.broker is not None:
+            await self.broker.stop()
+        if self._recording is not None:
+            self._recording.close()
+        self.store.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -184,12 +246,7 @@ class Daemon(PollListener):
         if self.publisher is not None:
             await self.publisher.stop(flush_timeout=SHUTDOWN_FLUSH)
         await asyncio.gather(*background, return_exceptions=True)
-        await self.http.aclose()
-        if self.broker is not None:
-            await self.broker.stop()
-        if self._recording is not None:
-            self._recording.close()
-        self.store.close()
+        await self._close()
         log.info("riskmon stopped", outbox_left=self.store.depth())
 
     def _start_venue(
@@ -596,6 +653,14 @@ def collect_young_less_often() -> None:
     """A young collection every GC_YOUNG_THRESHOLD allocations, not Python's 700 (see
     `settle_heap`); the older generations' thresholds stay."""
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
+def _reason(exc: OSError) -> str:
+    """Why an OS call failed, in words ("address already in use"), without the
+    errno and the repeated address that asyncio's bind errors carry."""
+    if isinstance(exc, socket.gaierror) or not exc.errno:
+        return str(exc.strerror or exc)
+    return os.strerror(exc.errno).lower()
 
 
 def build_info() -> dict[str, str]:

@@ -55,15 +55,25 @@ def snapshot_from_record(record: Mapping[str, Any]) -> Snapshot:
 
 
 def read_records(path: Path) -> Iterator[Snapshot]:
-    """Every snapshot of a JSONL file, in order; a bad line is a SourceError at its line."""
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    """Every snapshot of a JSONL file, in order; a bad line is a SourceError at its line,
+    a file that cannot be read one at its start."""
+    try:
+        lines = path.open("rb")  # decoded line by line: a bad byte is placed at its line
+    except OSError as exc:
+        where = Location(str(path), 1, 1)
+        raise SourceError([Problem(where, f"cannot read: {exc.strerror or exc}")]) from None
+    with lines:
+        for number, raw in enumerate(lines, start=1):
+            where = Location(str(path), number, 1)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SourceError([Problem(where, f"not UTF-8 text: {exc.reason}")]) from None
             if not line.strip():
                 continue
             try:
                 yield snapshot_from_record(json.loads(line))
             except (ValueError, TypeError, AttributeError) as exc:
-                where = Location(str(path), number, 1)
                 raise SourceError([Problem(where, f"bad snapshot record: {exc}")]) from None
 
 

@@ -434,3 +434,21 @@ def test_run_check_expands_globs_given_as_arguments(tmp_path: Path, pattern: str
     out = io.StringIO()
     assert run_check(None, [str(tmp_path / pattern)], out, io.StringIO()) == 0
     assert out.getvalue() == "ok: 1 rule in 1 file\n"
+
+
+def test_check_never_shows_the_password_of_a_malformed_mqtt_url(tmp_path: Path) -> None:
+    (tmp_path / "cs.key").write_text("k")
+    (tmp_path / "riskmon.yaml").write_text(
+        'mqtt: {url: "mqtt:/ops:SECRETPW@127.0.0.1:1883"}\n'
+        "rules: []\n"
+        "venues:\n"
+        "  - {name: cs, kind: clearstreet, base_url: 'http://127.0.0.1:1', "
+        "api_key_file: cs.key, accounts: [{id: '1'}]}\n"
+    )
+    result = _riskmon("check", "-c", "riskmon.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "SECRETPW" not in result.stdout + result.stderr
+    assert result.stdout.splitlines()[0] == (
+        "riskmon.yaml:1:13: url: no valid host in 'mqtt:/***@127.0.0.1:1883'; "
+        "expected mqtt://HOST:PORT, mqtts://HOST:PORT or embedded"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -87,3 +88,21 @@ def test_snapshot_with_a_broken_config_names_the_place(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{config}:3:11:" in result.stderr
     assert "clearstreet" in result.stderr
+
+
+def test_snapshot_into_a_closed_pipe_exits_quietly(example_setup: Path) -> None:
+    """`riskmon snapshot --json | head -1`: the reader may go before riskmon writes."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before riskmon writes a byte: every write fails
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "monitor", "snapshot", "-c", str(example_setup), "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141
+    assert result.stderr == ""

@@ -631,6 +631,55 @@ def test_bad_mqtt_url(folder: Path, url: str, message: str) -> None:
     assert error(folder, f"mqtt:\n  url: {url}\n" + CS) == f"riskmon.yaml:2:8: {message}"
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (  # one slash: urlsplit sees no user, the password lands in the path
+            "mqtt:/ops:SECRETPW@127.0.0.1:1883",
+            "url: no valid host in 'mqtt:/***@127.0.0.1:1883'; expected mqtt://HOST:PORT, "
+            "mqtts://HOST:PORT or embedded",
+        ),
+        (  # a # in the password: the rest of it is a fragment, its start a port
+            "mqtt://ops:SEC#RETPW@broker:1883",
+            "url: invalid port in 'mqtt://***@broker:1883'; expected mqtt://HOST:PORT, "
+            "mqtts://HOST:PORT or embedded",
+        ),
+        (
+            "tcp:ops:SECRETPW@broker",
+            "url: expected mqtt://HOST:PORT, mqtts://HOST:PORT or embedded, got 'tcp:***@broker'",
+        ),
+    ],
+)
+def test_a_malformed_mqtt_url_never_shows_its_password(
+    folder: Path, url: str, message: str
+) -> None:
+    text = f'mqtt:\n  url: "{url}"\n' + CS
+    assert error(folder, text) == f"riskmon.yaml:2:8: {message}"
+
+
+@pytest.mark.parametrize(
+    ("venue", "good", "bad", "message"),
+    [
+        (
+            CS,
+            "https://api.clearstreet.com",
+            "https:/ops:SECRETPW@api.clearstreet.com",
+            "riskmon.yaml:4:15: base_url: no valid host in 'https:/***@api.clearstreet.com'",
+        ),
+        (
+            PMX,
+            "https://pmx-prod.us.auth0.com/oauth/token",
+            "https://ops:SE?CRETPW@pmx-prod.us.auth0.com",
+            "riskmon.yaml:6:18: token_url: invalid port in 'https://***@pmx-prod.us.auth0.com'",
+        ),
+    ],
+)
+def test_a_malformed_venue_url_never_shows_its_password(
+    folder: Path, venue: str, good: str, bad: str, message: str
+) -> None:
+    assert error(folder, venue.replace(good, bad)) == message
+
+
 def test_mqtt_topic_prefix_wildcards(folder: Path) -> None:
     assert error(folder, "mqtt: {topic_prefix: risk/+}\n" + CS) == (
         "riskmon.yaml:1:22: topic_prefix must not contain the MQTT wildcards + or #"

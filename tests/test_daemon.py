@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -17,11 +18,12 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
-from conftest import MosquittoBroker, MqttCollector
+from conftest import MosquittoBroker, MqttCollector, _free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.daemon import GC_YOUNG_THRESHOLD, settle_heap
 from monitor.simulator import Simulator
+from monitor.store import Store
 
 RULES = """\
 groups:
@@ -459,3 +461,93 @@ def test_settle_heap_freezes_what_start_up_built_and_keeps_the_older_thresholds(
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+# -- start-up errors: one line naming the setting, exit 1 (as for a bad config) ----------
+
+
+def run_riskmon(config: Path) -> subprocess.CompletedProcess[str]:
+    """`riskmon run` that is expected to fail at start-up (else killed after 30 s)."""
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+async def test_a_second_instance_on_the_same_state_dir_says_so(riskmon: RiskmonProcess) -> None:
+    riskmon.start()
+    await riskmon.ready()
+    second = riskmon.folder / "second.yaml"
+    second.write_text(
+        riskmon.config.read_text().replace(f":{riskmon.http_port}", f":{_free_port()}")
+    )
+    result = await asyncio.to_thread(run_riskmon, second)
+    db = riskmon.folder / "state" / "riskmon.db"
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"{second}:2:12: state_dir: {db}: in use by another riskmon process "
+        "(or another Store in this one); one instance per state_dir\n"
+    )
+    status, _ = await riskmon.get("/readyz")  # the first one runs on
+    assert status == 200
+
+
+def test_a_port_in_use_names_http_listen(riskmon: RiskmonProcess) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", riskmon.http_port))
+        taken.listen()
+        result = run_riskmon(riskmon.config)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"{riskmon.config}:3:16: http.listen 127.0.0.1:{riskmon.http_port}: "
+        "address already in use\n"
+    )
+    # what it had opened is closed again: the state folder is free for the next start
+    Store(riskmon.folder / "state" / "riskmon.db").close()
+
+
+def test_an_unusable_state_dir_names_it(riskmon: RiskmonProcess) -> None:
+    config = riskmon.config
+    config.write_text(config.read_text().replace("state_dir: state", "state_dir: /proc/nope"))
+    result = run_riskmon(config)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"{config}:2:12: state_dir: /proc/nope/riskmon.db: cannot create its folder: "
+        "No such file or directory\n"
+    )
+
+
+async def test_no_rules_is_a_warning_at_start_and_at_each_reload(
+    tmp_path: Path, riskmon_config: Callable[..., tuple[Path, int]]
+) -> None:
+    """It still runs (a shard may have only the built-in alerts), but says so loudly."""
+    config, http_port = riskmon_config(instance="t", rules="rulez/*.yaml", stale_after="5s")
+    riskmon = RiskmonProcess(tmp_path, config, http_port)
+
+    def warnings() -> list[dict[str, Any]]:
+        lines = (json.loads(line) for line in riskmon.log().splitlines() if line.startswith("{"))
+        return [
+            line for line in lines if line["event"] == "no rules loaded: nothing is being evaluated"
+        ]
+
+    async def warned(times: int) -> bool:
+        return len(warnings()) == times
+
+    try:
+        riskmon.start()
+        await riskmon.ready()
+        await riskmon.until(lambda: warned(1), "the warning at start")
+        assert riskmon.process is not None
+        riskmon.process.send_signal(signal.SIGHUP)
+        await riskmon.until(lambda: warned(2), "the warning at the reload")
+    finally:
+        riskmon.stop()
+    for warning in warnings():
+        assert warning["level"] == "warning"
+        assert warning["patterns"] == [str(tmp_path / "rulez" / "*.yaml")]
+        assert warning["warnings"] == [
+            f"{tmp_path / 'rulez' / '*.yaml'}:1:1: warning: no rule file matches "
+            f"'{tmp_path / 'rulez' / '*.yaml'}'"
+        ]

@@ -699,6 +699,22 @@ def test_config_errors_name_their_place_and_never_a_key(tmp_path: Path) -> None:
     assert KEY_RISK not in text
 
 
+def test_a_malformed_events_url_never_shows_its_password(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text(KEY_RISK, encoding="utf-8")
+    path = tmp_path / "pagerduty.yaml"
+    path.write_text(
+        "mqtt: {url: mqtt://127.0.0.1:1883}\n"
+        "events_url: https:/ops:SECRETPW@events.pagerduty.com/v2/enqueue\n"
+        "routes: [{routing_key_file: key}]\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(SourceError) as caught:
+        load_pagerduty_config(path, environ=ENV)
+    assert str(caught.value) == (
+        f"{path}:2:13: events_url: no valid host in 'https:/***@events.pagerduty.com/v2/enqueue'"
+    )
+
+
 def test_cli_reports_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "pagerduty.yaml"
     path.write_text("mqtt: {url: mqtt://127.0.0.1:1883}\n", encoding="utf-8")

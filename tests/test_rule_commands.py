@@ -349,6 +349,36 @@ def test_replay_refuses_a_bad_override() -> None:
         parse_overrides(["floor=1"])
 
 
+def test_replay_of_a_missing_recording_names_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.jsonl"
+    result = riskmon("replay", str(missing), "-r", "rules/capital.yaml")
+    assert result.returncode == 1
+    assert result.stderr == f"{missing}:1:1: cannot read: No such file or directory\n"
+    assert result.stdout == ""
+
+
+def test_replay_of_a_recording_that_is_not_text_names_the_line(tmp_path: Path) -> None:
+    recording = tmp_path / "snapshots.jsonl"
+    with recording.open("w") as out:
+        write_record(snap("19816", 0.0, buying_power=D(60000)), out)
+    with recording.open("ab") as out:
+        out.write(b"\xff\xfe\n")
+    result = riskmon("replay", str(recording), "-r", "rules/capital.yaml")
+    assert result.returncode == 1
+    assert result.stderr == f"{recording}:2:1: not UTF-8 text: invalid start byte\n"
+
+
+def test_replay_with_rules_that_match_no_file_names_the_pattern(tmp_path: Path) -> None:
+    """A typo in -r must not read as "0 transitions", all clear."""
+    recording = tmp_path / "snapshots.jsonl"
+    with recording.open("w") as out:
+        write_record(snap("19816", 0.0, buying_power=D(1)), out)
+    result = riskmon("replay", str(recording), "-r", "rules/capital.yaml", "rules/nope*.yaml")
+    assert result.returncode == 1
+    assert result.stderr == "riskmon replay: -r: no rule file matches 'rules/nope*.yaml'\n"
+    assert result.stdout == ""
+
+
 @pytest.mark.parametrize("template", ["margin", "cash", "legacy_pdt"])
 def test_the_shipped_rules_take_the_fast_path_on_a_current_clear_street_answer(
     shipped: Any, template: str

@@ -27,7 +27,7 @@ from monitor.config.secret import Secret
 from monitor.durations import parse_duration
 from monitor.yamlsource import KeyPath, Problem, YamlDocument
 
-__all__ = ["Checker", "Section", "describe_value", "key_name", "valid_host"]
+__all__ = ["Checker", "Section", "describe_value", "key_name", "redact_userinfo", "valid_host"]
 
 T = TypeVar("T")
 
@@ -45,6 +45,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HOST = re.compile(
     r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?"
 )
+_USERINFO = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*:)?/*(?P<userinfo>.*)@")
 _DURATION_HINT = "a duration such as 500ms, 2s or 1m30s"
 _MQTT = MqttConfig()  # the defaults (a slotted dataclass keeps none on the class)
 
@@ -88,6 +89,10 @@ class Checker:
             template = re.sub(r"(\$\{[^}:]*):-[^}]*\}", r"\1:-...}", self.from_env[path])
             return f"{describe_value(template)} (from the environment)"
         return describe_value(value)
+
+    def show_url(self, path: KeyPath, text: str) -> str:
+        """A URL for a message, its password never shown (see `redact_userinfo`)."""
+        return self.show(path, redact_userinfo(text))
 
     # -- ${VAR} ----------------------------------------------------------------------
 
@@ -337,17 +342,17 @@ class Checker:
             self.error(path, f"{name} must not hold credentials (user:password@)")
             return None
         if parts.scheme not in ("http", "https") or any(c.isspace() for c in text):
-            self.error(path, f"{name}: {expected}, got {self.show(path, text)}")
+            self.error(path, f"{name}: {expected}, got {self.show_url(path, text)}")
             return None
         if not parts.hostname or not valid_host(parts.hostname):
-            self.error(path, f"{name}: no valid host in {self.show(path, text)}")
+            self.error(path, f"{name}: no valid host in {self.show_url(path, text)}")
             return None
         try:
             port = parts.port
         except ValueError:
             port = 0
         if port == 0:
-            self.error(path, f"{name}: invalid port in {self.show(path, text)}")
+            self.error(path, f"{name}: invalid port in {self.show_url(path, text)}")
             return None
         if parts.query or parts.fragment or text.endswith(("?", "#")):
             self.error(path, f"{name} must not have a query (?) or fragment (#)")
@@ -414,17 +419,17 @@ class Checker:
             self.error(path, "url must not hold credentials: use username and password_file")
             return None
         if parts.scheme not in ("mqtt", "mqtts") or any(c.isspace() for c in text):
-            self.error(path, f"url: {expected}, got {self.show(path, text)}")
+            self.error(path, f"url: {expected}, got {self.show_url(path, text)}")
             return None
         if not parts.hostname or not valid_host(parts.hostname):
-            self.error(path, f"url: no valid host in {self.show(path, text)}; {expected}")
+            self.error(path, f"url: no valid host in {self.show_url(path, text)}; {expected}")
             return None
         try:
             port = parts.port
         except ValueError:
             port = 0
         if port == 0:
-            self.error(path, f"url: invalid port in {self.show(path, text)}; {expected}")
+            self.error(path, f"url: invalid port in {self.show_url(path, text)}; {expected}")
             return None
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             self.error(path, f"url: an MQTT url has no path or query; {expected}")
@@ -461,6 +466,21 @@ class Checker:
 def _resolve(base_dir: Path, text: str) -> Path:
     """A path from the file, absolute, relative ones against the config's folder."""
     return Path(os.path.normpath(base_dir / Path(text).expanduser()))
+
+
+def redact_userinfo(url: str) -> str:
+    """The URL with everything between its scheme and its last @ masked
+    (`mqtt:/***@127.0.0.1:1883`): what may be a user and password.
+
+    Not only where urlsplit finds a user: a malformed URL (one slash, a # or ? in the
+    password) puts the credentials in its path or fragment, and those are shown too.
+    The user name goes as well: without a scheme, or with a colon in the password,
+    where it ends and the password starts is a guess.
+    """
+    match = _USERINFO.match(url)
+    if match is None:
+        return url
+    return url[: match.start("userinfo")] + "***" + url[match.end("userinfo") :]
 
 
 def valid_host(host: str) -> bool:

@@ -61,9 +61,9 @@ class RuleSource:
         """Load every file now; raise SourceError (and keep the old set) on any error."""
         stamps = self._scan()
         self.status.last_attempt = self.clock()
-        warnings: list[Problem] = []
+        unmatched: list[Problem] = []  # patterns that match no file
         try:
-            rules, warnings = load_rules(expand_rule_globs(self.patterns, warnings=warnings))
+            rules, warnings = load_rules(expand_rule_globs(self.patterns, warnings=unmatched))
         except SourceError as exc:
             self.status.successful = False
             self.status.problems = exc.problems
@@ -75,8 +75,17 @@ class RuleSource:
             successful=True,
             last_attempt=self.status.last_attempt,
             last_success=self.status.last_attempt,
-            warnings=warnings,
+            warnings=unmatched + warnings,
         )
+        if not rules.rules:
+            # Allowed (a shard may have only the built-in alerts), but far more often a
+            # wrong glob: say so loudly, at start and at every reload.
+            log.warning(
+                "no rules loaded: nothing is being evaluated",
+                patterns=list(self.patterns),
+                files=len(stamps),
+                warnings=[str(w) for w in self.status.warnings],
+            )
         return rules
 
     def reload(self) -> RuleSet | None:
