@@ -59,6 +59,7 @@ from monitor.pagerduty.store import BridgeStore, StoreLocked
 from monitor.publish.link import (
     Endpoint,
     Link,
+    MqttVersion,
     call_on_change,
     describe_error,
     open_link,
@@ -117,7 +118,7 @@ class PagerDutyBridge:
         self._reconnect_min = reconnect_min
         self._reconnect_max = reconnect_max
         self._keepalive = keepalive
-        self._protocol = aiomqtt.ProtocolVersion.V5
+        self._version = MqttVersion()
         self._stopping = asyncio.Event()
         self._store: BridgeStore | None = None
         self._api: EventsApi | None = None
@@ -253,7 +254,7 @@ class PagerDutyBridge:
                 "pagerduty bridge connected",
                 host=self._endpoint.host,
                 port=self._endpoint.port,
-                protocol=5 if self._protocol == aiomqtt.ProtocolVersion.V5 else 4,
+                protocol=self._version.number,
                 client_id=self.client_id,
                 topic=self.topic,
             )
@@ -281,14 +282,7 @@ class PagerDutyBridge:
             log.warning("pagerduty bridge: unclean disconnect", error=describe_error(exc))
 
     async def _connect(self) -> Link:
-        return await open_link(self._new_link, self._downgrade)
-
-    def _downgrade(self) -> bool:
-        """The broker refused MQTT 5: use 3.1.1 from now on (False if already so)."""
-        if self._protocol != aiomqtt.ProtocolVersion.V5:
-            return False
-        self._protocol = aiomqtt.ProtocolVersion.V311
-        return True
+        return await open_link(self._new_link, self._version)
 
     async def _new_link(self) -> Link:
         mqtt = self.config.mqtt
@@ -296,7 +290,7 @@ class PagerDutyBridge:
         tls_context = None
         if self._endpoint.tls:
             tls_context = await asyncio.to_thread(ssl_context, mqtt.tls)
-        if self._protocol == aiomqtt.ProtocolVersion.V5:
+        if self._version.v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             expiry = min(max(0, round(self.config.session_expiry)), 0xFFFFFFFF)
             properties.SessionExpiryInterval = expiry
@@ -313,7 +307,7 @@ class PagerDutyBridge:
             username=mqtt.username,
             password=password,
             identifier=self.client_id,
-            protocol=self._protocol,
+            protocol=self._version.protocol,
             keepalive=self._keepalive,
             timeout=_CONNECT_TIMEOUT,
             tls_context=tls_context,

@@ -4,8 +4,9 @@
 `Link` is one connection (aiomqtt's Client plus PUBACK reason codes, the broker's
 Receive Maximum and an abort without DISCONNECT); `ssl_context` builds the TLS context
 of a `TlsConfig`; `open_link` connects, stepping down to MQTT 3.1.1 when the broker
-refuses MQTT 5; `describe_error` is the short text of a failure for logs;
-`call_on_change` calls an owner's `on_change` callback, logging (not raising) its failure.
+refuses MQTT 5 (`MqttVersion` remembers it); `describe_error` is the short text of a
+failure for logs; `call_on_change` calls an owner's `on_change` callback, logging (not
+raising) its failure.
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ from structlog.typing import FilteringBoundLogger
 
 from monitor.config.model import TlsConfig
 
-__all__ = ["Endpoint", "Link", "call_on_change", "describe_error", "open_link", "ssl_context"]
+__all__ = [
+    "Endpoint",
+    "Link",
+    "MqttVersion",
+    "call_on_change",
+    "describe_error",
+    "open_link",
+    "ssl_context",
+]
 
 log = structlog.get_logger("riskmon.mqtt")
 
@@ -170,16 +179,42 @@ def _consume(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-async def open_link(make: Callable[[], Awaitable[Link]], downgrade: Callable[[], bool]) -> Link:
-    """A connected link from `make()`; when the broker refuses the protocol version and
-    `downgrade()` can step down to MQTT 3.1.1, try again with it."""
+class MqttVersion:
+    """The MQTT version an owner connects with: 5 until a broker refuses it, then 3.1.1
+    from then on (`open_link` steps down)."""
+
+    __slots__ = ("protocol",)
+
+    def __init__(self) -> None:
+        self.protocol = aiomqtt.ProtocolVersion.V5
+
+    @property
+    def v5(self) -> bool:
+        return self.protocol == aiomqtt.ProtocolVersion.V5
+
+    @property
+    def number(self) -> int:
+        """4 or 5, as the status payloads give it."""
+        return 5 if self.v5 else 4
+
+    def downgrade(self) -> bool:
+        """Use MQTT 3.1.1 from now on; False if already so."""
+        if not self.v5:
+            return False
+        self.protocol = aiomqtt.ProtocolVersion.V311
+        return True
+
+
+async def open_link(make: Callable[[], Awaitable[Link]], version: MqttVersion) -> Link:
+    """A connected link from `make()` (which connects with `version.protocol`); when the
+    broker refuses MQTT 5, try again with 3.1.1."""
     while True:
         link = await make()
         try:
             await link.__aenter__()
         except MqttConnectError as exc:
             link.abort()
-            if exc.rc in _UNSUPPORTED_PROTOCOL and downgrade():
+            if exc.rc in _UNSUPPORTED_PROTOCOL and version.downgrade():
                 log.info("mqtt broker refuses MQTT 5; using MQTT 3.1.1")
                 continue
             raise

@@ -75,6 +75,7 @@ from monitor.publish.events import (
 from monitor.publish.link import (
     Endpoint,
     Link,
+    MqttVersion,
     call_on_change,
     describe_error,
     open_link,
@@ -188,7 +189,7 @@ class MqttPublisher:
         self._client_id = config.client_id or f"riskmon-{instance}"
         self.status_topic = status_topic(prefix, instance)
         self.heartbeat_topic = heartbeat_topic(prefix, instance)
-        self._protocol = aiomqtt.ProtocolVersion.V5
+        self._version = MqttVersion()
 
         self.published_total = 0
         self.last_error: str | None = None
@@ -208,7 +209,7 @@ class MqttPublisher:
     @property
     def protocol_version(self) -> int:
         """5 (MQTT 5) or 4 (MQTT 3.1.1: the broker refused 5)."""
-        return 5 if self._protocol == aiomqtt.ProtocolVersion.V5 else 4
+        return self._version.number
 
     def notify(self) -> None:
         """New records are in the outbox: publish them now. Call on the event loop.
@@ -309,14 +310,7 @@ class MqttPublisher:
         await self._goodbye(link)
 
     async def _connect(self) -> Link:
-        return await open_link(self._new_link, self._downgrade)
-
-    def _downgrade(self) -> bool:
-        """The broker refused MQTT 5: use 3.1.1 from now on (False if already so)."""
-        if self._protocol != aiomqtt.ProtocolVersion.V5:
-            return False
-        self._protocol = aiomqtt.ProtocolVersion.V311
-        return True
+        return await open_link(self._new_link, self._version)
 
     async def _new_link(self) -> Link:
         config = self._config
@@ -326,7 +320,7 @@ class MqttPublisher:
         tls_context = None
         if self._endpoint.tls:
             tls_context = await asyncio.to_thread(ssl_context, config.tls)
-        v5 = self._protocol == aiomqtt.ProtocolVersion.V5
+        v5 = self._version.v5
         will = aiomqtt.Will(
             self.status_topic,
             encode(status_payload("offline", instance=self.instance, at=time.time())),
@@ -340,7 +334,7 @@ class MqttPublisher:
             username=config.username,
             password=password,
             identifier=self._client_id,
-            protocol=self._protocol,
+            protocol=self._version.protocol,
             will=will,
             clean_session=None if v5 else True,
             keepalive=self._keepalive,
@@ -502,7 +496,7 @@ class MqttPublisher:
     async def _heartbeats(self, link: Link) -> None:
         loop = asyncio.get_running_loop()
         properties = None
-        if self._protocol == aiomqtt.ProtocolVersion.V5:
+        if self._version.v5:
             properties = _json_properties(PacketTypes.PUBLISH)
             properties.MessageExpiryInterval = max(1, round(3 * self._heartbeat_interval))
         due = loop.time()
@@ -525,7 +519,7 @@ class MqttPublisher:
 
     def _properties(self, payload: bytes) -> Properties | None:
         """The properties of a JSON publish: none for an empty payload or MQTT 3.1.1."""
-        if not payload or self._protocol != aiomqtt.ProtocolVersion.V5:
+        if not payload or not self._version.v5:
             return None
         return _PUBLISH_JSON
 
