@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from monitor.config.model import MqttConfig, TlsConfig
 from monitor.config.secret import Secret
@@ -336,28 +336,53 @@ class Checker:
         if text is None:
             return None
         name = key_name(path)
-        expected = "expected an http:// or https:// URL such as https://api.example.com"
+        parts = self._url_parts(
+            path,
+            text,
+            ("http", "https"),
+            expected="expected an http:// or https:// URL such as https://api.example.com",
+            credentials=f"{name} must not hold credentials (user:password@)",
+            hint="",
+        )
+        if parts is None:
+            return None
+        if parts.query or parts.fragment or text.endswith(("?", "#")):
+            self.error(path, f"{name} must not have a query (?) or fragment (#)")
+            return None
+        return text
+
+    def _url_parts(
+        self,
+        path: KeyPath,
+        text: str,
+        schemes: tuple[str, ...],
+        *,
+        expected: str,
+        credentials: str,
+        hint: str,
+    ) -> SplitResult | None:
+        """A URL's parts once it holds no credentials (`credentials` is the error
+        otherwise, never echoing them), has one of `schemes` and a valid host and port;
+        None after the error. `hint` ends the host and port errors."""
+        name = key_name(path)
         parts = urlsplit(text)
         if "@" in parts.netloc:  # never echo what may be a password
-            self.error(path, f"{name} must not hold credentials (user:password@)")
+            self.error(path, credentials)
             return None
-        if parts.scheme not in ("http", "https") or any(c.isspace() for c in text):
+        if parts.scheme not in schemes or any(c.isspace() for c in text):
             self.error(path, f"{name}: {expected}, got {self.show_url(path, text)}")
             return None
         if not parts.hostname or not valid_host(parts.hostname):
-            self.error(path, f"{name}: no valid host in {self.show_url(path, text)}")
+            self.error(path, f"{name}: no valid host in {self.show_url(path, text)}{hint}")
             return None
         try:
             port = parts.port
         except ValueError:
             port = 0
         if port == 0:
-            self.error(path, f"{name}: invalid port in {self.show_url(path, text)}")
+            self.error(path, f"{name}: invalid port in {self.show_url(path, text)}{hint}")
             return None
-        if parts.query or parts.fragment or text.endswith(("?", "#")):
-            self.error(path, f"{name} must not have a query (?) or fragment (#)")
-            return None
-        return text
+        return parts
 
     # -- the mqtt section (the same in both configs) ---------------------------------
 
@@ -414,22 +439,15 @@ class Checker:
         if text == "embedded":
             return text
         expected = "expected mqtt://HOST:PORT, mqtts://HOST:PORT or embedded"
-        parts = urlsplit(text)
-        if "@" in parts.netloc:  # never echo what may be a password
-            self.error(path, "url must not hold credentials: use username and password_file")
-            return None
-        if parts.scheme not in ("mqtt", "mqtts") or any(c.isspace() for c in text):
-            self.error(path, f"url: {expected}, got {self.show_url(path, text)}")
-            return None
-        if not parts.hostname or not valid_host(parts.hostname):
-            self.error(path, f"url: no valid host in {self.show_url(path, text)}; {expected}")
-            return None
-        try:
-            port = parts.port
-        except ValueError:
-            port = 0
-        if port == 0:
-            self.error(path, f"url: invalid port in {self.show_url(path, text)}; {expected}")
+        parts = self._url_parts(
+            path,
+            text,
+            ("mqtt", "mqtts"),
+            expected=expected,
+            credentials="url must not hold credentials: use username and password_file",
+            hint=f"; {expected}",
+        )
+        if parts is None:
             return None
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             self.error(path, f"url: an MQTT url has no path or query; {expected}")
