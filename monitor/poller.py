@@ -390,12 +390,12 @@ class VenuePoller:
     def _back_off_venue(self, error: VenueAuthError, loop: asyncio.AbstractEventLoop) -> None:
         self._auth_retry_at = loop.time() + self._auth_backoff
         self._auth_backoff = min(self._auth_backoff * 2, AUTH_BACKOFF_MAX)
-        now = self.adapter.credential_digest()
-        if now is None:  # no credential file: nothing can change until a reload
+        on_disk = self.adapter.credential_digest()
+        if on_disk is None:  # no credential file: nothing can change until a reload
             return
         # The adapter names the credential it sent when it can: the file may have
         # changed while the refused request was in flight.
-        self._refused_credential = error.credential_digest or now
+        self._refused_credential = error.credential_digest or on_disk
         if self._credential_watch is None and not self._stopping:
             self._credential_watch = loop.create_task(self._watch_credentials())
 

@@ -86,9 +86,12 @@ class Secret:
             self._check_after = now + RECHECK_SECONDS
             return self._cached
 
-    def digest(self) -> str:
+    def digest(self) -> str | None:
         """`digest_of` the value in the file now (`UNREADABLE_DIGEST` when it cannot be
-        read); a `stat`, and a read only when the file changed."""
+        read); a `stat`, and a read only when the file changed. None for a secret not
+        read from a file: it cannot change while riskmon runs."""
+        if self.path is None:
+            return None
         try:
             return digest_of(self.get(fresh=True))
         except SecretUnavailable:

@@ -224,7 +224,7 @@ class ClearStreetAdapter(VenueAdapter):
 
     def credential_digest(self) -> str | None:
         key = self.config.api_key
-        return key.digest() if key is not None and key.path is not None else None
+        return key.digest() if key is not None else None
 
     def _error(self, response: HttpResponse) -> VenueError:
         body = try_decode_json(response)

@@ -125,11 +125,6 @@ class TokenProvider:
         self._key = (pem, key)
         return key
 
-    def key_digest(self) -> str | None:
-        """The private key file's digest now; None when the key is not from a file."""
-        key = self.config.private_key
-        return key.digest() if key.path is not None else None
-
     async def _mint(self, deadline: float) -> AccessToken:
         assertion = self.assertion()
         signed_with = self._key[0] if self._key is not None else None

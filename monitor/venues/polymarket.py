@@ -154,7 +154,7 @@ class PolymarketAdapter(VenueAdapter):
         return await with_retries(attempt, deadline=deadline)
 
     def credential_digest(self) -> str | None:
-        return self.auth.key_digest()
+        return self.auth.config.private_key.digest()
 
     def _error(self, response: HttpResponse) -> VenueError:
         body = try_decode_json(response)
