@@ -316,8 +316,7 @@ class Daemon(PollListener):
     def on_accounts_changed(self, venue: str, added: list[str], removed: list[str]) -> None:
         now = time.time()
         for account in removed:
-            self.metrics.remove_account(venue, account)
-            self._emit(self.evaluator.forget_account(venue, account, now))
+            self._account_gone(venue, account, now)
         if added or removed:
             log.info("accounts changed", venue=venue, added=len(added), removed=len(removed))
         self._set_venue_metrics(venue)
@@ -333,8 +332,12 @@ class Daemon(PollListener):
                 venue in self._unsettled or account == VENUE_WIDE or account in poller.accounts
             ):
                 continue
-            self.metrics.remove_account(venue, account)
-            self._emit(self.evaluator.forget_account(venue, account, now))
+            self._account_gone(venue, account, now)
+
+    def _account_gone(self, venue: str, account: str, now: float) -> None:
+        """Its series go; its firing alerts resolve ("account no longer monitored")."""
+        self.metrics.remove_account(venue, account)
+        self._emit(self.evaluator.forget_account(venue, account, now))
 
     def on_cycle(self, venue: str) -> None:
         # First polls are caught up (monitor/poller.py): the daemon may turn ready before
