@@ -187,12 +187,13 @@ async def stop_process(process: asyncio.subprocess.Process) -> None:
 # -- reading a process ----------------------------------------------------------------------
 
 
-def rss_bytes(pid: int | str = "self") -> int:
-    """Resident set size of a process, from /proc (Linux)."""
+def rss_bytes(pid: int | str = "self", *, peak: bool = False) -> int:
+    """Resident set size of a process now (or its `peak` so far), from /proc (Linux)."""
+    field = "VmHWM:" if peak else "VmRSS:"
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -129,13 +129,6 @@ def _polls(metrics: str) -> float:
     )
 
 
-def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
-
-
 async def _measure(
     base: str, folder: Path, keys: Path, cs: int, pm: int, seconds: float
 ) -> dict[str, Any]:
@@ -177,7 +170,7 @@ async def _measure(
                     last = now
                 wall = time.monotonic() - wall0
                 polls = _polls(metrics) - polls0
-                peak = _peak_rss(daemon.pid)
+                peak = rss_bytes(daemon.pid, peak=True)
         finally:
             await stop_process(daemon)
             log.close()
