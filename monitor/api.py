@@ -7,7 +7,8 @@ daemon's own event loop: no second thread, no hand-written HTTP. The daemon impl
 
 - `GET /metrics`: `ApiSource.metrics_text()`, text format 0.0.4; gzip when the client
   accepts it and the body is 1 KiB or more;
-- `GET /healthz`: 200 `ok` while `healthy()`, else 503 `unhealthy`;
+- `GET /healthz`: 200 `ok` while `health_problems()` is empty, else 503 `unhealthy` and
+  a line `component: reason` for each problem;
 - `GET /readyz`: `{"ready": bool, "checks": {name: bool}, "failed": [name]}`, 200 when
   every check holds, else 503;
 - `GET /api/v1/alerts`: `{"alerts": [alert_json...]}`; filters `?venue=`, `?account=`,
@@ -65,9 +66,11 @@ class ApiSource(Protocol):
         """The /metrics body (`Metrics.render()`)."""
         ...
 
-    def healthy(self) -> bool:
-        """The event loop is alive: answering proves it runs now; the daemon also checks
-        that its periodic tick is not late (a loop blocked or starved recently)."""
+    def health_problems(self) -> dict[str, str]:
+        """What keeps riskmon from alerting now, by component (empty: healthy). The
+        event loop is alive (answering proves it runs now); the daemon also checks that
+        its periodic tick is not late, and the parts that can fail say so
+        (`monitor.health`)."""
         ...
 
     def readiness(self) -> dict[str, bool]:
@@ -251,9 +254,13 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    if _source(request).healthy():
+    problems = _source(request).health_problems()
+    if not problems:
         return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
-    return web.Response(text="unhealthy\n", status=503, headers={"Cache-Control": "no-store"})
+    lines = "".join(f"{name}: {reason}\n" for name, reason in sorted(problems.items()))
+    return web.Response(
+        text="unhealthy\n" + lines, status=503, headers={"Cache-Control": "no-store"}
+    )
 
 
 async def _readyz(request: web.Request) -> web.Response:

@@ -43,6 +43,7 @@ from monitor.engine.lifecycle import AlertBook, AlertEvent
 from monitor.engine.model import Rule, RuleSet
 from monitor.engine.reload import RuleSource
 from monitor.errors import VenueAuthError, VenueError
+from monitor.health import HealthProblems
 from monitor.metrics import Metrics
 from monitor.poller import AccountState, PollListener, VenuePoller
 from monitor.publish.events import to_entry
@@ -103,6 +104,7 @@ class Daemon(PollListener):
         )
         self.health = Evaluator(builtin_rules(), self.book)
         self.metrics = Metrics()
+        self.problems = HealthProblems()  # what keeps riskmon from alerting: /healthz
         self._failing_rules: set[str] = set()  # alertnames whose failure was logged as a warning
         self._rules_loaded(self.rule_source.rules)
         self.metrics.set_reload(True, self.started_at)
@@ -606,8 +608,12 @@ class Daemon(PollListener):
     def metrics_text(self) -> bytes:
         return self.metrics.render()
 
-    def healthy(self) -> bool:
-        return time.monotonic() - self.last_tick < 5 * TICK + 5
+    def health_problems(self) -> dict[str, str]:
+        problems = self.problems.reasons()
+        late = time.monotonic() - self.last_tick
+        if late >= 5 * TICK + 5:
+            problems["tick"] = f"the periodic tick is {late:.0f} s late"
+        return problems
 
     def readiness(self) -> dict[str, bool]:
         return {

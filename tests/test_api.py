@@ -84,7 +84,7 @@ class FakeSource:
 
     def __init__(self) -> None:
         self.metrics_body = b"# HELP riskmon_up x\n# TYPE riskmon_up gauge\nriskmon_up 1\n"
-        self.is_healthy = True
+        self.problems: dict[str, str] = {}
         self.checks = {"config_loaded": True, "first_poll_cycle_done": True, "mqtt_connected": True}
         self.alert_list = [
             alert_json(make_alert("BuyingPowerBelowFloor", AlertPhase.FIRING)),
@@ -100,8 +100,8 @@ class FakeSource:
     def metrics_text(self) -> bytes:
         return self.metrics_body
 
-    def healthy(self) -> bool:
-        return self.is_healthy
+    def health_problems(self) -> dict[str, str]:
+        return dict(self.problems)
 
     def readiness(self) -> dict[str, bool]:
         return dict(self.checks)
@@ -250,9 +250,9 @@ async def test_healthz(
     status, headers, body = await get(client, server, "/healthz")
     assert (status, body) == (200, b"ok\n")
     assert headers["Content-Type"].startswith("text/plain")
-    source.is_healthy = False
+    source.problems = {"outbox": "cannot write: disk full"}
     status, _, body = await get(client, server, "/healthz")
-    assert (status, body) == (503, b"unhealthy\n")
+    assert (status, body) == (503, b"unhealthy\noutbox: cannot write: disk full\n")
 
 
 async def test_readyz_ready(server: AsyncHttpServer, client: aiohttp.ClientSession) -> None:
