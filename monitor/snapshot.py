@@ -137,6 +137,12 @@ MAX_DIGITS = 40
 MAX_MAGNITUDE = 30
 
 
+#: The longest text a known string field may hold: they are codes, dates and ids
+#: (`currency`, `margin_type`, `sod.asof`), and `currency` labels every metric of its
+#: account. Unknown fields' text is not bounded.
+MAX_KNOWN_TEXT = 64
+
+
 def in_money_range(number: Decimal) -> bool:
     """A finite `number` within MAX_DIGITS and +-MAX_MAGNITUDE."""
     return (
@@ -209,6 +215,11 @@ def _coerce(value: Any, kind: FieldType | None, path: str) -> Any:
         return value
     if not isinstance(value, str):
         raise SnapshotParseError(f"field {path}: expected a string, got {_show(value)}")
+    if len(value) > MAX_KNOWN_TEXT:
+        raise SnapshotParseError(
+            f"field {path}: text of {len(value)} characters, more than the "
+            f"{MAX_KNOWN_TEXT} riskmon accepts there"
+        )
     return _shared_text(value)
 
 
