@@ -17,7 +17,11 @@ from conftest import SimCredentials
 
 from monitor.config import AccountConfig, DiscoveryConfig, Secret, VenueConfig
 from monitor.config.loader import parse_config
-from monitor.errors import SnapshotParseError, VenueAuthError, VenueRequestError
+from monitor.errors import (
+    SnapshotParseError,
+    VenueAuthError,
+    VenueRequestError,
+)
 from monitor.metrics import LABEL_CUT_MARKER, MAX_LABEL_CHARS, Metrics
 from monitor.simulator import Simulator
 from monitor.snapshot import Snapshot
@@ -332,3 +336,24 @@ venues:
         parse_config(file_config, "riskmon.yaml", base_dir=tmp_path, environ={})
     [message] = [str(p) for p in caught.value.problems]
     assert f"cs.key {problem}" in message
+
+
+async def test_a_discovered_id_with_a_lone_surrogate_is_polled_as_valid_text(
+    simulator: Simulator, cs_config: VenueConfig, http_client: HttpClient
+) -> None:
+    simulator.add_fault(
+        {
+            "venue": "clearstreet",
+            "endpoint": "accounts",
+            "kind": "malformed",
+            "status": 200,
+            "body": '{"data": [{"id": "19\\ud80016"}, {"id": "19817"}], "metadata": {}}',
+            "content_type": "application/json",
+            "count": 1,
+        }
+    )
+    config = dataclasses.replace(cs_config, discovery=DiscoveryConfig())
+    adapter = ClearStreetAdapter(config, http_client)
+    assert await adapter.list_accounts(deadline()) == ["19\ufffd16", "19817"]
+    with pytest.raises(VenueRequestError, match="19\ufffd16"):  # asked for, percent-encoded
+        await fetch(adapter, "19\ufffd16")

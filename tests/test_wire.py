@@ -90,3 +90,15 @@ def test_a_body_that_is_not_json_is_a_parse_error_naming_size_and_request() -> N
         assert f"{len(body)} bytes" in str(caught.value)
         assert caught.value.request_id == "req-7"
         assert try_decode_json(answer(body)) is None
+
+
+def test_times_in_text_keep_an_answer_on_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polymarket's `updateTime` holds colons; only a repeat-or-text doubt goes the slow way."""
+
+    def careful(body: bytes) -> None:
+        raise AssertionError("decoded on the careful path")
+
+    body = b'{"balance":"1","updateTime":"2026-01-01T12:00:00Z","securities":{"X":{"b":"1"}}}'
+    monkeypatch.setattr("monitor.venues.wire._careful_loads", careful)
+    assert decode_json(answer(body))["updateTime"] == "2026-01-01T12:00:00Z"
+    assert decode_json(answer(body.replace(b'":', b'" :')))["balance"] == "1"

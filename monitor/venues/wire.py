@@ -70,12 +70,28 @@ def _loads(body: bytes) -> Any:
         raise AnswerRefused(_too_deep()) from None
     # msgspec keeps the last of repeated keys silently. Every key is followed by one
     # colon, so when the body holds no more colons than the decoded objects have keys, no
-    # key was dropped. More colons (in text values, or repeated keys): the careful path
-    # decides. msgspec never returns a lone surrogate; its objects need the depth check.
+    # key was dropped. More colons (in text: times, URLs) are counted again, only those
+    # right after a quote or a blank, as a key's is; still more (repeated keys, or such
+    # text) and the careful path decides. msgspec never returns a lone surrogate; its
+    # objects need the depth check.
     kind = type(value)
-    if (kind is dict or kind is list) and _keys_in(value, 0) != body.count(b":"):
-        return _careful_loads(body)
+    if kind is dict or kind is list:
+        keys = _keys_in(value, 0)
+        if keys != body.count(b":") and keys != _colons_after_quotes_or_blanks(body):
+            return _careful_loads(body)
     return value
+
+
+def _colons_after_quotes_or_blanks(body: bytes) -> int:
+    """At least the number of keys in UTF-8 JSON: a key's colon follows its closing
+    quote, or the last of the JSON blanks (space, tab, line feed, return) after it."""
+    return (
+        body.count(b'":')
+        + body.count(b" :")
+        + body.count(b"\n:")
+        + body.count(b"\t:")
+        + body.count(b"\r:")
+    )
 
 
 def _careful_loads(body: bytes) -> Any:
