@@ -143,6 +143,9 @@ MAX_MAGNITUDE = 30
 MAX_KNOWN_TEXT = 64
 
 
+_MAGNITUDES = range(-MAX_MAGNITUDE, MAX_MAGNITUDE + 1)
+
+
 def in_money_range(number: Decimal) -> bool:
     """A finite `number` within MAX_DIGITS and +-MAX_MAGNITUDE."""
     return (
@@ -279,6 +282,7 @@ def _walk(
             schema._steps[pattern] = steps
     outside_collections = path == pattern  # then every child's path is its pattern
     decimal_kind = FieldType.DECIMAL
+    max_digits, magnitudes = MAX_DIGITS, _MAGNITUDES
     for raw_key, value in node.items():
         if value is None:
             continue
@@ -297,8 +301,8 @@ def _walk(
                 if (
                     number.is_finite()
                     and "_" not in value
-                    and len(value) <= MAX_DIGITS
-                    and -MAX_MAGNITUDE <= number.adjusted() <= MAX_MAGNITUDE
+                    and len(value) <= max_digits
+                    and number.adjusted() in magnitudes
                 ):
                     converted[key] = out[child_path] = number
                     continue
