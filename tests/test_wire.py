@@ -58,10 +58,14 @@ def test_text_that_no_encoding_can_write_becomes_the_replacement_character() -> 
         b'{"buying_power": "1", "buying_power": "2"}',
         b'{"data":{"buying_power":"1","sod":{"asof":"12:00","equity":"1","equity":"1"}}}',
         b'[{"a": 1}, {"b": 1, "c": {"d": 1, "d": null}}]',
+        b'{"x\\ud800": 1, "x\\udc00": 2}',
     ],
 )
 def test_a_key_repeated_in_one_object_makes_the_answer_ambiguous(body: bytes) -> None:
-    with pytest.raises(SnapshotParseError, match=r"ambiguous: key '[a-z_]+' appears twice"):
+    with pytest.raises(
+        SnapshotParseError,
+        match=r"ambiguous: (key '[a-z_]+' appears twice|two keys differ only in invalid text)",
+    ):
         decode_json(answer(body))
     assert try_decode_json(answer(body)) is None
 

@@ -146,7 +146,10 @@ def _valid(node: Any, depth: int) -> Any:
     if kind is dict:
         if depth >= MAX_DEPTH:
             raise AnswerRefused(_too_deep())
-        return {valid_text(k): _valid(v, depth + 1) for k, v in node.items()}
+        valid = {valid_text(k): _valid(v, depth + 1) for k, v in node.items()}
+        if len(valid) != len(node):  # "\ud800" and "\udc00" are both "\ufffd" now
+            raise AnswerRefused("response is ambiguous: two keys differ only in invalid text")
+        return valid
     if kind is list:
         if depth >= MAX_DEPTH:
             raise AnswerRefused(_too_deep())
