@@ -280,13 +280,26 @@ def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
+#: Label values longer than this (a venue's currency, a discovered account id) are cut
+#: and end in LABEL_CUT_MARKER: one account must not make every scrape megabytes long.
+MAX_LABEL_CHARS = 128
+LABEL_CUT_MARKER = "...(cut)"
+
+
+def _bounded(value: str) -> str:
+    if len(value) <= MAX_LABEL_CHARS:
+        return value
+    return value[: MAX_LABEL_CHARS - len(LABEL_CUT_MARKER)] + LABEL_CUT_MARKER
+
+
 def _labels(**labels: str | None) -> bytes:
-    """`name="value",...` (escaped, UTF-8); labels whose value is None are left out."""
+    """`name="value",...` (escaped, UTF-8, each value at most MAX_LABEL_CHARS); labels
+    whose value is None are left out."""
     return ",".join(
-        f'{name}="{escape_label_value(value)}"'
+        f'{name}="{escape_label_value(_bounded(value))}"'
         for name, value in labels.items()
         if value is not None
-    ).encode()
+    ).encode(errors="replace")
 
 
 def _float_text(number: float) -> bytes:

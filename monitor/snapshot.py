@@ -129,6 +129,39 @@ def _decimal_text(text: str) -> Decimal | None:
     return number
 
 
+#: The range of numbers a venue may send for money and quantities: at most MAX_DIGITS
+#: significant digits, and a magnitude (the power of ten of the leading digit) within
+#: +-MAX_MAGNITUDE. Beyond it a number is an error or an attack: `"-1E+999999999"` is a
+#: valid decimal whose `format(d, "f")` takes 2 GB, and its arithmetic is as costly.
+MAX_DIGITS = 40
+MAX_MAGNITUDE = 30
+
+
+#: The longest text a known string field may hold: they are codes, dates and ids
+#: (`currency`, `margin_type`, `sod.asof`), and `currency` labels every metric of its
+#: account. Unknown fields' text is not bounded.
+MAX_KNOWN_TEXT = 64
+
+
+_MAGNITUDES = range(-MAX_MAGNITUDE, MAX_MAGNITUDE + 1)
+
+
+def in_money_range(number: Decimal) -> bool:
+    """A finite `number` within MAX_DIGITS and +-MAX_MAGNITUDE."""
+    return (
+        number.is_finite()
+        and -MAX_MAGNITUDE <= number.adjusted() <= MAX_MAGNITUDE
+        and len(number.as_tuple().digits) <= MAX_DIGITS
+    )
+
+
+def _out_of_range(value: Any, path: str) -> SnapshotParseError:
+    return SnapshotParseError(
+        f"field {path}: {_show(value)} is outside the range of money riskmon accepts "
+        f"(finite, at most {MAX_DIGITS} digits, exponent within +-{MAX_MAGNITUDE})"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class FieldSchema:
     """What a venue is known to send: types of known paths, maps with data keys.
@@ -152,18 +185,30 @@ class FieldSchema:
 def _coerce(value: Any, kind: FieldType | None, path: str) -> Any:
     """Check a known field's type; lenient conversion of unknown ones."""
     if kind is None:
+        # An unknown field's number out of range (a long reference number, say) stays
+        # text: nothing reads it as money, and the poll need not fail for it.
         if isinstance(value, str):
             number = to_decimal(value)
-            return _shared_text(value) if number is None else number
+            if number is None or not in_money_range(number):
+                return _shared_text(value)
+            return number
         if isinstance(value, float):  # only when the caller parsed floats as floats
-            return Decimal(repr(value))
-        if isinstance(value, int) and not isinstance(value, bool):
-            return Decimal(value)
-        return value
+            number = Decimal(repr(value))
+        elif isinstance(value, Decimal):
+            number = value
+        elif isinstance(value, int) and not isinstance(value, bool):
+            number = Decimal(value)
+        else:
+            return value
+        return number if in_money_range(number) else str(number)
     if kind is FieldType.DECIMAL or kind is FieldType.INTEGER:
         number = to_decimal(value)
         if number is None:
+            if isinstance(value, Decimal):  # NaN or an infinity
+                raise _out_of_range(value, path)
             raise SnapshotParseError(f"field {path}: expected a decimal number, got {_show(value)}")
+        if not in_money_range(number):
+            raise _out_of_range(value, path)
         if kind is FieldType.INTEGER and number != number.to_integral_value():
             raise SnapshotParseError(f"field {path}: expected an integer, got {_show(value)}")
         return number
@@ -173,6 +218,11 @@ def _coerce(value: Any, kind: FieldType | None, path: str) -> Any:
         return value
     if not isinstance(value, str):
         raise SnapshotParseError(f"field {path}: expected a string, got {_show(value)}")
+    if len(value) > MAX_KNOWN_TEXT:
+        raise SnapshotParseError(
+            f"field {path}: text of {len(value)} characters, more than the "
+            f"{MAX_KNOWN_TEXT} riskmon accepts there"
+        )
     return _shared_text(value)
 
 
@@ -232,6 +282,7 @@ def _walk(
             schema._steps[pattern] = steps
     outside_collections = path == pattern  # then every child's path is its pattern
     decimal_kind = FieldType.DECIMAL
+    max_digits, magnitudes = MAX_DIGITS, _MAGNITUDES
     for raw_key, value in node.items():
         if value is None:
             continue
@@ -246,7 +297,13 @@ def _walk(
             except (InvalidOperation, ValueError):
                 pass
             else:
-                if number.is_finite() and "_" not in value:
+                # a short text's digits are in range (the one-call check for most fields)
+                if (
+                    number.is_finite()
+                    and "_" not in value
+                    and len(value) <= max_digits
+                    and number.adjusted() in magnitudes
+                ):
                     converted[key] = out[child_path] = number
                     continue
         converted[key] = out[child_path] = _convert(value, child_path, child_pattern, schema, out)

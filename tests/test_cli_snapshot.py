@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +107,34 @@ def test_snapshot_into_a_closed_pipe_exits_quietly(example_setup: Path) -> None:
         os.close(write_end)
     assert result.returncode == 141
     assert result.stderr == ""
+
+
+def test_an_answer_nested_900_levels_fails_its_account_only(example_setup: Path) -> None:
+    """Issue 11: it raised RecursionError in `flatten`, and nothing was printed at all."""
+    base = re.search(r"http://127\.0\.0\.1:\d+", example_setup.read_text())
+    assert base is not None
+    deep = '{"a": ' * 900 + "1" + "}" * 900
+    fault = {
+        "venue": "clearstreet",
+        "endpoint": "balances",
+        "account": "19817",
+        "kind": "malformed",
+        "status": 200,
+        "body": '{"data": {"buying_power": "1.00", "deep": ' + deep + "}}",
+        "content_type": "application/json",
+    }
+    request = urllib.request.Request(
+        base.group() + "/_sim/faults", data=json.dumps(fault).encode(), method="POST"
+    )
+    request.add_header("content-type", "application/json")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        fault_id = json.loads(answer.read())["id"]
+    try:
+        result = riskmon("snapshot", "-c", str(example_setup), "--venue", "cs-sim")
+    finally:
+        delete = urllib.request.Request(f"{base.group()}/_sim/faults/{fault_id}", method="DELETE")
+        urllib.request.urlopen(delete, timeout=10).close()
+    assert result.returncode == 2, result.stderr
+    assert "cs-sim / 19817  FAILED  SnapshotParseError" in result.stdout
+    assert "more than 32 levels deep" in result.stdout
+    assert "cs-sim / 19816  ok" in result.stdout

@@ -711,6 +711,10 @@ MALFORMED = {
         "bad Content-Length '12abc'",
     ),
     "negative Content-Length": (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "Content-Length"),
+    "Content-Length of 5,000 digits": (
+        b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
+        "bad Content-Length: 5000 digits",
+    ),
     "Content-Length not ASCII digits": (
         b"HTTP/1.1 200 OK\r\nContent-Length: \xb9\r\n\r\n",
         "bad Content-Length",

@@ -14,7 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.errors import SnapshotParseError
-from monitor.snapshot import FieldSchema, FieldType, flatten, snake_case, to_decimal
+from monitor.snapshot import (
+    FieldSchema,
+    FieldType,
+    flatten,
+    in_money_range,
+    snake_case,
+    to_decimal,
+)
+from monitor.venues.clearstreet import SCHEMA as _CS_SCHEMA
 from monitor.venues.clearstreet import ClearStreetAdapter
 from monitor.venues.polymarket import PolymarketAdapter
 
@@ -230,10 +238,13 @@ def test_to_decimal_takes_exactly_the_plain_decimal_syntax(text: str) -> None:
     assert result == expected
     assert result is None or expected is None or result.as_tuple() == expected.as_tuple()
     # flatten's own copy of the check, inlined in its field loop for speed, takes the same
+    # within the range of money
     try:
         parsed = flatten({"x": text}, _ONE_DECIMAL)["x"]
     except SnapshotParseError:
         parsed = None
+    if expected is not None and not in_money_range(expected):
+        expected = None
     assert parsed == expected
     assert parsed is None or expected is None or parsed.as_tuple() == expected.as_tuple()
 
@@ -245,3 +256,39 @@ def test_flatten_skips_null_items_and_keeps_lists_whole() -> None:
     schema = FieldSchema({"xs.*.v": FieldType.DECIMAL})
     fields = flatten({"xs": [{"v": "1"}, None, {"v": "2"}]}, schema)
     assert fields["xs"] == [{"v": Decimal(1)}, {"v": Decimal(2)}]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "-1E+999999999",
+        "1E+31",
+        "1E-31",
+        "0E-100",
+        "1" + "0" * 40,
+        "0." + "1" * 41,
+        Decimal("-1E+999999999"),
+        Decimal("NaN"),
+        Decimal("-Infinity"),
+        10**41,
+    ],
+)
+def test_numbers_beyond_the_range_of_money_are_a_parse_error_naming_the_field(
+    value: object,
+) -> None:
+    with pytest.raises(SnapshotParseError, match=r"field daily_pnl: .* outside the range of money"):
+        flatten({"daily_pnl": value}, _CS_SCHEMA)
+    with pytest.raises(SnapshotParseError, match=r"field sod\.equity: .* outside the range"):
+        flatten({"sod": {"equity": value}}, _CS_SCHEMA)
+    # an unknown field's out-of-range number is kept as its text: nothing reads it as money
+    assert flatten({"reference": value}, _CS_SCHEMA)["reference"] == str(value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1E+30", "-9.99E+30", "1E-30", "0.00", "1" * 31 + "." + "1" * 9, "0." + "0" * 29 + "1", "-0"],
+)
+def test_numbers_at_the_edge_of_the_range_of_money_are_kept(text: str) -> None:
+    assert flatten({"daily_pnl": text}, _CS_SCHEMA)["daily_pnl"] == Decimal(text)
+    assert flatten({"daily_pnl": Decimal(text)}, _CS_SCHEMA)["daily_pnl"] == Decimal(text)
+    assert flatten({"reference": text}, _CS_SCHEMA)["reference"] == Decimal(text)

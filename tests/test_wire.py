@@ -9,7 +9,7 @@ import pytest
 from monitor.errors import SnapshotParseError
 from monitor.venues.http import HttpResponse
 from monitor.venues.http1 import ResponseHeaders
-from monitor.venues.wire import decode_json, try_decode_json
+from monitor.venues.wire import MAX_DEPTH, decode_json, try_decode_json
 
 
 def answer(body: bytes) -> HttpResponse:
@@ -30,12 +30,60 @@ def test_numbers_are_exact_decimals_with_their_digits() -> None:
     assert decode_json(answer(b"123456789012345678901234567890")) == 123456789012345678901234567890
 
 
-def test_utf16_answers_and_lone_surrogates_decode_as_the_standard_library_does() -> None:
+def test_utf16_answers_decode_as_the_standard_library_does() -> None:
     text = '{"name": "Zoë", "buying_power": 1.5}'
     expected = {"name": "Zoë", "buying_power": Decimal("1.5")}
     assert decode_json(answer(text.encode("utf-16"))) == expected
     assert decode_json(answer(text.encode("utf-8"))) == expected
-    assert decode_json(answer(b'"\\ud800"')) == "\ud800"
+
+
+def test_text_that_no_encoding_can_write_becomes_the_replacement_character() -> None:
+    """Lone surrogates (escaped, or UTF-8-encoded) and bytes that are not UTF-8, in values,
+    keys and lists alike, at any depth: U+FFFD, so that nothing downstream (metric labels,
+    the API's JSON, MQTT payloads, URLs) meets text it cannot encode."""
+    body = b'{"currency": "\\ud800", "\\udc00k": ["a\\udfff", {"x": "\xed\xa0\x80\xff"}]}'
+    decoded = decode_json(answer(body))
+    assert decoded == {"currency": "\ufffd", "\ufffdk": ["a\ufffd", {"x": "\ufffd" * 4}]}
+    assert decode_json(answer(b'"\\ud800"')) == "\ufffd"
+    assert decode_json(answer(b'"\\ud83d\\ude00"')) == "\U0001f600"  # a pair stays
+    assert try_decode_json(answer(b'{"message": "\\ud800"}')) == {"message": "\ufffd"}
+    lone_in_utf16 = b"\x00\xd8"
+    body16 = '{"currency": "'.encode("utf-16-le") + lone_in_utf16 + '"}'.encode("utf-16-le")
+    assert decode_json(answer(body16)) == {"currency": "\ufffd"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"buying_power": "1", "buying_power": "2"}',
+        b'{"data":{"buying_power":"1","sod":{"asof":"12:00","equity":"1","equity":"1"}}}',
+        b'[{"a": 1}, {"b": 1, "c": {"d": 1, "d": null}}]',
+        b'{"x\\ud800": 1, "x\\udc00": 2}',
+    ],
+)
+def test_a_key_repeated_in_one_object_makes_the_answer_ambiguous(body: bytes) -> None:
+    with pytest.raises(
+        SnapshotParseError,
+        match=r"ambiguous: (key '[a-z_]+' appears twice|two keys differ only in invalid text)",
+    ):
+        decode_json(answer(body))
+    assert try_decode_json(answer(body)) is None
+
+
+def test_colons_in_text_and_the_same_key_in_other_objects_are_not_repeats() -> None:
+    body = b'{"t": "12:00:00", "u": "a\\":b", "x": {"t": 1}, "y": [{"t": 2}, {"t": 3}]}'
+    assert decode_json(answer(body))["x"] == {"t": 1}
+    assert decode_json(answer(body.replace(b":", b" : ")))["u"] == 'a" : b'
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 900, 5000])
+def test_answers_nested_too_deep_are_refused(depth: int) -> None:
+    for opening, closing in ((b"[", b"]"), (b'{"a":', b"}")):
+        body = opening * depth + b"1" + closing * depth
+        with pytest.raises(SnapshotParseError, match=f"more than {MAX_DEPTH} levels deep"):
+            decode_json(answer(body))
+    nested_enough = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH
+    assert decode_json(answer(nested_enough)) is not None
 
 
 def test_a_body_that_is_not_json_is_a_parse_error_naming_size_and_request() -> None:
@@ -46,3 +94,15 @@ def test_a_body_that_is_not_json_is_a_parse_error_naming_size_and_request() -> N
         assert f"{len(body)} bytes" in str(caught.value)
         assert caught.value.request_id == "req-7"
         assert try_decode_json(answer(body)) is None
+
+
+def test_times_in_text_keep_an_answer_on_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polymarket's `updateTime` holds colons; only a repeat-or-text doubt goes the slow way."""
+
+    def careful(body: bytes) -> None:
+        raise AssertionError("decoded on the careful path")
+
+    body = b'{"balance":"1","updateTime":"2026-01-01T12:00:00Z","securities":{"X":{"b":"1"}}}'
+    monkeypatch.setattr("monitor.venues.wire._careful_loads", careful)
+    assert decode_json(answer(body))["updateTime"] == "2026-01-01T12:00:00Z"
+    assert decode_json(answer(body.replace(b'":', b'" :')))["balance"] == "1"

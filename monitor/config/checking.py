@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
 from monitor.config.model import MqttConfig, TlsConfig
-from monitor.config.secret import Secret
+from monitor.config.secret import Secret, header_value_problem
 from monitor.durations import parse_duration
 from monitor.yamlsource import KeyPath, Problem, YamlDocument
 
@@ -227,6 +227,15 @@ class Checker:
     def secret_text(self, path: KeyPath, value: Any) -> str | None:
         return self.string(path, value, secret=True)
 
+    def header_secret_text(self, path: KeyPath, value: Any) -> str | None:
+        """A secret sent in an HTTP header (an API key): visible ASCII only."""
+        text = self.secret_text(path, value)
+        problem = None if text is None else header_value_problem(text)
+        if problem is not None:
+            self.error(path, f"{key_name(path)} {problem}: an API key is visible ASCII only")
+            return None
+        return text
+
     def integer(self, path: KeyPath, value: Any, *, minimum: int) -> int | None:
         text = self._env_text(path, value)
         if text is not None and re.fullmatch(r"\s*[-+]?[0-9]+\s*", text):
@@ -307,8 +316,11 @@ class Checker:
             return None
         return resolved
 
-    def secret_file(self, path: KeyPath, value: Any, name: str) -> Secret | None:
-        """A secret kept in a file, which must be readable now (and is re-read later)."""
+    def secret_file(
+        self, path: KeyPath, value: Any, name: str, *, header: bool = False
+    ) -> Secret | None:
+        """A secret kept in a file, which must be readable now (and is re-read later);
+        `header`: sent in an HTTP header, so visible ASCII only (blanks around it aside)."""
         resolved = self.readable_file(path, value)
         if resolved is None:
             return None
@@ -322,6 +334,12 @@ class Checker:
             return None
         if not content.strip():
             self.error(path, f"{key_name(path)} {resolved} is empty")
+            return None
+        problem = header_value_problem(content.strip()) if header else None
+        if problem is not None:
+            self.error(
+                path, f"{key_name(path)} {resolved} {problem}: an API key is visible ASCII only"
+            )
             return None
         return Secret.file(name, resolved)
 

@@ -368,14 +368,14 @@ class _ConfigChecker(Checker):
             self.error(s.at("api_key_file"), "give api_key or api_key_file, not both", key=True)
             return None
         if s.has("api_key"):
-            text = self.field(s, "api_key", "", self.secret_text)
+            text = self.field(s, "api_key", "", self.header_secret_text)
             return Secret.literal(f"{venue} api_key", text) if text else None
         if s.has("api_key_file"):
             return self.field(
                 s,
                 "api_key_file",
                 None,
-                lambda p, v: self.secret_file(p, v, f"{venue} api_key_file"),
+                lambda p, v: self.secret_file(p, v, f"{venue} api_key_file", header=True),
             )
         self.error(
             s.path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,26 @@ from pathlib import Path
 RECHECK_SECONDS = 1.0
 #: The digest of a secret that cannot be read (no value hashes to it).
 UNREADABLE_DIGEST = "unreadable"
+
+
+_HEADER_SAFE = re.compile("[\x21-\x7e]+")
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why `value` (an API key or token sent as `Bearer <value>`) cannot be a header
+    value, or None: it must be visible ASCII. Says which kind of character, never the
+    value: a line break would end the header (and begin another)."""
+    if _HEADER_SAFE.fullmatch(value):
+        return None
+    if not value:
+        return "is empty"
+    if "\r" in value or "\n" in value:
+        return "holds a line break"
+    if any(c < " " or "\x7f" <= c <= "\x9f" for c in value):
+        return "holds a control character"
+    if " " in value:
+        return "holds a space"
+    return "holds a character that is not ASCII"
 
 
 def digest_of(value: str) -> str:

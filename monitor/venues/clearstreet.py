@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from decimal import Decimal
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 from monitor.config import AccountConfig, SecretUnavailable, VenueConfig
-from monitor.config.secret import digest_of
+from monitor.config.secret import digest_of, header_value_problem
 from monitor.errors import (
     SnapshotParseError,
     VenueAuthError,
@@ -17,6 +16,7 @@ from monitor.errors import (
 from monitor.snapshot import FieldSchema, FieldType, Snapshot, flatten
 from monitor.venues.base import VenueAdapter, register
 from monitor.venues.http import HttpClient, HttpResponse
+from monitor.venues.ids import discovered_ids, path_segment
 from monitor.venues.limits import VenueLimits
 from monitor.venues.retry import with_retries
 from monitor.venues.wire import clip, decode_json, error_for_status, try_decode_json
@@ -104,13 +104,14 @@ class ClearStreetAdapter(VenueAdapter):
     def __init__(self, config: VenueConfig, http: HttpClient) -> None:
         super().__init__(config, http)
         self.limits = VenueLimits(config.max_concurrency, config.max_requests_per_second)
+        self._usable_key: str | None = None  # the API key last found fit for a header
 
     async def fetch(self, account: AccountConfig, deadline: float) -> Snapshot:
-        path = f"/v1/accounts/{quote(account.id, safe='')}/balances"
         params: dict[str, str | int] = {}
         if self.config.top_margin_contributors_limit:
             params["top_margin_contributors_limit"] = self.config.top_margin_contributors_limit
         with self.errors_about(account.id):
+            path = f"/v1/accounts/{path_segment(account.id)}/balances"
             response = await self._get(path, params, deadline)
             envelope = decode_json(response)
             request_id = _request_id(envelope, response)
@@ -159,7 +160,7 @@ class ClearStreetAdapter(VenueAdapter):
 
     async def _list_accounts(self, deadline: float) -> list[str]:
         wanted = set(self.config.discovery.statuses) if self.config.discovery else {"ACTIVE"}
-        ids: list[str] = []
+        ids: list[object] = []
         token: str | None = None
         for _ in range(_MAX_PAGES):
             params: dict[str, str | int] = {"page_size": _PAGE_SIZE}
@@ -179,11 +180,11 @@ class ClearStreetAdapter(VenueAdapter):
                 if isinstance(entry, dict) and entry.get("id") is not None:
                     status = str(entry.get("status") or "ACTIVE").upper()
                     if status in wanted:
-                        ids.append(str(entry["id"]))
+                        ids.append(entry["id"])
             metadata = envelope.get("metadata") or {}
             token = metadata.get("next_page_token") if isinstance(metadata, dict) else None
             if not token:
-                return ids
+                return discovered_ids(ids, self.config.name)
         raise SnapshotParseError(
             f"account listing did not end after {_MAX_PAGES} pages", venue=self.config.name
         )
@@ -215,12 +216,23 @@ class ClearStreetAdapter(VenueAdapter):
         return await with_retries(attempt, deadline=deadline)
 
     def _api_key(self) -> str:
-        if self.config.api_key is None:
+        secret = self.config.api_key
+        if secret is None:
             raise VenueAuthError("no api_key configured", venue=self.config.name)
         try:
-            return self.config.api_key.get()
+            key = secret.get()
         except SecretUnavailable as exc:
             raise VenueAuthError(str(exc), venue=self.config.name) from None
+        if key is not self._usable_key:  # checked at load; a key file may change since
+            problem = header_value_problem(key)
+            if problem is not None:
+                where = secret.path or secret.name
+                raise VenueAuthError(
+                    f"{where} {problem}: an API key is visible ASCII only",
+                    venue=self.config.name,
+                )
+            self._usable_key = key
+        return key
 
     def credential_digest(self) -> str | None:
         key = self.config.api_key

@@ -196,11 +196,7 @@ class HttpClient:
                 ) as response,
             ):
                 declared = response.headers.get("content-length")
-                _check_size(
-                    int(declared) if declared and declared.isdigit() else None,
-                    max_bytes,
-                    response.status_code,
-                )
+                _check_size(_declared_size(declared), max_bytes, response.status_code)
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in response.aiter_raw():
@@ -224,6 +220,14 @@ class HttpClient:
         if self._httpx is not None:
             await self._httpx.aclose()
             self._httpx = None
+
+
+def _declared_size(declared: str | None) -> int | None:
+    """A Content-Length's value; one of too many digits for `int()` (over 4,300) is
+    larger than any limit."""
+    if not declared or not declared.isascii() or not declared.isdigit():
+        return None
+    return int(declared) if len(declared) <= 15 else 10**15
 
 
 def _check_size(size: int | None, max_bytes: int, status: int) -> None:

@@ -175,6 +175,10 @@ class _Connection(asyncio.Protocol):
         elif (declared := headers.get("content-length")) is not None:
             if not _is_digits(declared):
                 raise VenueConnectionError(f"bad Content-Length {declared[:40]!r}")
+            if len(declared) > _MAX_LENGTH_DIGITS:  # int() refuses over 4,300 digits
+                raise VenueConnectionError(
+                    f"bad Content-Length: {len(declared)} digits, more than any body has"
+                )
             self.length = int(declared)
             self._check_size(self.length)
         else:
@@ -467,6 +471,10 @@ class Http1Pool:
             self._drop(connection)
         for origin in self._origins.values():
             origin.idle.clear()
+
+
+#: A Content-Length of more digits than this (a petabyte) is no length a body can have.
+_MAX_LENGTH_DIGITS = 15
 
 
 def _is_digits(text: str) -> bool:

@@ -8,6 +8,7 @@ has no refresh token. Tokens are minted ahead of expiry, one mint in flight at a
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -15,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import structlog
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from monitor.config import PolymarketAuthConfig, SecretUnavailable
-from monitor.config.secret import digest_of
+from monitor.config.secret import digest_of, header_value_problem
 from monitor.errors import (
     SnapshotParseError,
     VenueAuthError,
@@ -28,11 +30,20 @@ from monitor.errors import (
     VenueRequestError,
     VenueUnavailable,
 )
+from monitor.snapshot import to_decimal
 from monitor.venues.http import HttpClient, HttpResponse, retry_after_seconds
 from monitor.venues.wire import clip, decode_json, try_decode_json
 
 ASSERTION_LIFETIME = 300.0  # the most the token endpoint accepts between iat and exp
 RENEW_BEFORE_EXPIRY = 30.0
+#: What a token lives when the answer does not say (or says nonsense), as documented.
+DEFAULT_TOKEN_LIFETIME = 180.0
+#: A token is renewed after an hour at the latest, whatever `expires_in` says.
+MAX_TOKEN_LIFETIME = 3600.0
+# RFC 6750's b64token: what `Authorization: Bearer` can carry.
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+log = structlog.get_logger("riskmon.venues")
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
@@ -153,14 +164,40 @@ class TokenProvider:
         expires_in = body.get("expires_in") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise SnapshotParseError("token answer has no access_token", venue=self.venue)
-        try:
-            lifetime = float(expires_in) if expires_in is not None else 180.0
-        except (TypeError, ValueError):
-            raise SnapshotParseError(
-                "token answer has a bad expires_in", venue=self.venue
-            ) from None
+        if not _BEARER_TOKEN.fullmatch(token):
+            # It could not be sent (a line break would end the header); minting again at
+            # once would get the same: an auth failure, which backs off.
+            problem = header_value_problem(token) or "holds a character a bearer token cannot"
+            raise VenueAuthError(f"token answer: the access_token {problem}", venue=self.venue)
         self.mints += 1
-        return AccessToken(token, started + lifetime)
+        return AccessToken(token, started + self._lifetime(expires_in))
+
+    def _lifetime(self, expires_in: object) -> float:
+        """Seconds the token lives: `expires_in` when it is a number of seconds from 1 to
+        MAX_TOKEN_LIFETIME (a longer one is cut to it). Anything else (-1, "NaN", true,
+        1e999) is the venue's documented DEFAULT_TOKEN_LIFETIME, with a warning: the
+        token may still work, and one that expires earlier is refused with 401, which
+        mints a new one."""
+        if expires_in is None:
+            return DEFAULT_TOKEN_LIFETIME
+        seconds = None if isinstance(expires_in, bool) else to_decimal(expires_in)
+        if seconds is None or seconds < 1:
+            log.warning(
+                "token answer: expires_in is not a number of seconds; assuming the default",
+                venue=self.venue,
+                expires_in=clip(repr(expires_in), 40),
+                assumed_seconds=DEFAULT_TOKEN_LIFETIME,
+            )
+            return DEFAULT_TOKEN_LIFETIME
+        if seconds > MAX_TOKEN_LIFETIME:
+            log.warning(
+                "token answer: expires_in is longer than riskmon keeps a token; cut",
+                venue=self.venue,
+                expires_in=clip(str(seconds), 40),
+                assumed_seconds=MAX_TOKEN_LIFETIME,
+            )
+            return MAX_TOKEN_LIFETIME
+        return float(seconds)
 
     def _error(self, response: HttpResponse) -> VenueError:
         body = try_decode_json(response)

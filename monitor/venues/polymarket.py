@@ -14,6 +14,7 @@ from monitor.errors import (
 from monitor.snapshot import FieldSchema, FieldType, Snapshot, flatten
 from monitor.venues.base import VenueAdapter, register
 from monitor.venues.http import HttpClient, HttpResponse
+from monitor.venues.ids import discovered_ids
 from monitor.venues.limits import VenueLimits
 from monitor.venues.pmx_auth import AccessToken, TokenProvider
 from monitor.venues.retry import with_retries
@@ -116,7 +117,7 @@ class PolymarketAdapter(VenueAdapter):
             raise SnapshotParseError(
                 "account listing has no `accounts` list of names", venue=self.config.name
             )
-        return list(names)
+        return discovered_ids(names, self.config.name)
 
     async def _call(self, method: str, path: str, body: Any, deadline: float) -> HttpResponse:
         url = self.config.base_url + path
