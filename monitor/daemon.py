@@ -121,6 +121,8 @@ class Daemon(PollListener):
         self.serving = asyncio.Event()  # set once HTTP and MQTT are started
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
+        # one reload at a time (the rule watch, SIGHUP): each compiles in a thread
+        self._reloading = asyncio.Lock()
         self._recording: TextIO | None = None
         # the rules' param defaults per (venue, venue kind), for riskmon_account_param
         self._param_defaults: dict[tuple[str, str], Mapping[str, Any]] = {}
@@ -509,8 +511,9 @@ class Daemon(PollListener):
     async def _watch_rules(self) -> None:
         while True:
             await asyncio.sleep(RULE_WATCH)
-            if self.rule_source.changed():
-                self._apply_rules(self.rule_source.reload())
+            async with self._reloading:
+                if self.rule_source.changed():
+                    self._apply_rules(await self.rule_source.reload_in_thread())
 
     def _apply_rules(self, rules: Any) -> bool:
         if rules is None:
@@ -530,11 +533,16 @@ class Daemon(PollListener):
 
     async def reload(self) -> bool:
         """SIGHUP: re-read the config and its rules; a broken one changes nothing."""
+        async with self._reloading:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         log.info("reloading config", path=str(self.config.source))
         try:
-            new = load_config(self.config.source)
+            # off the loop: reading and compiling many rules would stall polls meanwhile
+            new = await asyncio.to_thread(load_config, self.config.source)
             source = RuleSource(new.rules)
-            rules = source.load()
+            rules = await source.load_in_thread()
         except SourceError as exc:
             log.error(
                 "reload failed; the running config and rules stay",
