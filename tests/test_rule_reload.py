@@ -126,12 +126,16 @@ async def test_a_reload_compiles_in_a_thread_while_the_loop_goes_on(
         turns += 1
         await asyncio.sleep(0)
     rules = await reload
-    assert rules is not None and len(rules.rules) == 301
-    assert compiled_in and compiled_in[0] is not threading.main_thread()
+    assert rules is not None
+    assert len(rules.rules) == 301
+    assert compiled_in
+    assert compiled_in[0] is not threading.main_thread()
     assert turns > 10
-    assert source.rules is rules and source.status.successful
+    assert source.rules is rules
+    assert source.status.successful
 
     write(tmp_path / "many.yaml", many_rules(2).replace("buying_power <", "buying_power <<"))
     assert await source.reload_in_thread() is None  # broken: the running rules stay
-    assert source.rules is rules and not source.status.successful
+    assert source.rules is rules
+    assert not source.status.successful
     assert not source.changed()  # a broken set is not tried again until it changes
