@@ -49,7 +49,8 @@ account's currency):
 | `riskmon_start_time_seconds` | gauge | |
 | `riskmon_internal_errors_total` (crashes of riskmon's own tasks) | counter | task |
 | `riskmon_event_loop_lag_seconds` (how late the last tick ran) | gauge | |
-| `process_*`, `python_info`, `riskmon_memory_limit_bytes` (`monitor/process_metrics.py`) | | |
+| `riskmon_memory_limit_bytes` (the container's, absent when unlimited) | gauge | |
+| `process_*`, `python_info` (prometheus-client's, `monitor/process_metrics.py`) | | |
 
 Data age is not exported as a gauge that changes every second: it is
 `time() - riskmon_last_success_timestamp_seconds` in PromQL, the Prometheus convention.
@@ -794,6 +795,16 @@ class Metrics:
             )
         )
         add(b"riskmon_event_loop_lag_seconds %s\n" % _float_text(self._loop_lag))
+        limit = self._process.memory_limit
+        if limit is not None:
+            add(
+                _header(
+                    "riskmon_memory_limit_bytes",
+                    "gauge",
+                    "The memory limit of riskmon's container (cgroup); absent when unlimited.",
+                )
+            )
+            add(b"riskmon_memory_limit_bytes %d\n" % limit)
 
     def _render_delivery(self, add: _Add) -> None:
         name = b"riskmon_event_delivery_seconds"

@@ -27,11 +27,6 @@ CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
 PROC_CGROUP: Final = Path("/proc/self/cgroup")
 _UNLIMITED: Final = 1 << 60  # cgroup v1 writes "no limit" as 2^63 rounded down to a page
 
-_LIMIT_HEADER: Final = (
-    b"# HELP riskmon_memory_limit_bytes The memory limit of riskmon's container (cgroup);"
-    b" absent when unlimited.\n# TYPE riskmon_memory_limit_bytes gauge\n"
-)
-
 
 def _cgroup_paths(proc_cgroup: Path) -> tuple[str | None, str | None]:
     """The process's cgroup v2 path and its cgroup v1 memory path, where listed."""
@@ -76,7 +71,8 @@ def memory_limit(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> i
 
 
 class ProcessMetrics:
-    """`render()`: the process families and the memory limit, as exposition text."""
+    """`render()`: the process families as exposition text; `memory_limit` for
+    `riskmon_memory_limit_bytes` (which `monitor.metrics` writes)."""
 
     def __init__(self, memory_limit: int | None) -> None:
         """`memory_limit`: `memory_limit()` read once (a container's limit is set when
@@ -87,7 +83,4 @@ class ProcessMetrics:
         self.memory_limit = memory_limit
 
     def render(self) -> bytes:
-        text = generate_latest(self._registry)
-        if self.memory_limit is None:
-            return text
-        return text + _LIMIT_HEADER + b"riskmon_memory_limit_bytes %d\n" % self.memory_limit
+        return generate_latest(self._registry)
