@@ -13,8 +13,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
 from test_daemon import RULES, RiskmonProcess
+
+from monitor.config import load_config
+from monitor.daemon import Daemon
+from monitor.supervise import Supervisor
 
 DEV_FULL = Path("/dev/full")
 
@@ -121,3 +126,57 @@ async def test_metrics_carry_the_process_metrics_and_parse(riskmon: RiskmonProce
         assert name in families, name
     assert families["process_resident_memory_bytes"].samples[0].value > 1_000_000
     assert families["process_open_fds"].samples[0].value >= 3
+
+
+async def test_a_crashed_background_task_is_logged_counted_and_started_again(
+    tmp_path: Path, riskmon_config: Callable[..., tuple[Path, int]]
+) -> None:
+    """In-process (the crash is injected into one run of the rule watch: no input
+    crashes it for real): the crash is logged with its traceback, counted, /healthz
+    names the task until it has run steadily again, and the restarted watch works."""
+    (tmp_path / "rules").mkdir()
+    rule_file = tmp_path / "rules" / "capital.yaml"
+    rule_file.write_text(RULES)
+    config, http_port = riskmon_config(
+        instance="health-2", rules="rules/*.yaml", stale_after="1500ms"
+    )
+    daemon = Daemon(load_config(config))
+    daemon.supervisor = Supervisor(
+        daemon._task_crashed, daemon._task_steady, first_delay=0.05, steady=0.5
+    )
+    watch = daemon._watch_rules
+    runs = 0
+
+    async def crashing_once() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise RuntimeError("injected crash")
+        await watch()
+
+    daemon._watch_rules = crashing_once  # type: ignore[method-assign]
+    process = RiskmonProcess(tmp_path, config, http_port)  # its HTTP helpers only
+    with structlog.testing.capture_logs() as logs:
+        running = asyncio.create_task(daemon.run())
+        try:
+            await process.until(
+                lambda: unhealthy(process, "task rule-watch"), "/healthz naming the rule watch"
+            )
+            metrics = await process.metrics()
+            assert metrics[("riskmon_internal_errors_total", (("task", "rule-watch"),))] == 1
+            await process.until(lambda: healthy(process), "healthy once the watch is steady")
+            rule_file.write_text(RULES.replace("25000", "26000"))  # the watch still works
+            await process.until(
+                lambda: reloaded(logs), "the restarted rule watch loading the changed file"
+            )
+        finally:
+            daemon.stop()
+            await running
+    assert runs == 2
+    [crash] = [entry for entry in logs if entry["event"].startswith("background task crashed")]
+    assert crash["task"] == "rule-watch"
+    assert isinstance(crash["exc_info"], RuntimeError)
+
+
+async def reloaded(logs: list[dict[str, object]]) -> bool:
+    return any(entry["event"] == "rules loaded" for entry in logs)
