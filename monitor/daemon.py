@@ -309,6 +309,8 @@ class Daemon(PollListener):
         poller.stop()
         with contextlib.suppress(TimeoutError):  # wait_for cancels it then
             await asyncio.wait_for(task, POLLER_STOP)
+        for gone in (f"poll-{name}", f"discovery-{name}"):  # a crash of theirs is over
+            self.problems.recover(f"task {gone}")
         return poller.accounts
 
     # -- what the poller reports ------------------------------------------------------------
