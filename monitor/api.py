@@ -70,7 +70,9 @@ class ApiSource(Protocol):
         """What keeps riskmon from alerting now, by component (empty: healthy). The
         event loop is alive (answering proves it runs now); the daemon also checks that
         its periodic tick is not late, and the parts that can fail say so
-        (`monitor.health`)."""
+        (`monitor.health`): `tick` (late or failing), `loop` (lagging past 5 s),
+        `evaluation` (snapshots that could not be taken in), `task <name>` (a
+        background task crashed and is not yet running steadily again), `outbox`."""
         ...
 
     def readiness(self) -> dict[str, bool]:

@@ -20,7 +20,7 @@ import platform
 import signal
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -52,6 +52,7 @@ from monitor.recording import write_record
 from monitor.shard import Shard
 from monitor.snapshot import Snapshot
 from monitor.store import Store, StoreError
+from monitor.supervise import Supervisor
 from monitor.venues.base import create_adapter
 from monitor.venues.http import HttpClient
 from monitor.yamlsource import KeyPath, Location, Problem, SourceError
@@ -63,6 +64,7 @@ RULE_WATCH = 2.0  # seconds between checks of the rule files for changes
 SHUTDOWN_FLUSH = 10.0  # seconds to publish what is left at shutdown
 POLLER_STOP = 3.0  # seconds polls in flight may take to finish at shutdown
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (Python's default: 700)
+LOOP_LAG_BOUND = 5.0  # seconds: a tick this late means the loop stalls; /healthz fails
 #: The settings a start-up can fail on after the config checked out (a port in use,
 #: a state_dir another riskmon holds); their errors stand where they are set.
 _STARTUP_SETTINGS: tuple[KeyPath, ...] = (
@@ -106,6 +108,12 @@ class Daemon(PollListener):
         self.metrics = Metrics()
         self.problems = HealthProblems()  # what keeps riskmon from alerting: /healthz
         self._failing_rules: set[str] = set()  # alertnames whose failure was logged as a warning
+        # Background tasks: a crash is logged, counted, and the task started again;
+        # /healthz fails from a crash until the task has run steadily again.
+        self.supervisor = Supervisor(self._task_crashed, self._task_steady)
+        # (venue, account) whose last snapshot the daemon failed to take in (a bug, or
+        # a part of it that failed): /healthz fails while there is one
+        self._failing_evaluations: set[tuple[str, str]] = set()
         self._rules_loaded(self.rule_source.rules)
         self.metrics.set_reload(True, self.started_at)
         self.http = HttpClient()
@@ -121,6 +129,8 @@ class Daemon(PollListener):
         self.serving = asyncio.Event()  # set once HTTP and MQTT are started
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
+        # one reload at a time (the rule watch, SIGHUP): each compiles in a thread
+        self._reloading = asyncio.Lock()
         self._recording: TextIO | None = None
         # the rules' param defaults per (venue, venue kind), for riskmon_account_param
         self._param_defaults: dict[tuple[str, str], Mapping[str, Any]] = {}
@@ -143,16 +153,18 @@ class Daemon(PollListener):
         ):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, handler)
+        self.supervisor.install(loop)
         try:
             server, publisher, mqtt_url = await self._start()
         except BaseException:
             await self._close()
+            self.supervisor.uninstall(loop)
             raise
         background = [
-            asyncio.create_task(publisher.run(), name="mqtt"),
-            asyncio.create_task(self._tick_forever(), name="tick"),
-            asyncio.create_task(self._watch_rules(), name="rule-watch"),
-            asyncio.create_task(self._reload_on_request(), name="reload"),
+            self._supervised("mqtt", publisher.run),
+            self._supervised("tick", self._tick_forever),
+            self._supervised("rule-watch", self._watch_rules),
+            self._supervised("reload", self._reload_on_request),
         ]
         for venue in self.config.venues:
             self._start_venue(venue)
@@ -176,7 +188,28 @@ class Daemon(PollListener):
         finally:
             await self._shutdown(background)
             await server.stop()
+            self.supervisor.uninstall(loop)
         return 0
+
+    def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """`run()` as a background task that the supervisor starts again after a crash;
+        its crash counter starts at 0 (so that `increase()` sees the first crash)."""
+        self.metrics.inc_internal_errors(name, 0)
+        return self.supervisor.start(name, run)
+
+    def _task_crashed(self, task: str, error: BaseException) -> None:
+        """The supervisor's report of a crash (logged with its traceback already)."""
+        self.metrics.inc_internal_errors(task)
+        if self.supervisor.restarts(task):  # down until started again and steady
+            self.problems.fail(
+                f"task {task}",
+                f"crashed ({type(error).__name__}; see the log), started again with back-off",
+                time.time(),
+            )
+
+    def _task_steady(self, task: str) -> None:
+        if self.problems.recover(f"task {task}"):
+            log.info("background task runs again", task=task)
 
     async def _start(self) -> tuple[AsyncHttpServer, MqttPublisher, str]:
         """Open what the daemon serves and writes to: the recording, the embedded broker,
@@ -254,7 +287,13 @@ class Daemon(PollListener):
     def _start_venue(
         self, venue: VenueConfig, states: dict[str, AccountState] | None = None
     ) -> None:
-        poller = VenuePoller(venue, create_adapter(venue, self.http), self, shard=self.shard)
+        poller = VenuePoller(
+            venue,
+            create_adapter(venue, self.http),
+            self,
+            shard=self.shard,
+            supervisor=self.supervisor,
+        )
         gone = poller.adopt(states) if states else []
         self.pollers[venue.name] = poller
         if gone:
@@ -262,7 +301,7 @@ class Daemon(PollListener):
         self._set_venue_metrics(venue.name)
         if not poller.accounts_settled:
             self._unsettled.add(venue.name)
-        self.poller_tasks[venue.name] = asyncio.create_task(poller.run(), name=f"poll-{venue.name}")
+        self.poller_tasks[venue.name] = self._supervised(f"poll-{venue.name}", poller.run)
 
     async def _stop_venue(self, name: str) -> dict[str, AccountState]:
         poller = self.pollers.pop(name)
@@ -270,11 +309,57 @@ class Daemon(PollListener):
         poller.stop()
         with contextlib.suppress(TimeoutError):  # wait_for cancels it then
             await asyncio.wait_for(task, POLLER_STOP)
+        for gone in (f"poll-{name}", f"discovery-{name}"):  # a crash of theirs is over
+            self.problems.recover(f"task {gone}")
         return poller.accounts
 
     # -- what the poller reports ------------------------------------------------------------
 
     def on_snapshot(self, snapshot: Snapshot, duration: float) -> None:
+        """Take a good snapshot in: metrics, recording, rules, events. Whatever fails in
+        there (a bug, a part that fails) is caught here: logged with its traceback once
+        per account and burst, counted, and /healthz fails until the account's next
+        snapshot goes through: its rules did not run."""
+        key = (snapshot.venue, snapshot.account)
+        try:
+            self._take_snapshot(snapshot, duration)
+        except Exception as exc:
+            self.metrics.inc_internal_errors("evaluation")
+            if key not in self._failing_evaluations:
+                self._failing_evaluations.add(key)
+                log.error(
+                    "taking in a snapshot failed; its rules did not run (further failures"
+                    " are counted in riskmon_internal_errors_total and logged at debug level)",
+                    venue=snapshot.venue,
+                    account=snapshot.account,
+                    exc_info=exc,
+                )
+            else:
+                log.debug(
+                    "taking in a snapshot failed",
+                    venue=snapshot.venue,
+                    account=snapshot.account,
+                    error=type(exc).__name__,
+                )
+            self.problems.fail(
+                "evaluation",
+                f"{len(self._failing_evaluations)} account(s) not evaluated, last"
+                f" {snapshot.venue}/{snapshot.account}: {type(exc).__name__} (see the log)",
+                time.time(),
+            )
+        else:
+            if self._failing_evaluations:
+                self._evaluation_works(key)
+
+    def _evaluation_works(self, key: tuple[str, str]) -> None:
+        """The account's snapshots go through again (or it left)."""
+        if key in self._failing_evaluations:
+            self._failing_evaluations.discard(key)
+            log.info("snapshots are taken in again", venue=key[0], account=key[1])
+            if not self._failing_evaluations:
+                self.problems.recover("evaluation")
+
+    def _take_snapshot(self, snapshot: Snapshot, duration: float) -> None:
         self.polls += 1
         self.metrics.update_account(snapshot)
         self.metrics.set_account_params(
@@ -338,6 +423,7 @@ class Daemon(PollListener):
 
     def _account_gone(self, venue: str, account: str, now: float) -> None:
         """Its series go; its firing alerts resolve ("account no longer monitored")."""
+        self._evaluation_works((venue, account))
         self.metrics.remove_account(venue, account)
         self._emit(self.evaluator.forget_account(venue, account, now))
 
@@ -434,10 +520,8 @@ class Daemon(PollListener):
             self.loop_lag = max(0.0, now_loop - expected)
             expected = now_loop + TICK
             self.last_tick = time.monotonic()
-            try:
-                self.tick(time.time())
-            except Exception:  # one bad tick must not end health checks for good
-                log.exception("tick failed")
+            self._check_loop_lag(self.loop_lag)
+            self._tick_once()
             if not heap_settled:
                 # What start-up built is settled here, a tick after it, rather than
                 # before polling starts: the full collection (tens of ms) then comes
@@ -445,6 +529,35 @@ class Daemon(PollListener):
                 settle_heap()
                 heap_settled = True
                 expected = loop.time() + TICK  # the collection is not loop lag
+
+    def _check_loop_lag(self, lag: float) -> None:
+        """/healthz fails while the loop runs the tick more than LOOP_LAG_BOUND late:
+        polls, rules and events wait as long."""
+        self.metrics.set_loop_lag(lag)
+        if lag > LOOP_LAG_BOUND:
+            reason = f"the event loop ran {lag:.1f} s late (bound {LOOP_LAG_BOUND:.0f} s)"
+            if self.problems.fail("loop", reason, time.time()):
+                log.warning("the event loop lags", lag_seconds=round(lag, 3))
+        elif self.problems.recover("loop"):
+            log.info("the event loop keeps time again", lag_seconds=round(lag, 3))
+
+    def _tick_once(self) -> None:
+        """One tick; a failing tick is logged (with its traceback once per burst),
+        counted, and /healthz fails until a tick works again: the built-in alerts and
+        saving alert state depend on it."""
+        now = time.time()
+        try:
+            self.tick(now)
+        except Exception as exc:  # one bad tick must not end health checks for good
+            self.metrics.inc_internal_errors("tick")
+            reason = f"the periodic tick fails: {type(exc).__name__} (see the log)"
+            if self.problems.fail("tick", reason, now):
+                log.error("tick failed; /healthz fails until one works", exc_info=exc)
+            else:
+                log.debug("tick failed", error=type(exc).__name__)
+        else:
+            if self.problems.recover("tick"):
+                log.info("the tick works again")
 
     def tick(self, now: float) -> None:
         """Built-in health alerts, metrics that follow state, and saving alert state."""
@@ -509,8 +622,9 @@ class Daemon(PollListener):
     async def _watch_rules(self) -> None:
         while True:
             await asyncio.sleep(RULE_WATCH)
-            if self.rule_source.changed():
-                self._apply_rules(self.rule_source.reload())
+            async with self._reloading:
+                if self.rule_source.changed():
+                    self._apply_rules(await self.rule_source.reload_in_thread())
 
     def _apply_rules(self, rules: Any) -> bool:
         if rules is None:
@@ -530,11 +644,16 @@ class Daemon(PollListener):
 
     async def reload(self) -> bool:
         """SIGHUP: re-read the config and its rules; a broken one changes nothing."""
+        async with self._reloading:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         log.info("reloading config", path=str(self.config.source))
         try:
-            new = load_config(self.config.source)
+            # off the loop: reading and compiling many rules would stall polls meanwhile
+            new = await asyncio.to_thread(load_config, self.config.source)
             source = RuleSource(new.rules)
-            rules = source.load()
+            rules = await source.load_in_thread()
         except SourceError as exc:
             log.error(
                 "reload failed; the running config and rules stay",

@@ -47,6 +47,10 @@ account's currency):
 | `riskmon_event_delivery_seconds` (venue answer to PUBACK) | histogram | |
 | `riskmon_build_info` (always 1) | gauge | version, python |
 | `riskmon_start_time_seconds` | gauge | |
+| `riskmon_internal_errors_total` (crashes of riskmon's own tasks) | counter | task |
+| `riskmon_event_loop_lag_seconds` (how late the last tick ran) | gauge | |
+| `riskmon_memory_limit_bytes` (the container's, absent when unlimited) | gauge | |
+| `process_*`, `python_info` (prometheus-client's, `monitor/process_metrics.py`) | | |
 
 Data age is not exported as a gauge that changes every second: it is
 `time() - riskmon_last_success_timestamp_seconds` in PromQL, the Prometheus convention.
@@ -79,6 +83,7 @@ from typing import Any, Final
 
 from monitor import __version__
 from monitor.engine.lifecycle import Alert, AlertPhase
+from monitor.process_metrics import ProcessMetrics, memory_limit
 from monitor.snapshot import Snapshot
 
 __all__ = [
@@ -408,8 +413,13 @@ class _Venue:
 class Metrics:
     """The daemon's metrics registry; `render()` is the body of `/metrics`."""
 
-    def __init__(self, *, start_time: float | None = None) -> None:
+    def __init__(
+        self, *, start_time: float | None = None, process: ProcessMetrics | None = None
+    ) -> None:
         now = time.time() if start_time is None else start_time
+        self._process = ProcessMetrics(memory_limit()) if process is None else process
+        self._internal_errors: dict[str, int] = {}  # task -> crashes
+        self._loop_lag = 0.0
         self._accounts: dict[AccountKey, _Account] = {}
         self._entries: dict[AccountKey, list[bytes | None]] = {}  # the same lists, for render
         self._alerts: dict[AlertKey, bytes] = {}
@@ -633,6 +643,14 @@ class Metrics:
         self._delivery_buckets[bisect_left(EVENT_DELIVERY_BUCKETS, seconds)] += 1
         self._delivery_sum += seconds
 
+    def inc_internal_errors(self, task: str, n: int = 1) -> None:
+        """riskmon's own task `task` crashed `n` times; `n=0` creates its series at 0.
+        `task` must be bounded (a task's name, not an account's)."""
+        self._internal_errors[task] = self._internal_errors.get(task, 0) + n
+
+    def set_loop_lag(self, seconds: float) -> None:
+        self._loop_lag = seconds
+
     # -- exposition -----------------------------------------------------------------
 
     def render(self) -> bytes:
@@ -768,6 +786,38 @@ class Metrics:
             )
         )
         add(b"riskmon_start_time_seconds %s\n" % _float_text(self._start_time))
+        self._render_health(add)
+        add(self._process.render())
+
+    def _render_health(self, add: _Add) -> None:
+        if self._internal_errors:
+            add(
+                _header(
+                    "riskmon_internal_errors_total",
+                    "counter",
+                    "Crashes of riskmon's own tasks (logged with their traceback).",
+                )
+            )
+            for task, count in self._internal_errors.items():
+                add(b"riskmon_internal_errors_total{%s} %d\n" % (_labels(task=task), count))
+        add(
+            _header(
+                "riskmon_event_loop_lag_seconds",
+                "gauge",
+                "How late the event loop ran the last periodic tick.",
+            )
+        )
+        add(b"riskmon_event_loop_lag_seconds %s\n" % _float_text(self._loop_lag))
+        limit = self._process.memory_limit
+        if limit is not None:
+            add(
+                _header(
+                    "riskmon_memory_limit_bytes",
+                    "gauge",
+                    "The memory limit of riskmon's container (cgroup); absent when unlimited.",
+                )
+            )
+            add(b"riskmon_memory_limit_bytes %d\n" % limit)
 
     def _render_delivery(self, add: _Add) -> None:
         name = b"riskmon_event_delivery_seconds"

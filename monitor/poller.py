@@ -34,6 +34,7 @@ from monitor.config import AccountConfig, VenueConfig
 from monitor.errors import VenueAuthError, VenueError
 from monitor.shard import Shard
 from monitor.snapshot import Snapshot
+from monitor.supervise import Supervisor
 from monitor.venues.base import VenueAdapter
 
 log = structlog.get_logger("riskmon.poller")
@@ -98,6 +99,10 @@ class PollListener:
         """Every account of `venue` has been polled at least once since start."""
 
 
+def _unreported(task: str, error: BaseException) -> None:
+    """The default supervisor's report: the crash is logged, nothing else listens."""
+
+
 def phase_of(venue: str, account: str) -> float:
     """A stable fraction in [0, 1): where in its interval an account is polled."""
     digest = hashlib.blake2b(f"{venue}\x00{account}".encode(), digest_size=8).digest()
@@ -115,12 +120,16 @@ class VenuePoller:
         *,
         shard: Shard | None = None,
         wall_clock: Callable[[], float] = time.time,
+        supervisor: Supervisor | None = None,
     ) -> None:
+        """`supervisor` starts discovery again when it crashes and reports crashed
+        polls (default: one that only logs them)."""
         self.config = config
         self.adapter = adapter
         self.listener = listener
         self.shard = shard
         self.wall_clock = wall_clock
+        self.supervisor = supervisor or Supervisor(_unreported)
         self.accounts: dict[str, AccountState] = {}
         self.discovery_error: VenueError | None = None
         self.first_cycle_done = asyncio.Event()
@@ -257,7 +266,11 @@ class VenuePoller:
         loop = asyncio.get_running_loop()
         self._running = True
         self._schedule_first(list(self.accounts), loop.time())
-        discovery = asyncio.create_task(self._discover_forever()) if self.config.discovery else None
+        discovery = (
+            self.supervisor.start(f"discovery-{self.config.name}", self._discover_forever)
+            if self.config.discovery
+            else None
+        )
         try:
             while not self._stopping:
                 await self._run_due(loop)
@@ -304,6 +317,7 @@ class VenuePoller:
         state.in_flight = True
         deadline = now + max(self.config.poll_interval, self.config.timeout)
         task = loop.create_task(self._poll(state, deadline))
+        self.supervisor.watch(task, f"account-poll-{self.config.name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -397,7 +411,10 @@ class VenuePoller:
         # changed while the refused request was in flight.
         self._refused_credential = error.credential_digest or on_disk
         if self._credential_watch is None and not self._stopping:
-            self._credential_watch = loop.create_task(self._watch_credentials())
+            self._credential_watch = self.supervisor.watch(
+                loop.create_task(self._watch_credentials()),
+                f"credential-watch-{self.config.name}",
+            )
 
     async def _watch_credentials(self) -> None:
         """While the venue is in auth back-off, end it as soon as a credential file holds

@@ -44,6 +44,8 @@ SELF_ALERTS = {
     "RiskmonOutboxBacklogGrowing",
     "RiskmonConfigReloadFailed",
     "RiskmonMqttDisconnected",
+    "RiskmonMemoryNearLimit",
+    "RiskmonInternalErrors",
 }
 SCRAPES = 4  # successful scrapes of riskmon before the dashboard's queries run
 
@@ -209,6 +211,11 @@ def test_the_dashboard_shows_what_on_call_needs() -> None:
         "riskmon_polls_total",
         "riskmon_outbox_pending",
         "riskmon_mqtt_connected",
+        # riskmon itself: memory against its container's limit, fds, CPU
+        "process_resident_memory_bytes",
+        "riskmon_memory_limit_bytes",
+        "process_open_fds",
+        "process_cpu_seconds_total",
     ):
         assert metric in text, metric
     kinds = {panel["type"] for panel in panels(board)}

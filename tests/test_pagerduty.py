@@ -229,10 +229,14 @@ class Changes:
 
 @contextlib.asynccontextmanager
 async def running(
-    config: PagerDutyConfig, changes: Changes | None = None
+    config: PagerDutyConfig,
+    changes: Changes | None = None,
+    *,
+    kind: type[PagerDutyBridge] = PagerDutyBridge,
 ) -> AsyncIterator[PagerDutyBridge]:
-    """A started bridge, connected and subscribed; stopped cleanly on exit."""
-    bridge = PagerDutyBridge(config, on_change=changes, reconnect_min=0.05, reconnect_max=0.5)
+    """A started bridge (of class `kind`), connected and subscribed; stopped cleanly on
+    exit."""
+    bridge = kind(config, on_change=changes, reconnect_min=0.05, reconnect_max=0.5)
     task = asyncio.create_task(bridge.run())
     try:
         async with asyncio.timeout(WAIT):
@@ -298,6 +302,38 @@ async def publish(client: MqttCollector, *events: tuple[str, bytes, dict[str, An
 
 
 # -- routing and the forwarded body ---------------------------------------------------------
+
+
+class WorkersCrashingOnce(PagerDutyBridge):
+    """A bridge whose workers each crash at their first start (a bug, injected: no
+    input makes a worker crash for real)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.crashed: set[str] = set()
+
+    async def _work(self, channel: Any) -> None:
+        if channel.key_id not in self.crashed:
+            self.crashed.add(channel.key_id)
+            raise RuntimeError("injected crash")
+        await super()._work(channel)
+
+
+async def test_a_crashed_worker_is_logged_counted_and_started_again(
+    make_config: Callable[..., PagerDutyConfig],
+    fake_api: FakeEventsApi,
+    publisher: MqttCollector,
+) -> None:
+    event = alert("critical", {"team": "risk"})
+    changes = Changes()
+    with structlog.testing.capture_logs() as logs:
+        async with running(make_config(), changes, kind=WorkersCrashingOnce) as bridge:
+            await publish(publisher, event)
+            await fake_api.wait_for(lambda: len(fake_api.received) == 1)  # after the restart
+            assert bridge.counts["internal_errors"] == len(bridge.crashed) >= 1
+    logged = [entry for entry in logs if entry["event"].startswith("background task crashed")]
+    assert {entry["task"] for entry in logged} == {"pd-worker"}
+    assert all(isinstance(entry["exc_info"], RuntimeError) for entry in logged)
 
 
 async def test_routes_by_label_then_severity_then_default(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import monitor.engine.reload as reload_module
 from monitor.engine.evaluate import Evaluator
 from monitor.engine.reload import RuleSource
 from monitor.snapshot import Snapshot
@@ -87,3 +91,51 @@ def test_pending_and_firing_alerts_survive_a_reload_that_keeps_their_rule(
     assert alert.fingerprint == fired.fingerprint
     [resolved] = evaluator.evaluate(snap(buying_power=Decimal(70)), 3)
     assert resolved.status == "resolved"
+
+
+def many_rules(count: int) -> str:
+    """A rule file of `count` rules, each with its own expression, param and template."""
+    rules = "".join(
+        f"      - alert: Rule{i}\n"
+        f"        expr: buying_power < params.floor_{i} and margin_excess > {i}\n"
+        f"        params: {{floor_{i}: {i}}}\n"
+        f'        annotations: {{summary: "{{{{ account }}}} {{{{ buying_power }}}} under {i}"}}\n'
+        for i in range(count)
+    )
+    return "groups:\n  - name: many\n    rules:\n" + rules
+
+
+async def test_a_reload_compiles_in_a_thread_while_the_loop_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path / "capital.yaml", FLOOR.format(floor=100))
+    source = RuleSource([str(tmp_path / "*.yaml")])
+    source.load()
+    compiled_in: list[threading.Thread] = []
+    load_rules = reload_module.load_rules
+
+    def spy(paths: Any) -> Any:
+        compiled_in.append(threading.current_thread())
+        return load_rules(paths)
+
+    monkeypatch.setattr(reload_module, "load_rules", spy)
+    write(tmp_path / "many.yaml", many_rules(300))
+    turns = 0
+    reload = asyncio.ensure_future(source.reload_in_thread())
+    while not reload.done():  # the loop keeps turning while the rules compile
+        turns += 1
+        await asyncio.sleep(0)
+    rules = await reload
+    assert rules is not None
+    assert len(rules.rules) == 301
+    assert compiled_in
+    assert compiled_in[0] is not threading.main_thread()
+    assert turns > 10
+    assert source.rules is rules
+    assert source.status.successful
+
+    write(tmp_path / "many.yaml", many_rules(2).replace("buying_power <", "buying_power <<"))
+    assert await source.reload_in_thread() is None  # broken: the running rules stay
+    assert source.rules is rules
+    assert not source.status.successful
+    assert not source.changed()  # a broken set is not tried again until it changes

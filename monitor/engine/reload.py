@@ -3,10 +3,17 @@
 A new rule set is taken whole or not at all: if any file has an error, the running
 rules stay, the reload is reported failed (with every problem's location) and
 `riskmon_config_last_reload_successful` drops to 0 until a good set loads.
+
+Reading and compiling rule files takes long with many rules (YAML, expressions, Jinja2
+templates): a running daemon does it in a thread (`reload_in_thread`), so that polls
+and /healthz go on meanwhile. The thread only reads files and builds a new, unshared
+rule set; what it found is taken in (the RuleSource's own state changed) back on the
+event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +29,16 @@ from monitor.yamlsource import Problem, SourceError
 log = structlog.get_logger("riskmon.rules")
 
 Stamp = tuple[int, int, int]  # inode, size, mtime in ns
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """What reading the rule files found: the rules, or the problems that refuse them."""
+
+    stamps: dict[Path, Stamp]
+    rules: RuleSet | None
+    warnings: list[Problem]
+    problems: list[Problem]
 
 
 @dataclass(slots=True)
@@ -57,25 +74,39 @@ class RuleSource:
         """Whether a rule file appeared, vanished or changed since the last load."""
         return self._scan() != self._stamps
 
-    def load(self) -> RuleSet:
-        """Load every file now; raise SourceError (and keep the old set) on any error."""
+    def _compile(self) -> _Compiled:
+        """Read and compile every file; changes nothing (it may run in a thread)."""
         stamps = self._scan()
-        self.status.last_attempt = self.clock()
         unmatched: list[Problem] = []  # patterns that match no file
         try:
             rules, warnings = load_rules(expand_rule_globs(self.patterns, warnings=unmatched))
         except SourceError as exc:
+            return _Compiled(stamps, None, [], exc.problems)
+        return _Compiled(stamps, rules, unmatched + warnings, [])
+
+    def load(self) -> RuleSet:
+        """Load every file now; raise SourceError (and keep the old set) on any error."""
+        return self._take(self._compile(), self.clock())
+
+    async def load_in_thread(self) -> RuleSet:
+        """`load()`, with the files read and compiled in a thread (off the event loop)."""
+        attempted = self.clock()
+        return self._take(await asyncio.to_thread(self._compile), attempted)
+
+    def _take(self, compiled: _Compiled, attempted: float) -> RuleSet:
+        """The compiled rules become the running ones; SourceError when they failed."""
+        self.status.last_attempt = attempted
+        self._stamps = compiled.stamps  # a broken set is not retried until it changes
+        if compiled.rules is None:
             self.status.successful = False
-            self.status.problems = exc.problems
-            self._stamps = stamps  # do not retry the same broken files in a loop
-            raise
-        self.rules = rules
-        self._stamps = stamps
+            self.status.problems = compiled.problems
+            raise SourceError(compiled.problems)
+        rules = self.rules = compiled.rules
         self.status = ReloadStatus(
             successful=True,
-            last_attempt=self.status.last_attempt,
-            last_success=self.status.last_attempt,
-            warnings=unmatched + warnings,
+            last_attempt=attempted,
+            last_success=attempted,
+            warnings=compiled.warnings,
         )
         if not rules.rules:
             # Allowed (a shard may have only the built-in alerts), but far more often a
@@ -83,7 +114,7 @@ class RuleSource:
             log.warning(
                 "no rules loaded: nothing is being evaluated",
                 patterns=list(self.patterns),
-                files=len(stamps),
+                files=len(compiled.stamps),
                 warnings=[str(w) for w in self.status.warnings],
             )
         return rules
@@ -93,11 +124,26 @@ class RuleSource:
         try:
             rules = self.load()
         except SourceError as exc:
-            log.error(
-                "rule reload failed; the running rules stay",
-                problems=[str(p) for p in exc.problems],
-            )
+            self._reload_failed(exc)
             return None
+        return self._reload_worked(rules)
+
+    async def reload_in_thread(self) -> RuleSet | None:
+        """`reload()`, compiling in a thread (`load_in_thread`)."""
+        try:
+            rules = await self.load_in_thread()
+        except SourceError as exc:
+            self._reload_failed(exc)
+            return None
+        return self._reload_worked(rules)
+
+    def _reload_failed(self, exc: SourceError) -> None:
+        log.error(
+            "rule reload failed; the running rules stay",
+            problems=[str(p) for p in exc.problems],
+        )
+
+    def _reload_worked(self, rules: RuleSet) -> RuleSet:
         log.info(
             "rules loaded",
             files=len(self._stamps),

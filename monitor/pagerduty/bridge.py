@@ -39,6 +39,7 @@ import signal
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -65,6 +66,7 @@ from monitor.publish.link import (
     open_link,
     ssl_context,
 )
+from monitor.supervise import Supervisor
 
 __all__ = ["STORE_FILE", "PagerDutyBridge", "run_bridge"]
 
@@ -91,7 +93,9 @@ class PagerDutyBridge:
     """Forwards the events of `config.mqtt` to `config.events_url` (module docstring).
 
     `counts` holds how many events were `received`, `duplicate`, `invalid`,
-    `unrouted`, `forwarded` and `dropped`; `on_change` is called (on the event loop)
+    `unrouted`, `forwarded` and `dropped`, and how many times a task of the bridge
+    crashed (`internal_errors`: logged with the traceback, the task started again);
+    `on_change` is called (on the event loop)
     after each of those and when the connection comes or goes; `ready` is set while
     the bridge is connected and subscribed.
     """
@@ -119,6 +123,7 @@ class PagerDutyBridge:
         self._reconnect_max = reconnect_max
         self._keepalive = keepalive
         self._version = MqttVersion()
+        self.supervisor = Supervisor(self._crashed)
         self._stopping = asyncio.Event()
         self._store: BridgeStore | None = None
         self._api: EventsApi | None = None
@@ -178,10 +183,10 @@ class PagerDutyBridge:
         tasks: list[asyncio.Task[None]] = []
         try:
             for channel in self._channels.values():
-                channel.task = asyncio.create_task(self._work(channel), name="pd-worker")
+                channel.task = self.supervisor.start("pd-worker", partial(self._work, channel))
                 tasks.append(channel.task)
-            tasks.append(asyncio.create_task(self._prune_forever(), name="pd-prune"))
-            mqtt = asyncio.create_task(self._mqtt_forever(), name="pd-mqtt")
+            tasks.append(self.supervisor.start("pd-prune", self._prune_forever))
+            mqtt = self.supervisor.start("pd-mqtt", self._mqtt_forever)
             tasks.append(mqtt)
             await self._stopping.wait()
             # a clean DISCONNECT first (the workers go on meanwhile), then the workers stop:
@@ -432,6 +437,11 @@ class PagerDutyBridge:
     def _changed(self) -> None:
         call_on_change(self._on_change, log, "pagerduty")
 
+    def _crashed(self, task: str, error: BaseException) -> None:
+        """The supervisor's report of a crash (logged with its traceback already)."""
+        self.counts["internal_errors"] += 1
+        self._changed()
+
 
 async def run_bridge(config_path: Path) -> int:
     """`riskmon pagerduty`: run until SIGTERM or SIGINT; the exit code."""
@@ -441,9 +451,12 @@ async def run_bridge(config_path: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, bridge.stop)
+    bridge.supervisor.install(loop)  # what escapes on the loop or in a thread: logged
     try:
         await bridge.run()
     except StoreLocked as exc:
         log.error("pagerduty bridge cannot start", error=str(exc))
         return 1
+    finally:
+        bridge.supervisor.uninstall(loop)
     return 0
