@@ -1,0 +1,278 @@
+"""Templates are bounded: what cannot be bounded is refused at load with `path:line:col`,
+and a render that goes past a bound of steps, time or size renders a marker instead of
+stalling the daemon or exhausting its memory."""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from types import FrameType
+from typing import Any
+
+import pytest
+import structlog
+
+from monitor.engine.decimal_text import MAX_FIXED_CHARS, decimal_text
+from monitor.engine.rulefile import parse_rules
+from monitor.engine.template_limits import MAX_LOOP_ITEMS
+from monitor.engine.templates import (
+    MAX_OUTPUT_CHARS,
+    compile_template,
+    render_context,
+    template_failures,
+)
+from monitor.snapshot import Snapshot
+from monitor.yamlsource import Location, SourceError
+
+WHERE = Location("rules/hostile.yaml", 9, 20)
+#: A valid decimal whose fixed-point text is a billion digits long.
+HUGE = Decimal("-1E+999999999")
+
+
+class _Stalled(BaseException):  # not an Exception: render() must not swallow it
+    pass
+
+
+@contextmanager
+def _unless_stalled(seconds: float = 10.0) -> Iterator[None]:
+    """Fail a render that does not return: what the daemon would do while it stalls."""
+
+    def stalled(signum: int, frame: FrameType | None) -> None:
+        raise _Stalled(f"still rendering after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stalled)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _context(**fields: Any) -> dict[str, Any]:
+    snapshot = Snapshot(
+        venue="cs",
+        venue_kind="clearstreet",
+        account="19816",
+        fields={"daily_pnl": HUGE, "buying_power": Decimal("24000.00"), **fields},
+        taken_at=0.0,
+        currency="USD",
+    )
+    return render_context(snapshot, {"max_daily_loss": Decimal("50000")})
+
+
+def _render_measured(source: str) -> tuple[str, int]:
+    """The rendered text and the most memory the render held at once, in bytes."""
+    template = compile_template(source, where=WHERE)
+    context = _context()
+    tracemalloc.start()
+    try:
+        with _unless_stalled():
+            text = template.render(context)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return text, peak
+
+
+# ------------------------------------------------------------------------- refused at load
+
+
+def _rule_file(annotation: str) -> str:
+    return textwrap.dedent("""\
+        groups:
+          - name: hostile
+            rules:
+              - alert: Hostile
+                expr: buying_power < 0
+                annotations:
+                  summary: "ANNOTATION"
+        """).replace("ANNOTATION", annotation)
+
+
+@pytest.mark.parametrize(
+    ("annotation", "at", "message"),
+    [
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "range",
+            "range() over more than 1000 numbers",
+        ),
+        (
+            "{% for i in range(params.n) %}{{ i }}{% endfor %}",
+            "range",
+            "range() needs literal whole numbers",
+        ),
+        ("{{ 2 ** 64 }}", "**", "** is not supported in templates"),
+        (
+            "{% for a in labels %}{% for b in labels %}{% for c in labels %}"
+            "{% endfor %}{% endfor %}{% endfor %}",
+            "for",  # Jinja's nodes carry lines, not columns: the line's first loop
+            "loops nested more than 2 deep",
+        ),
+        ("{% for x in labels recursive %}{% endfor %}", "recursive", "recursive loops are not"),
+        ("{% macro m() %}{% endmacro %}", "macro", "{% macro %} is not supported"),
+        ("{% set s %}x{% endset %}{{ s }}", "set", "{% set %}...{% endset %} blocks"),
+        ("{% filter upper %}x{% endfilter %}", "filter", "{% filter %} blocks"),
+        ("{% include 'x' %}", "include", "{% include %} is not supported"),
+        ("{{ account.ljust(1000000000) }}", "ljust", "ljust() is not supported"),
+        ("{{ account.replace('1', account) }}", "replace", "replace() is not supported"),
+        ("{{ 'x' * 1000000 }}", "*", "this * builds more than 16384 characters"),
+        ("{{ account | center(1000000000) }}", None, "No filter named 'center'"),
+    ],
+)
+def test_an_unboundable_template_is_refused_at_load_with_its_place(
+    annotation: str, at: str | None, message: str
+) -> None:
+    with pytest.raises(SourceError) as exc:
+        parse_rules(_rule_file(annotation), "rules/hostile.yaml")
+    (problem,) = exc.value.problems
+    column = 21 + annotation.index(at) if at else 21  # the template starts at column 21
+    assert str(problem.location) == f"rules/hostile.yaml:7:{column}"
+    assert message in problem.message
+
+
+def test_a_refusal_on_a_later_line_of_a_template_names_that_line() -> None:
+    text = textwrap.dedent("""\
+        groups:
+          - name: hostile
+            rules:
+              - alert: Hostile
+                expr: buying_power < 0
+                annotations:
+                  summary: |
+                    {{ account }} is short
+                    by {{ 10 ** 100000 }}
+        """)
+    with pytest.raises(SourceError) as exc:
+        parse_rules(text, "rules/hostile.yaml")
+    (problem,) = exc.value.problems
+    assert str(problem.location) == "rules/hostile.yaml:9:22"  # at the **
+
+
+# ------------------------------------------------------------------------- bounded at run time
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        pytest.param(  # a million loop iterations that write nothing
+            "{% set r = range(1000) | list %}"
+            "{% for i in r %}{% for j in r %}{% set x = r | sum %}{% endfor %}{% endfor %}",
+            "template took",
+            id="nested-loops",
+        ),
+        pytest.param(
+            '{% set ns = namespace(s="ab") %}'
+            "{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+            "more than 16384 characters",
+            id="concat-doubling",
+        ),
+        pytest.param(
+            '{% set ns = namespace(s="ab") %}'
+            "{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s | length }}",
+            "more than 16384 characters",
+            id="plus-doubling",
+        ),
+        pytest.param(
+            "{% set ns = namespace(x=3) %}"
+            "{% for i in range(40) %}{% set ns.x = ns.x * ns.x %}{% endfor %}{{ ns.x > 0 }}",
+            "bits",
+            id="repeated-squaring",
+        ),
+        pytest.param('{{ ("x" * 4000) * 4000 }}', "repeating", id="chained-repetition"),
+        pytest.param(
+            '{{ ("x" * 4000) | replace("x", "xxxxxxxxxx") }}', "replace", id="replace-growth"
+        ),
+        pytest.param('{{ ([("x" * 4000)] * 5) | join("-") }}', "join", id="join-growth"),
+        pytest.param('{{ "{:f}".format(daily_pnl) }}', "too many digits", id="str-format-f"),
+        pytest.param('{{ "%d" | format(daily_pnl) }}', "too many digits", id="format-filter-d"),
+        pytest.param('{{ "%d" % daily_pnl }}', "too many digits", id="percent-d"),
+        pytest.param('{{ "{:>999999999}".format(account) }}', "width", id="format-width"),
+        pytest.param('{{ "%*s" % (999999999, account) }}', "width", id="percent-star"),
+        pytest.param("{{ daily_pnl | int }}", "too large for int", id="int-filter"),
+    ],
+)
+def test_a_template_past_a_bound_renders_a_marker(source: str, reason: str) -> None:
+    text, peak = _render_measured(source)
+    assert text.startswith("<template error: ")
+    assert reason in text
+    assert len(text) <= MAX_OUTPUT_CHARS
+    assert peak < 8 * 1024 * 1024
+
+
+def test_huge_decimals_print_in_bounded_text() -> None:
+    text, peak = _render_measured(
+        "{{ account }} daily P&L {{ daily_pnl }} ({{ daily_pnl | string }}) is past "
+        "the -{{ params.max_daily_loss }} loss limit"
+    )
+    assert text == ("19816 daily P&L -1E+999999999 (-1E+999999999) is past the -50000 loss limit")
+    assert peak < 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("24000.00", "24000.00"),
+        ("2.4E+4", "24000"),
+        ("-0.0000001", "-0.0000001"),
+        ("1E+63", "1" + "0" * 63),
+        ("1E+64", "1E+64"),
+        ("-1E+999999999", "-1E+999999999"),
+        ("1.5E-999999999", "1.5E-999999999"),
+        ("-1.23456789E-70", "-1.23456789E-70"),
+        ("NaN", "NaN"),
+        ("-Infinity", "-Infinity"),
+    ],
+)
+def test_decimal_text_is_fixed_point_while_short(value: str, text: str) -> None:
+    assert decimal_text(Decimal(value)) == text
+
+
+@pytest.mark.parametrize("exponent", [-(10**9), -1000, -66, -65, -64, -63, 0, 62, 63, 64, 10**9])
+@pytest.mark.parametrize("digits", ["1", "-1", "123456789", "-" + "9" * 40])
+def test_decimal_text_is_never_much_longer_than_the_digits(digits: str, exponent: int) -> None:
+    value = Decimal(f"{digits}E{exponent}")
+    text = decimal_text(value)
+    assert Decimal(text) == value
+    assert len(text) <= max(MAX_FIXED_CHARS, len(digits) + 14)
+
+
+def test_a_loop_over_more_than_the_bound_stops() -> None:
+    template = compile_template("{% for x in labels.big %}{% endfor %}done", where=WHERE)
+    context = _context()
+    context["labels"] = {"big": list(range(MAX_LOOP_ITEMS + 1))}
+    assert template.render(context).startswith(
+        f"<template error: a loop over more than {MAX_LOOP_ITEMS} items>"
+    )
+
+
+def test_bounded_templates_still_loop_filter_and_format() -> None:
+    template = compile_template(
+        "{% for name, s in securities | dictsort %}{{ loop.index }}/{{ loop.length }} "
+        "{{ name }}={{ s.mv * 2 }}{{ ', ' if not loop.last }}{% endfor %}; "
+        '{{ "%.2f" | format(buying_power) }} {{ "{:,}".format(buying_power) }} '
+        '{{ (buying_power / 3) | round(2) }} {{ buying_power | int }} {{ "-" * 3 }} '
+        '{{ account | replace("98", "x") }} {{ range(3) | join(",") }} {{ account ~ "!" }}',
+        where=WHERE,
+    )
+    securities = {"MSFT": {"mv": Decimal("2")}, "AAPL": {"mv": Decimal("1.5")}}
+    assert template.render(_context(securities=securities)) == (
+        "1/2 AAPL=3.0, 2/2 MSFT=4; 24000.00 24,000.00 8000.00 24000 --- 1x16 0,1,2 19816!"
+    )
+
+
+def test_a_failure_past_a_bound_is_counted_and_logged_once() -> None:
+    template = compile_template('{{ ("x" * 4000) * 4000 }}', where=WHERE)
+    before = template_failures()
+    with structlog.testing.capture_logs() as logs:
+        first = template.render(_context())
+        second = template.render(_context())
+    assert first == second
+    assert template_failures() == before + 2
+    assert [log["event"] for log in logs] == ["template failed"]
+    assert logs[0]["location"] == "rules/hostile.yaml:9:20"
