@@ -82,16 +82,19 @@ def _render_measured(source: str) -> tuple[str, int]:
 # ------------------------------------------------------------------------- refused at load
 
 
-def _rule_file(annotation: str) -> str:
-    return textwrap.dedent("""\
+def _rule_file(summary: str) -> str:
+    """A rule file whose one annotation is `summary: {summary}` (YAML), on line 7."""
+    return (
+        textwrap.dedent("""\
         groups:
           - name: hostile
             rules:
               - alert: Hostile
                 expr: buying_power < 0
                 annotations:
-                  summary: "ANNOTATION"
-        """).replace("ANNOTATION", annotation)
+                  summary: """)
+        + summary
+    )
 
 
 @pytest.mark.parametrize(
@@ -129,7 +132,7 @@ def test_an_unboundable_template_is_refused_at_load_with_its_place(
     annotation: str, at: str | None, message: str
 ) -> None:
     with pytest.raises(SourceError) as exc:
-        parse_rules(_rule_file(annotation), "rules/hostile.yaml")
+        parse_rules(_rule_file(f'"{annotation}"'), "rules/hostile.yaml")
     (problem,) = exc.value.problems
     column = 21 + annotation.index(at) if at else 21  # the template starts at column 21
     assert str(problem.location) == f"rules/hostile.yaml:7:{column}"
@@ -137,17 +140,7 @@ def test_an_unboundable_template_is_refused_at_load_with_its_place(
 
 
 def test_a_refusal_on_a_later_line_of_a_template_names_that_line() -> None:
-    text = textwrap.dedent("""\
-        groups:
-          - name: hostile
-            rules:
-              - alert: Hostile
-                expr: buying_power < 0
-                annotations:
-                  summary: |
-                    {{ account }} is short
-                    by {{ 10 ** 100000 }}
-        """)
+    text = _rule_file("|\n            {{ account }} is short\n            by {{ 10 ** 100000 }}\n")
     with pytest.raises(SourceError) as exc:
         parse_rules(text, "rules/hostile.yaml")
     (problem,) = exc.value.problems

@@ -10,13 +10,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 from conftest import MqttCollector
-from test_daemon import RiskmonProcess, events, run_riskmon
+from test_daemon import RiskmonProcess, events, riskmon, run_riskmon, subscriber
+
+__all__ = ["riskmon", "subscriber"]  # the fixtures of test_daemon, used here as they are
 
 #: A million loop iterations, each summing a thousand numbers, and nothing written.
 STALLING = (
@@ -37,29 +37,6 @@ RULES = textwrap.dedent("""\
               summary: "{{ account }}: TEMPLATE"
     """)
 EVENTS = "riskmon/events/warning/cs/+/Hostile"
-
-
-@pytest.fixture
-def riskmon(
-    tmp_path: Path, riskmon_config: Callable[..., tuple[Path, int]]
-) -> Iterator[RiskmonProcess]:
-    (tmp_path / "rules").mkdir()
-    config, http_port = riskmon_config(
-        instance="test-1", rules="rules/*.yaml", stale_after="1500ms"
-    )
-    process = RiskmonProcess(tmp_path, config, http_port)
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-async def subscriber(
-    mqtt_collector: Callable[..., MqttCollector],
-) -> AsyncIterator[MqttCollector]:
-    async with mqtt_collector([EVENTS]) as collector:
-        yield collector
 
 
 def _write_rules(riskmon: RiskmonProcess, template: str) -> Path:
@@ -102,8 +79,8 @@ async def test_a_stalling_template_renders_a_marker_and_the_daemon_stays_respons
     _write_rules(riskmon, STALLING)
     riskmon.start()
     await riskmon.ready()
-    await subscriber.wait_for(lambda messages: len(messages) >= 3)  # one per cs account
-    summaries = {event["account"]: event["annotations"]["summary"] for event in events(subscriber)}
+    await subscriber.wait_for(lambda _: len(subscriber.on(EVENTS)) >= 3)  # one per cs account
+    summaries = {e["account"]: e["annotations"]["summary"] for e in events(subscriber, EVENTS)}
     assert set(summaries) == {"19816", "19817", "19818"}
     for summary in summaries.values():
         assert summary.startswith("<template error: template took ")
