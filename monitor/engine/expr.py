@@ -14,8 +14,8 @@ more than half of that).
 
 Allowed
     - literals: numbers (always exact `Decimal`: `0.1` is `Decimal("0.1")`; at most 50
-      digits, exponent at most 1000), strings (at most 1000 characters), `True`,
-      `False`, `None`
+      digits, exponent at most 1000; a rule's numeric `params` too), strings (at most
+      1000 characters), `True`, `False`, `None`
     - field paths: dotted names, never attribute access: `buying_power`,
       `margin_details.usage.used`, `securities.AAPL.market_value`; plus `venue`,
       `venue_kind`, `account`, `currency`, `labels.<name>` and `params.<name>`
@@ -99,6 +99,7 @@ __all__ = [
     "PreparedParams",
     "compile_expression",
     "compile_rules",
+    "number_problem",
 ]
 
 MAX_SOURCE_CHARS: Final = 2000
@@ -593,6 +594,19 @@ def _parse_number(segment: str) -> tuple[Decimal | None, str]:
         return Decimal(text), ""
     except decimal.InvalidOperation:  # pragma: no cover - the parser admits valid text only
         return None, f"invalid number literal {segment!r}"
+
+
+def number_problem(value: Decimal) -> str | None:
+    """Why `value` is past the bounds of the language's number literals (a rule's
+    `params` are held to them too), or None."""
+    if not value.is_finite():
+        return "not a finite number"
+    _, digits, exponent = value.as_tuple()
+    if len(digits) > MAX_DIGITS:
+        return f"number longer than {MAX_DIGITS} digits"
+    if isinstance(exponent, int) and abs(exponent) > MAX_EXPONENT:
+        return f"number with an exponent beyond ±{MAX_EXPONENT}"
+    return None
 
 
 def _syntax_error_place(text: str, exc: SyntaxError) -> tuple[int, int]:
