@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import structlog
 
-from monitor.engine.decimal_text import MAX_FIXED_CHARS, decimal_text
+from monitor.engine.decimal_text import MAX_FIXED_DIGITS, decimal_text
 from monitor.engine.rulefile import parse_rules
 from monitor.engine.template_limits import MAX_LOOP_ITEMS
 from monitor.engine.templates import (
@@ -232,7 +232,7 @@ def test_decimal_text_is_never_much_longer_than_the_digits(digits: str, exponent
     value = Decimal(f"{digits}E{exponent}")
     text = decimal_text(value)
     assert Decimal(text) == value
-    assert len(text) <= max(MAX_FIXED_CHARS, len(digits) + 14)
+    assert len(text) <= MAX_FIXED_DIGITS + len(digits) + 2
 
 
 def test_a_loop_over_more_than_the_bound_stops() -> None:

@@ -11,20 +11,17 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Final
 
-__all__ = ["MAX_FIXED_CHARS", "decimal_text"]
+__all__ = ["MAX_FIXED_DIGITS", "decimal_text"]
 
-#: Longest fixed-point text; a value that would need more is written as `1.5E+40`.
-MAX_FIXED_CHARS: Final = 64
+#: Fixed-point text while |adjusted exponent| is below this (`1E+63` is 64 digits);
+#: scientific notation past it (`1E+64`, `1.5E-70`).
+MAX_FIXED_DIGITS: Final = 64
 
 
 def decimal_text(value: Decimal) -> str:
-    """`24000.00` as written (never `2.4E+4`), or `-1E+999999999` when fixed-point
-    text would be longer than MAX_FIXED_CHARS; `NaN`/`Infinity` as such."""
-    if not value.is_finite():
-        return str(value)
-    sign, digits, exponent = value.as_tuple()
-    assert isinstance(exponent, int)  # finite values have an integer exponent
-    fixed_chars = sign + max(len(digits) + exponent, 1) + (1 - exponent if exponent < 0 else 0)
-    if fixed_chars <= MAX_FIXED_CHARS:
+    """`24000.00` as written (never `2.4E+4`) or, for a value whose fixed-point text
+    would run past MAX_FIXED_DIGITS digits of magnitude, `-1E+999999999`; `NaN` and
+    `Infinity` as such. Never longer than MAX_FIXED_DIGITS plus the value's own digits."""
+    if value.is_finite() and -MAX_FIXED_DIGITS < value.adjusted() < MAX_FIXED_DIGITS:
         return format(value, "f")
-    return format(value, "E")
+    return format(value, "E") if value.is_finite() else str(value)

@@ -1,6 +1,6 @@
 """What a template may spend while it renders: steps, time, and the size of each value.
 
-Every render runs under a `Budget` (`render_budget()`): each attribute or item lookup,
+Every render runs under a budget (`with RenderBudget():`): each attribute or item lookup,
 call, operator, filter and loop iteration is one step, and a render that takes more than
 `MAX_STEPS` steps or `RENDER_SECONDS` stops with `BoundExceeded`. Values are held to
 `MAX_VALUE_CHARS` characters or items and integers to `MAX_INT_BITS` bits, checked before
@@ -18,7 +18,6 @@ import re
 import string
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from decimal import Decimal
 from functools import wraps
 from typing import Any, Final
@@ -38,12 +37,12 @@ __all__ = [
     "RENDER_SECONDS",
     "TEXT_FILTER",
     "BoundExceeded",
+    "RenderBudget",
     "bounded_filters",
     "bounded_range",
     "check_binop",
     "check_call_result",
     "check_format",
-    "render_budget",
     "tick",
 ]
 
@@ -89,15 +88,20 @@ _budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar(
 )
 
 
-@contextmanager
-def render_budget() -> Iterator[None]:
-    """One render's budget, in the rules' decimal context."""
-    token = _budget.set(_Budget())
-    try:
-        with decimal.localcontext(CONTEXT):
-            yield
-    finally:
-        _budget.reset(token)
+class RenderBudget:
+    """`with RenderBudget():` one render's budget, in the rules' decimal context (set and
+    restored directly, as compiled expressions do: cheaper than `decimal.localcontext`)."""
+
+    __slots__ = ("_saved", "_token")
+
+    def __enter__(self) -> None:
+        self._token = _budget.set(_Budget())
+        self._saved = decimal.getcontext()
+        decimal.setcontext(CONTEXT)
+
+    def __exit__(self, *exc: object) -> None:
+        decimal.setcontext(self._saved)
+        _budget.reset(self._token)
 
 
 def tick() -> None:

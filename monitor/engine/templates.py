@@ -32,12 +32,12 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from monitor.engine.decimal_text import decimal_text
 from monitor.engine.template_check import UNBOUNDED_METHODS, bound_tree, template_problems
 from monitor.engine.template_limits import (
+    RenderBudget,
     bounded_filters,
     bounded_range,
     check_binop,
     check_call_result,
     check_format,
-    render_budget,
     tick,
 )
 from monitor.snapshot import Snapshot
@@ -177,7 +177,7 @@ class CompiledTemplate:
         if self._template is None:
             return _cap(self.source)
         try:
-            with render_budget():
+            with RenderBudget():
                 return _cap_stream(self._template.generate(context))
         except Exception as exc:
             message = _error_text(exc)
