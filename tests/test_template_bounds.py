@@ -58,7 +58,12 @@ def _context(**fields: Any) -> dict[str, Any]:
         venue="cs",
         venue_kind="clearstreet",
         account="19816",
-        fields={"daily_pnl": HUGE, "buying_power": Decimal("24000.00"), **fields},
+        fields={
+            "daily_pnl": HUGE,
+            "buying_power": Decimal("24000.00"),
+            "note": "a " * 500_000,  # as long as a venue's answer can be (1 MiB)
+            **fields,
+        },
         taken_at=0.0,
         currency="USD",
     )
@@ -188,6 +193,7 @@ def test_a_refusal_on_a_later_line_of_a_template_names_that_line() -> None:
         pytest.param('{{ "{:>999999999}".format(account) }}', "width", id="format-width"),
         pytest.param('{{ "%*s" % (999999999, account) }}', "width", id="percent-star"),
         pytest.param("{{ daily_pnl | int }}", "too large for int", id="int-filter"),
+        pytest.param("{{ note.split() | length }}", "a method of a value", id="split-huge"),
     ],
 )
 def test_a_template_past_a_bound_renders_a_marker(source: str, reason: str) -> None:

@@ -17,10 +17,10 @@ import decimal
 import re
 import string
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from decimal import Decimal
 from functools import wraps
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from jinja2.exceptions import SecurityError
 
@@ -41,6 +41,7 @@ __all__ = [
     "bounded_filters",
     "bounded_range",
     "check_binop",
+    "check_call",
     "check_call_result",
     "check_format",
     "tick",
@@ -128,13 +129,27 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_container(value: Any) -> TypeGuard[Sized]:
+    return isinstance(value, str | list | tuple | dict | set | frozenset)
+
+
 def _check_size(value: Any) -> Any:
-    if isinstance(value, str | list | tuple | dict | set | frozenset):
+    if _is_container(value):
         if len(value) > MAX_VALUE_CHARS:
             raise _refuse(f"a value of more than {MAX_VALUE_CHARS} characters or items")
     elif _is_int(value) and value.bit_length() > MAX_INT_BITS:
         raise _refuse(f"an integer of more than {MAX_INT_BITS} bits")
     return value
+
+
+def check_call(function: Any) -> None:
+    """BoundExceeded before a method of a value past the size bounds is called: a venue's
+    1 MiB string split into half a million words is not built."""
+    owner = getattr(function, "__self__", None)
+    if _is_container(owner) and len(owner) > MAX_VALUE_CHARS:
+        raise _refuse(
+            f"calling a method of a value of more than {MAX_VALUE_CHARS} characters or items"
+        )
 
 
 def check_call_result(value: Any) -> Any:

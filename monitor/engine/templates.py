@@ -36,6 +36,7 @@ from monitor.engine.template_limits import (
     bounded_filters,
     bounded_range,
     check_binop,
+    check_call,
     check_call_result,
     check_format,
     tick,
@@ -123,6 +124,7 @@ class _Environment(ImmutableSandboxedEnvironment):
         **kwargs: Any,
     ) -> Any:
         tick()
+        check_call(__obj)
         return check_call_result(super().call(__context, __obj, *args, **kwargs))
 
     def wrap_str_format(self, value: Any) -> Any:
