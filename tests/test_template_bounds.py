@@ -131,6 +131,7 @@ def _rule_file(summary: str) -> str:
         ("{{ account.replace('1', account) }}", "replace", "replace() is not supported"),
         ("{{ 'x' * 1000000 }}", "*", "this * builds more than 16384 characters"),
         ("{{ account | center(1000000000) }}", None, "No filter named 'center'"),
+        ("{{ " + "9" * 5000 + " }}", None, "invalid template: ValueError: Exceeds the limit"),
     ],
 )
 def test_an_unboundable_template_is_refused_at_load_with_its_place(
