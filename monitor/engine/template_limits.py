@@ -2,12 +2,12 @@
 
 Every render runs under a budget (`with RenderBudget():`): each attribute or item lookup,
 call, operator, filter and loop iteration is one step, and a render that takes more than
-`MAX_STEPS` steps or `RENDER_SECONDS` of CPU time stops with `BoundExceeded`. Values are held to
-`MAX_VALUE_CHARS` characters or items and integers to `MAX_INT_BITS` bits, checked before
-an operation that could build a larger one (`*`, `+`, `replace`, `join`, format widths)
-and after every call. One operation on bounded values is itself bounded, so together
-these bound a render in time and memory; `monitor.engine.template_check` refuses at load
-what would only fail here.
+`MAX_STEPS` steps or `RENDER_SECONDS` of CPU time stops with `BoundExceeded`. Values are
+held to `MAX_VALUE_CHARS` characters or items and integers to `MAX_INT_BITS` bits,
+checked before an operation that could build a larger one (`*`, `+`, `replace`, `join`,
+format widths, methods of a value already too large) and after every call. One
+operation on bounded values is itself bounded, so together these bound a render in time
+and memory; `monitor.engine.template_check` refuses at load what would only fail here.
 """
 
 from __future__ import annotations
@@ -58,10 +58,9 @@ MAX_INT_BITS: Final = 4096
 MAX_LOOP_ITEMS: Final = 1000
 #: Largest width or precision in a format (`%10s`, `{:>10}`).
 MAX_WIDTH: Final = 1000
-#: Largest |exponent| of a number given to a format (`{:f}` writes every digit).
-_MAX_FORMAT_EXPONENT: Final = 1000
-
-_MAX_INT_DIGITS: Final = 1000
+#: Largest |exponent| of a Decimal given to a format (`{:f}` writes every digit) or to
+#: `int` (which builds every digit).
+_MAX_NUMBER_DIGITS: Final = 1000
 
 #: Internal filters `template_check` wraps around loops' iterables and `~` results.
 LOOP_FILTER: Final = "riskmon_bounded_loop"
@@ -123,10 +122,6 @@ def tick() -> None:
 # ------------------------------------------------------------------------- values
 
 
-def _refuse(message: str) -> BoundExceeded:
-    return BoundExceeded(message)
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -138,9 +133,9 @@ def _is_container(value: Any) -> TypeGuard[Sized]:
 def _check_size(value: Any) -> Any:
     if _is_container(value):
         if len(value) > MAX_VALUE_CHARS:
-            raise _refuse(f"a value of more than {MAX_VALUE_CHARS} characters or items")
+            raise BoundExceeded(f"a value of more than {MAX_VALUE_CHARS} characters or items")
     elif _is_int(value) and value.bit_length() > MAX_INT_BITS:
-        raise _refuse(f"an integer of more than {MAX_INT_BITS} bits")
+        raise BoundExceeded(f"an integer of more than {MAX_INT_BITS} bits")
     return value
 
 
@@ -149,7 +144,7 @@ def check_call(function: Any) -> None:
     1 MiB string split into half a million words is not built."""
     owner = getattr(function, "__self__", None)
     if _is_container(owner) and len(owner) > MAX_VALUE_CHARS:
-        raise _refuse(
+        raise BoundExceeded(
             f"calling a method of a value of more than {MAX_VALUE_CHARS} characters or items"
         )
 
@@ -157,10 +152,6 @@ def check_call(function: Any) -> None:
 def check_call_result(value: Any) -> Any:
     """`value` if it is within the size bounds, else BoundExceeded."""
     return _check_size(value)
-
-
-def _bits(value: int) -> int:
-    return value.bit_length()
 
 
 def _exponent(value: Decimal) -> int:
@@ -177,16 +168,17 @@ def check_binop(op: str, left: Any, right: Any) -> None:
     if op == "*":
         for seq, count in ((left, right), (right, left)):
             if _sized(seq) and _is_int(count) and len(seq) * count > MAX_VALUE_CHARS:
-                raise _refuse(f"repeating {len(seq)} characters or items {count} times")
-        if _is_int(left) and _is_int(right) and _bits(left) + _bits(right) > MAX_INT_BITS:
-            raise _refuse(f"a product of more than {MAX_INT_BITS} bits")
+                raise BoundExceeded(f"repeating {len(seq)} characters or items {count} times")
+        ints = _is_int(left) and _is_int(right)
+        if ints and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+            raise BoundExceeded(f"a product of more than {MAX_INT_BITS} bits")
     elif op == "+":
         if _sized(left) and _sized(right) and len(left) + len(right) > MAX_VALUE_CHARS:
-            raise _refuse(f"a value of more than {MAX_VALUE_CHARS} characters or items")
+            raise BoundExceeded(f"a value of more than {MAX_VALUE_CHARS} characters or items")
     elif op == "**":
         big = _is_int(left) and _is_int(right) and max(left.bit_length(), 1) * right > MAX_INT_BITS
         if big:
-            raise _refuse(f"a power of more than {MAX_INT_BITS} bits")
+            raise BoundExceeded(f"a power of more than {MAX_INT_BITS} bits")
     elif op == "%" and isinstance(left, str):
         check_format(left, right if isinstance(right, tuple) else (right,), percent=True)
 
@@ -209,7 +201,7 @@ def check_format(text: str, args: Iterable[Any], *, percent: bool) -> None:
     else:
         for _, _, spec, _ in _FORMATTER.parse(text):
             if spec and "{" in spec:
-                raise _refuse("a format width taken from an argument")
+                raise BoundExceeded("a format width taken from an argument")
             for number in _SPEC_NUMBER.findall(spec or ""):
                 _check_width(number)
     for arg in args:
@@ -220,14 +212,14 @@ def check_format(text: str, args: Iterable[Any], *, percent: bool) -> None:
 
 def _check_width(number: str | None) -> None:
     if number == "*":
-        raise _refuse("a format width taken from an argument")
+        raise BoundExceeded("a format width taken from an argument")
     if number is not None and (len(number) > 6 or int(number) > MAX_WIDTH):
-        raise _refuse(f"a format width or precision over {MAX_WIDTH}")
+        raise BoundExceeded(f"a format width or precision over {MAX_WIDTH}")
 
 
 def _check_format_arg(value: Any) -> None:
-    if isinstance(value, Decimal) and _exponent(value) > _MAX_FORMAT_EXPONENT:
-        raise _refuse(f"formatting {decimal_text(value)} would write too many digits")
+    if isinstance(value, Decimal) and _exponent(value) > _MAX_NUMBER_DIGITS:
+        raise BoundExceeded(f"formatting {decimal_text(value)} would write too many digits")
     _check_size(value)
 
 
@@ -242,14 +234,14 @@ def bounded_range(*args: int) -> range:
     except OverflowError:
         size = MAX_LOOP_ITEMS + 1
     if size > MAX_LOOP_ITEMS:
-        raise _refuse(f"range of more than {MAX_LOOP_ITEMS} numbers")
+        raise BoundExceeded(f"range of more than {MAX_LOOP_ITEMS} numbers")
     return rng
 
 
 def _bounded_loop(iterable: Any) -> Iterator[Any]:
     for count, item in enumerate(iterable, 1):
         if count > MAX_LOOP_ITEMS:
-            raise _refuse(f"a loop over more than {MAX_LOOP_ITEMS} items")
+            raise BoundExceeded(f"a loop over more than {MAX_LOOP_ITEMS} items")
         tick()
         yield item
 
@@ -260,10 +252,10 @@ def _bounded_text(value: Any) -> Any:
 
 def _int(value: Any, default: int = 0, base: int = 10) -> int:
     """Jinja's `int` without building a billion-digit integer from 1E+999999999."""
-    if isinstance(value, Decimal) and value.is_finite() and value.adjusted() > _MAX_INT_DIGITS:
-        raise _refuse(f"{decimal_text(value)} is too large for int")
-    if isinstance(value, str) and len(value) > _MAX_INT_DIGITS:
-        raise _refuse("text too long for int")
+    if isinstance(value, Decimal) and value.is_finite() and value.adjusted() > _MAX_NUMBER_DIGITS:
+        raise BoundExceeded(f"{decimal_text(value)} is too large for int")
+    if isinstance(value, str) and len(value) > _MAX_NUMBER_DIGITS:
+        raise BoundExceeded("text too long for int")
     try:
         if isinstance(value, str):
             return int(value, base)
@@ -285,7 +277,7 @@ def _check_replace(value: Any, old: Any, new: Any, count: Any = None) -> None:
         if _is_int(count) and count >= 0:
             hits = min(hits, count)
         if len(value) + hits * max(len(new) - len(old), 0) > MAX_VALUE_CHARS:
-            raise _refuse(f"replace would build more than {MAX_VALUE_CHARS} characters")
+            raise BoundExceeded(f"replace would build more than {MAX_VALUE_CHARS} characters")
 
 
 def _bounded(name: str, filter_: Callable[..., Any]) -> Callable[..., Any]:
@@ -304,11 +296,11 @@ def _bounded(name: str, filter_: Callable[..., Any]) -> Callable[..., Any]:
         elif name == "join" and own:
             items = list(own[0]) if not isinstance(own[0], str) else own[0]
             if len(items) > MAX_VALUE_CHARS:
-                raise _refuse(f"joining more than {MAX_VALUE_CHARS} items")
+                raise BoundExceeded(f"joining more than {MAX_VALUE_CHARS} items")
             joined = sum(len(x) for x in items if isinstance(x, str))
             sep = own[1] if len(own) > 1 else kwargs.get("d", "")
             if joined + len(items) * len(str(sep)) > MAX_VALUE_CHARS:
-                raise _refuse(f"join would build more than {MAX_VALUE_CHARS} characters")
+                raise BoundExceeded(f"join would build more than {MAX_VALUE_CHARS} characters")
             args = (*args[: len(args) - len(own)], items, *own[1:])
         return _check_size(filter_(*args, **kwargs))
 
