@@ -153,7 +153,7 @@ _ENV.filters = bounded_filters(_ENV.filters)
 _ENV.globals["range"] = bounded_range
 del _ENV.globals["lipsum"]  # lipsum(n=10**6) writes megabytes of text
 _GLOBALS: Final = frozenset(_ENV.globals)
-_failures = 0
+_failed_renders = 0
 
 
 class CompiledTemplate:
@@ -187,8 +187,8 @@ class CompiledTemplate:
             return _cap(f"<template error: {message}> {self.source}")
 
     def _failed(self, message: str) -> None:
-        global _failures
-        _failures += 1
+        global _failed_renders
+        _failed_renders += 1
         if message in self._logged or len(self._logged) >= _MAX_LOGGED_ERRORS:
             return
         self._logged.add(message)
@@ -205,7 +205,7 @@ class CompiledTemplate:
 
 def template_failures() -> int:
     """Renders that failed or went past a bound, in this process."""
-    return _failures
+    return _failed_renders
 
 
 def _error_text(exc: BaseException) -> str:
