@@ -7,9 +7,10 @@ from __future__ import annotations
 import signal
 import textwrap
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 import structlog
 
 from monitor.engine.decimal_text import MAX_FIXED_DIGITS, decimal_text
-from monitor.engine.rulefile import parse_rules
+from monitor.engine.rulefile import IDENTITY_FIELDS, load_rules, parse_rules
 from monitor.engine.template_limits import MAX_LOOP_ITEMS
 from monitor.engine.templates import (
     MAX_OUTPUT_CHARS,
@@ -212,6 +213,49 @@ def test_huge_decimals_print_in_bounded_text() -> None:
     )
     assert text == ("19816 daily P&L -1E+999999999 (-1E+999999999) is past the -50000 loss limit")
     assert peak < 1024 * 1024
+
+
+def _nested(paths: Iterable[str], leaf: Any) -> dict[str, Any]:
+    """`{"a": {"b": leaf}}` for the path `a.b`, for every path."""
+    root: dict[str, Any] = {}
+    for path in sorted(paths):
+        *parents, last = path.split(".")
+        node = root
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node.setdefault(last, leaf)
+    return root
+
+
+def test_every_shipped_template_prints_huge_numbers_in_bounded_text() -> None:
+    """`"daily_pnl": "-1E+999999999"` took 2 GB and 2 s in DailyLossOverLimit's summary."""
+    rules, _ = load_rules(sorted((Path(__file__).parents[1] / "rules").glob("*.yaml")))
+    not_venue_data = {*IDENTITY_FIELDS, "labels", "params"}
+    rendered = 0
+    for rule in rules.rules:
+        for template in (*rule.labels.values(), *rule.annotations.values()):
+            read = [f for f in template.fields if f.partition(".")[0] not in not_venue_data]
+            snapshot = Snapshot(
+                venue="cs",
+                venue_kind="clearstreet",
+                account="19816",
+                fields=_nested(read, HUGE),
+                taken_at=0.0,
+            )
+            params = {name: HUGE for name in rule.params}  # as an account could override
+            tracemalloc.start()
+            try:
+                with _unless_stalled():
+                    text = template.render(render_context(snapshot, params))
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert len(text) <= MAX_OUTPUT_CHARS
+            assert peak < 1024 * 1024, (rule.alert, template.source)
+            rendered += 1
+    assert rendered >= 12
 
 
 @pytest.mark.parametrize(
