@@ -196,6 +196,7 @@ def test_a_refusal_on_a_later_line_of_a_template_names_that_line() -> None:
         pytest.param('{{ "%*s" % (999999999, account) }}', "width", id="percent-star"),
         pytest.param("{{ daily_pnl | int }}", "too large for int", id="int-filter"),
         pytest.param("{{ note.split() | length }}", "a method of a value", id="split-huge"),
+        pytest.param("{{ daily_pnl - 1 }}", "number too large (decimal overflow)", id="overflow"),
     ],
 )
 def test_a_template_past_a_bound_renders_a_marker(source: str, reason: str) -> None:

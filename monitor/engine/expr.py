@@ -99,6 +99,7 @@ __all__ = [
     "PreparedParams",
     "compile_expression",
     "compile_rules",
+    "decimal_error_text",
     "number_problem",
 ]
 
@@ -973,7 +974,8 @@ def _finish(x: Any) -> Any:
     raise _Fail(f"the expression's value has an unsupported type {kind.__name__}")
 
 
-def _signal_message(exc: decimal.DecimalException) -> str:
+def decimal_error_text(exc: decimal.DecimalException) -> str:
+    """What a decimal signal means, in words (templates say it the same way)."""
     signals = exc.args[0] if exc.args and isinstance(exc.args[0], list) else [type(exc)]
     names = {s.__name__ for s in signals if isinstance(s, type)} | {type(exc).__name__}
     if names & {"DivisionByZero", "DivisionUndefined"}:
@@ -991,7 +993,7 @@ def _error(exc: BaseException) -> EvalError:
         if isinstance(exc, _Fail):
             return EvalError(str(exc))
         if isinstance(exc, decimal.DecimalException):
-            return EvalError(_signal_message(exc))
+            return EvalError(decimal_error_text(exc))
         return EvalError(f"{type(exc).__name__}: {exc}"[:300])
     except Exception:  # a hostile __str__, say
         return EvalError("evaluation failed")

@@ -19,6 +19,7 @@ bounded is refused at load with its place (`monitor.engine.template_check`).
 
 from __future__ import annotations
 
+import decimal
 import itertools
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
@@ -30,6 +31,7 @@ from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from monitor.engine.decimal_text import decimal_text
+from monitor.engine.expr import decimal_error_text
 from monitor.engine.template_check import UNBOUNDED_METHODS, bound_tree, template_problems
 from monitor.engine.template_limits import (
     RenderBudget,
@@ -209,6 +211,8 @@ def template_failures() -> int:
 
 
 def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, decimal.DecimalException):
+        return decimal_error_text(exc)
     text = str(exc) if isinstance(exc, jinja2.TemplateError) else f"{type(exc).__name__}: {exc}"
     text = " ".join(text.split())
     return text if len(text) <= 200 else text[:197] + "..."
