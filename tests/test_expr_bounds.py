@@ -11,13 +11,12 @@ EvalError at once, in little memory, and strings are never built (no string arit
 from __future__ import annotations
 
 import textwrap
-import tracemalloc
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from test_expr import both_ways, snapshot
-from test_template_bounds import _unless_stalled
+from test_template_bounds import measured
 
 from monitor.engine.expr import EvalError, compile_expression
 from monitor.engine.rulefile import parse_rules
@@ -78,13 +77,7 @@ EXTREMES: dict[str, Any] = {
 def test_extreme_values_give_an_answer_at_once_in_little_memory(text: str) -> None:
     expr = compile_expression(text)
     snap = snapshot(EXTREMES)
-    tracemalloc.start()
-    try:
-        with _unless_stalled():
-            result = both_ways(expr, snap, {})
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    result, peak = measured(lambda: both_ways(expr, snap, {}))
     assert isinstance(result, bool | Decimal | EvalError)
     assert peak < 2 * 1024 * 1024
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import signal
 import textwrap
 import tracemalloc
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import structlog
@@ -32,6 +32,7 @@ from monitor.yamlsource import Location, SourceError
 WHERE = Location("rules/hostile.yaml", 9, 20)
 #: A valid decimal whose fixed-point text is a billion digits long.
 HUGE = Decimal("-1E+999999999")
+_T = TypeVar("_T")
 
 
 class _Stalled(BaseException):  # not an Exception: render() must not swallow it
@@ -71,18 +72,23 @@ def _context(**fields: Any) -> dict[str, Any]:
     return render_context(snapshot, {"max_daily_loss": Decimal("50000")})
 
 
-def _render_measured(source: str) -> tuple[str, int]:
-    """The rendered text and the most memory the render held at once, in bytes."""
-    template = compile_template(source, where=WHERE)
-    context = _context()
+def measured(run: Callable[[], _T]) -> tuple[_T, int]:
+    """What `run()` returns and the most memory it held at once, in bytes; a run that
+    does not return within 10 s fails."""
     tracemalloc.start()
     try:
         with _unless_stalled():
-            text = template.render(context)
+            result = run()
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    return text, peak
+    return result, peak
+
+
+def _render_measured(source: str) -> tuple[str, int]:
+    template = compile_template(source, where=WHERE)
+    context = _context()
+    return measured(lambda: template.render(context))
 
 
 # ------------------------------------------------------------------------- refused at load
@@ -246,13 +252,8 @@ def test_every_shipped_template_prints_huge_numbers_in_bounded_text() -> None:
                 taken_at=0.0,
             )
             params = {name: HUGE for name in rule.params}  # as an account could override
-            tracemalloc.start()
-            try:
-                with _unless_stalled():
-                    text = template.render(render_context(snapshot, params))
-                peak = tracemalloc.get_traced_memory()[1]
-            finally:
-                tracemalloc.stop()
+            context = render_context(snapshot, params)
+            text, peak = measured(lambda: template.render(context))  # noqa: B023 - called here
             assert len(text) <= MAX_OUTPUT_CHARS
             assert peak < 1024 * 1024, (rule.alert, template.source)
             rendered += 1
