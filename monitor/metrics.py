@@ -40,6 +40,7 @@ account's currency):
 | `riskmon_polls_total` | counter | venue, outcome |
 | `riskmon_venue_up`, `riskmon_venue_accounts` | gauge | venue |
 | `riskmon_rule_evaluation_failures_total` | counter | alertname |
+| `riskmon_template_failures_total` (renders that failed or went past a bound) | counter | |
 | `riskmon_config_last_reload_successful` | gauge | |
 | `riskmon_config_last_reload_success_timestamp_seconds` | gauge | |
 | `riskmon_mqtt_connected`, `riskmon_outbox_pending` | gauge | |
@@ -83,6 +84,7 @@ from typing import Any, Final
 
 from monitor import __version__
 from monitor.engine.lifecycle import Alert, AlertPhase
+from monitor.engine.templates import template_failures
 from monitor.process_metrics import ProcessMetrics, memory_limit
 from monitor.snapshot import Snapshot
 
@@ -379,6 +381,12 @@ _ACCOUNT_PARAM: Final = _family(
     "A numeric rule param in effect for the account (its params over the rules' defaults).",
 )
 _NO_PARAMS: Final[Mapping[str, Any]] = {}
+_TEMPLATE_FAILURES_HEADER: Final = _header(
+    "riskmon_template_failures_total",
+    "counter",
+    "Label and annotation renders that failed or went past a bound of steps, time or size; "
+    "they rendered <template error: ...> and the event was published.",
+)
 
 
 class _Account:
@@ -698,6 +706,8 @@ class Metrics:
                     + _labels(alertname=alertname)
                     + b"} %d\n" % count
                 )
+        add(_TEMPLATE_FAILURES_HEADER)
+        add(b"riskmon_template_failures_total %d\n" % template_failures())
         self._render_process(add)
         return b"".join(parts)
 

@@ -14,8 +14,8 @@ more than half of that).
 
 Allowed
     - literals: numbers (always exact `Decimal`: `0.1` is `Decimal("0.1")`; at most 50
-      digits, exponent at most 1000), strings (at most 1000 characters), `True`,
-      `False`, `None`
+      digits, exponent at most 1000; a rule's numeric `params` too), strings (at most
+      1000 characters), `True`, `False`, `None`
     - field paths: dotted names, never attribute access: `buying_power`,
       `margin_details.usage.used`, `securities.AAPL.market_value`; plus `venue`,
       `venue_kind`, `account`, `currency`, `labels.<name>` and `params.<name>`
@@ -99,6 +99,8 @@ __all__ = [
     "PreparedParams",
     "compile_expression",
     "compile_rules",
+    "decimal_error_text",
+    "number_problem",
 ]
 
 MAX_SOURCE_CHARS: Final = 2000
@@ -595,6 +597,19 @@ def _parse_number(segment: str) -> tuple[Decimal | None, str]:
         return None, f"invalid number literal {segment!r}"
 
 
+def number_problem(value: Decimal) -> str | None:
+    """Why `value` is past the bounds of the language's number literals (a rule's
+    `params` are held to them too), or None."""
+    if not value.is_finite():
+        return "not a finite number"
+    _, digits, exponent = value.as_tuple()
+    if len(digits) > MAX_DIGITS:
+        return f"number longer than {MAX_DIGITS} digits"
+    if isinstance(exponent, int) and abs(exponent) > MAX_EXPONENT:
+        return f"number with an exponent beyond ±{MAX_EXPONENT}"
+    return None
+
+
 def _syntax_error_place(text: str, exc: SyntaxError) -> tuple[int, int]:
     """The line (1-based) and character column (0-based) of a syntax error in `text`.
 
@@ -959,7 +974,8 @@ def _finish(x: Any) -> Any:
     raise _Fail(f"the expression's value has an unsupported type {kind.__name__}")
 
 
-def _signal_message(exc: decimal.DecimalException) -> str:
+def decimal_error_text(exc: decimal.DecimalException) -> str:
+    """What a decimal signal means, in words (templates say it the same way)."""
     signals = exc.args[0] if exc.args and isinstance(exc.args[0], list) else [type(exc)]
     names = {s.__name__ for s in signals if isinstance(s, type)} | {type(exc).__name__}
     if names & {"DivisionByZero", "DivisionUndefined"}:
@@ -977,7 +993,7 @@ def _error(exc: BaseException) -> EvalError:
         if isinstance(exc, _Fail):
             return EvalError(str(exc))
         if isinstance(exc, decimal.DecimalException):
-            return EvalError(_signal_message(exc))
+            return EvalError(decimal_error_text(exc))
         return EvalError(f"{type(exc).__name__}: {exc}"[:300])
     except Exception:  # a hostile __str__, say
         return EvalError("evaluation failed")

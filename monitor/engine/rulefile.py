@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from monitor.durations import parse_duration
-from monitor.engine.expr import CompiledExpr, compile_expression
+from monitor.engine.expr import CompiledExpr, compile_expression, number_problem
 from monitor.engine.model import (
     ON_MISSING,
     SEVERITIES,
@@ -712,7 +712,10 @@ class _FileParser:
                 ok = False
                 continue
             param = self.param(item_path, key, item)
-            if param is None:
+            problem = number_problem(param) if isinstance(param, Decimal) else None
+            if problem is not None:  # bounded as expression literals are
+                self.error(item_path, f"params.{key}: {problem}")
+            if param is None or problem is not None:
                 ok = False
             else:
                 result[key] = param

@@ -7,27 +7,42 @@ ones through their parents: `{{ margin_details.usage.used }}`), `venue`, `venue_
 `<missing: name>`.
 
 Rendering never raises: a template that fails (a missing field used in arithmetic, a
-filter given the wrong type) renders `<template error: ...> {source}` and logs the
-failure once, with the template's location. Output is capped at `MAX_OUTPUT_CHARS`.
-Templates are written by the rule authors, so the sandbox is a guard against mistakes
-(no attribute internals, no mutation, bounded `range`, `*` and `**`), not a jail for
-hostile input.
+filter given the wrong type) or goes past a bound renders `<template error: ...> {source}`,
+logs the failure once, with the template's location, and counts it
+(`template_failures()`, `riskmon_template_failures_total`). Output is capped at
+`MAX_OUTPUT_CHARS`. Templates are written by the rule authors, so the sandbox is a guard
+against mistakes (no attribute internals, no mutation), not a jail for hostile input;
+but a mistake must not stall the daemon, so a render is bounded in steps, time and the
+size of every value it builds (`monitor.engine.template_limits`), and what cannot be
+bounded is refused at load with its place (`monitor.engine.template_check`).
 """
 
 from __future__ import annotations
 
+import decimal
 import itertools
-import operator
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import jinja2
 import structlog
 from jinja2 import meta, nodes
-from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from monitor.engine.decimal_text import decimal_text
+from monitor.engine.expr import decimal_error_text
+from monitor.engine.template_check import UNBOUNDED_METHODS, bound_tree, template_problems
+from monitor.engine.template_limits import (
+    RenderBudget,
+    bounded_filters,
+    bounded_range,
+    check_binop,
+    check_call,
+    check_call_result,
+    check_format,
+    tick,
+)
 from monitor.snapshot import Snapshot
 from monitor.yamlsource import Location, Problem, SourceError
 
@@ -36,13 +51,11 @@ __all__ = [
     "CompiledTemplate",
     "compile_template",
     "render_context",
+    "template_failures",
 ]
 
 #: Longest rendered text; longer output is cut and ends with "...".
 MAX_OUTPUT_CHARS: Final = 4096
-#: Largest operand of `**` and largest repetition of `*` on text or lists.
-_MAX_POWER: Final = 1000
-_MAX_REPEAT: Final = MAX_OUTPUT_CHARS
 _MAX_LOGGED_ERRORS: Final = 8  # distinct failure messages logged per template
 
 _log = structlog.get_logger("riskmon.rules")
@@ -75,7 +88,7 @@ class _Missing(jinja2.ChainableUndefined):
 
 def _finalize(value: Any) -> Any:
     if type(value) is Decimal:
-        return format(value, "f")
+        return decimal_text(value)
     if value is True:
         return "true"
     if value is False:
@@ -83,30 +96,50 @@ def _finalize(value: Any) -> Any:
     return value
 
 
-def _refuse(message: str) -> NoReturn:
-    raise SecurityError(message)
-
-
 class _Environment(ImmutableSandboxedEnvironment):
-    """The immutable sandbox with `*` and `**` bounded (no `"x" * 10**9`)."""
+    """The immutable sandbox with every operator, lookup and call counted as a step of
+    the render's budget and held to the size bounds of `template_limits`."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"+", "-", "*", "/", "//", "%", "**"})
 
     def call_binop(self, context: jinja2.runtime.Context, op: str, left: Any, right: Any) -> Any:
-        if op == "**":
-            if _is_number(right) and abs(right) > _MAX_POWER:
-                _refuse(f"exponent {right} is too large (at most {_MAX_POWER})")
-            if _is_number(left) and abs(left) > 10**_MAX_POWER:
-                _refuse("base of ** is too large")
-            return operator.pow(left, right)
-        for seq, count in ((left, right), (right, left)):
-            if isinstance(seq, str | list | tuple) and _is_number(count) and count > _MAX_REPEAT:
-                _refuse(f"repeating {count} times is too many (at most {_MAX_REPEAT})")
-        return operator.mul(left, right)
+        tick()
+        check_binop(op, left, right)
+        return self.binop_table[op](left, right)
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        tick()
+        return super().getattr(obj, attribute)
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        tick()
+        return super().getitem(obj, argument)
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        return attr not in UNBOUNDED_METHODS and super().is_safe_attribute(obj, attr, value)
+
+    def call(
+        __self,
+        __context: jinja2.runtime.Context,
+        __obj: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        tick()
+        check_call(__obj)
+        return check_call_result(super().call(__context, __obj, *args, **kwargs))
+
+    def wrap_str_format(self, value: Any) -> Any:
+        format_ = super().wrap_str_format(value)
+        if format_ is None:
+            return None
+        text: str = value.__self__
+
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            check_format(text, (*args, kwargs), percent=False)
+            return str(format_(*args, **kwargs))
+
+        return bounded
 
 
 _ENV: Final = _Environment(
@@ -116,8 +149,13 @@ _ENV: Final = _Environment(
     keep_trailing_newline=True,
     auto_reload=False,
     cache_size=0,
+    optimized=False,  # no constant folding: nothing of a template runs outside a render
 )
+_ENV.filters = bounded_filters(_ENV.filters)
+_ENV.globals["range"] = bounded_range
+del _ENV.globals["lipsum"]  # lipsum(n=10**6) writes megabytes of text
 _GLOBALS: Final = frozenset(_ENV.globals)
+_failed_renders = 0
 
 
 class CompiledTemplate:
@@ -143,13 +181,16 @@ class CompiledTemplate:
         if self._template is None:
             return _cap(self.source)
         try:
-            return _cap_stream(self._template.generate(context))
+            with RenderBudget():
+                return _cap_stream(self._template.generate(context))
         except Exception as exc:
             message = _error_text(exc)
-            self._log_failure(message)
+            self._failed(message)
             return _cap(f"<template error: {message}> {self.source}")
 
-    def _log_failure(self, message: str) -> None:
+    def _failed(self, message: str) -> None:
+        global _failed_renders
+        _failed_renders += 1
         if message in self._logged or len(self._logged) >= _MAX_LOGGED_ERRORS:
             return
         self._logged.add(message)
@@ -164,7 +205,14 @@ class CompiledTemplate:
         return f"CompiledTemplate({self.source!r})"
 
 
+def template_failures() -> int:
+    """Renders that failed or went past a bound, in this process."""
+    return _failed_renders
+
+
 def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, decimal.DecimalException):
+        return decimal_error_text(exc)
     text = str(exc) if isinstance(exc, jinja2.TemplateError) else f"{type(exc).__name__}: {exc}"
     text = " ".join(text.split())
     return text if len(text) <= 200 else text[:197] + "..."
@@ -194,12 +242,18 @@ def compile_template(source: str, *, where: Location) -> CompiledTemplate:
         return CompiledTemplate(source, None, frozenset(), where)
     try:
         tree = _ENV.parse(source)
-        template = _ENV.from_string(tree)
+        problems = template_problems(tree, source)
+        if problems:
+            raise SourceError(
+                [Problem(_offset_location(where, source, at), message) for at, message in problems]
+            )
+        fields = _template_fields(tree)
+        template = _ENV.from_string(bound_tree(tree))
     except jinja2.TemplateSyntaxError as exc:
         raise SourceError([Problem(_line_location(where, exc.lineno), _syntax(exc))]) from None
-    except (RecursionError, MemoryError) as exc:  # absurdly nested input
-        raise SourceError([Problem(where, f"invalid template: {type(exc).__name__}")]) from None
-    return CompiledTemplate(source, template, _template_fields(tree), where)
+    except (RecursionError, MemoryError, ValueError) as exc:  # absurdly nested or long input
+        raise SourceError([Problem(where, f"invalid template: {_error_text(exc)}")]) from None
+    return CompiledTemplate(source, template, fields, where)
 
 
 def _syntax(exc: jinja2.TemplateSyntaxError) -> str:
@@ -210,6 +264,16 @@ def _line_location(where: Location, lineno: int) -> Location:
     if lineno <= 1:
         return where
     return Location(where.file, where.line + lineno - 1, 1)
+
+
+def _offset_location(where: Location, source: str, offset: int) -> Location:
+    """Where the character at `offset` of the template stands, as `_line_location` and
+    the rule file's relocation count: columns from `where` on the first line."""
+    line = source.count("\n", 0, offset)
+    column = offset - (source.rfind("\n", 0, offset) + 1)
+    if line == 0:
+        return Location(where.file, where.line, where.col + column)
+    return Location(where.file, where.line + line, column + 1)
 
 
 def _template_fields(tree: nodes.Template) -> frozenset[str]:
