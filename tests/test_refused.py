@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections.abc import Callable, Iterator
@@ -14,8 +15,10 @@ from typing import Any
 import pytest
 from conftest import MosquittoBroker, MqttCollector
 from test_daemon import BREACH, RULES, RiskmonProcess, events
+from test_mqtt import INSTANCE, Changes, append, event, make_publisher, running
 
 from monitor.simulator import Simulator
+from monitor.store import Store
 
 #: What the daemon may publish on, beside the topics each test refuses.
 ALLOWED = ("status", "heartbeat")
@@ -78,8 +81,8 @@ def problems_in(log: str) -> list[str]:
     ]
 
 
-def statuses(collector: MqttCollector) -> list[dict[str, Any]]:
-    return [json.loads(m.payload) for m in collector.on("riskmon/status/test-1") if m.payload]
+def statuses(collector: MqttCollector, instance: str = "test-1") -> list[dict[str, Any]]:
+    return [json.loads(m.payload) for m in collector.on(f"riskmon/status/{instance}") if m.payload]
 
 
 async def test_a_refused_event_is_dead_lettered_and_sent_again_once_allowed(
@@ -147,3 +150,149 @@ async def test_a_refused_event_is_dead_lettered_and_sent_again_once_allowed(
         assert "dead letters re-queued at reload" in riskmon.log()
         assert riskmon.signal(signal.SIGTERM) == 0
     assert problems_in(riskmon.log()) == []
+
+
+# -- the publisher alone: the records behind a refused one flow; MQTT 3.1.1's hang-up ----
+
+
+@pytest.fixture
+def changes() -> Changes:
+    """The publisher's `on_change`, to wait on (tests/test_mqtt.py's)."""
+    return Changes()
+
+
+async def test_the_records_behind_a_refused_one_are_delivered(
+    mosquitto_factory: Callable[..., MosquittoBroker],
+    tmp_path: Path,
+    changes: Changes,
+) -> None:
+    """acct-1's events are refused, acct-2's are not: acct-1's record becomes a dead
+    letter after `max_refusals`, acct-2's are delivered meanwhile and after."""
+    path = tmp_path / "acl"
+    path.write_text(
+        "topic read riskmon/#\n"
+        + "".join(
+            f"topic readwrite riskmon/{name}/#\n"
+            for name in ("status", "heartbeat", "alerts", "events/critical/cs/acct-2")
+        )
+    )
+    broker = mosquitto_factory(extra=f"acl_file {path}\n")
+    refused: list[str] = []
+    with Store(tmp_path / "state" / "riskmon.db") as store:
+        publisher = make_publisher(
+            broker.url, store, changes, max_refusals=3, on_refused=refused.append
+        )
+        async with (
+            MqttCollector(broker, ["riskmon/#"]) as sub,
+            running(publisher),
+        ):
+            await changes.until(lambda: publisher.connected)
+            append(store, event(1), event(2))
+            publisher.notify()
+            await changes.until(lambda: store.dead_letters() == 1 and store.depth() == 0)
+            assert refused == ["not_authorized"] * 3
+            [(_, topic, reason)] = store.dead_letter_reasons()
+            assert topic == "riskmon/events/critical/cs/acct-1/BuyingPowerBelowFloor"
+            assert reason.endswith("Not authorized (0x87)")
+            append(store, event(2, "resolved"))
+            publisher.notify()
+            await sub.wait_for(lambda _: len(sub.on("riskmon/events/+/cs/acct-2/#")) == 2)
+            await sub.wait_for(
+                lambda _: any(s.get("dead_letters") == 1 for s in statuses(sub, INSTANCE))
+            )
+            assert not sub.on("riskmon/events/+/cs/acct-1/#")
+            assert publisher.connected  # no reconnect for a refusal
+
+            store.requeue_dead_letters()  # what start-up and SIGHUP do
+            publisher.requeued()
+            await changes.until(lambda: len(refused) == 6 and store.dead_letters() == 1)
+
+
+class HangingUpBroker:
+    """An MQTT 3.1.1 broker on a real socket that refuses a publish the way 3.1.1
+    brokers other than Mosquitto do: it closes the connection. It refuses MQTT 5 (so the
+    publisher steps down), acknowledges everything else."""
+
+    def __init__(self, refuse_prefix: str) -> None:
+        self.refuse_prefix = refuse_prefix
+        self.connections = 0
+        self.accepted: list[str] = []
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"mqtt://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> HangingUpBroker:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                kind, body = await _packet(reader)
+                if kind == 1:  # CONNECT: protocol level after the name "MQTT"
+                    level = body[6]
+                    writer.write(b"\x20\x02\x00" + (b"\x01" if level != 4 else b"\x00"))
+                    if level != 4:
+                        break
+                    self.connections += 1
+                elif kind == 3:  # PUBLISH
+                    size = int.from_bytes(body[:2], "big")
+                    topic = body[2 : 2 + size].decode()
+                    if topic.startswith(self.refuse_prefix):
+                        break
+                    self.accepted.append(topic)
+                    writer.write(b"\x40\x02" + body[2 + size : 4 + size])  # PUBACK, its id
+                elif kind == 12:  # PINGREQ
+                    writer.write(b"\xd0\x00")
+                elif kind == 14:  # DISCONNECT
+                    break
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One MQTT control packet: its type and its body (after the fixed header)."""
+    first = (await reader.readexactly(1))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    body = await reader.readexactly(length)
+    qos = (first >> 1) & 0x03
+    kind = first >> 4
+    if kind == 3 and qos == 0:  # a heartbeat: no packet id, no PUBACK (type 16: none)
+        return 16, body
+    return kind, body
+
+
+async def test_an_mqtt_311_hang_up_with_a_record_in_flight_counts_as_a_refusal(
+    tmp_path: Path, changes: Changes
+) -> None:
+    refused: list[str] = []
+    async with HangingUpBroker("riskmon/events/critical/cs/acct-1/") as broker:
+        with Store(tmp_path / "state" / "riskmon.db") as store:
+            publisher = make_publisher(
+                broker.url, store, changes, max_refusals=3, on_refused=refused.append
+            )
+            async with running(publisher):
+                append(store, event(1), event(2))
+                await changes.until(lambda: store.dead_letters() == 1 and store.depth() == 0)
+            assert publisher.protocol_version == 4
+            assert refused == ["disconnected"] * 3
+            [(_, topic, reason)] = store.dead_letter_reasons()
+            assert topic == "riskmon/events/critical/cs/acct-1/BuyingPowerBelowFloor"
+            assert reason == f"broker disconnected while {topic} was in flight (MQTT 3.1.1)"
+            assert "riskmon/events/critical/cs/acct-2/BuyingPowerBelowFloor" in broker.accepted

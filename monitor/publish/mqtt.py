@@ -216,6 +216,7 @@ class MqttPublisher:
         self._refusals: dict[int, int] = {}  # seq -> refusals in a row
         self._unacknowledged: list[int] = []  # published, but the store could not delete them
         self._rewind = False  # dead letters came back: read the outbox from its start
+        self._lost: _InFlight | None = None  # the oldest record in flight when a session ended
         self._client_id = config.client_id or f"riskmon-{instance}"
         self.status_topic = status_topic(prefix, instance)
         self.heartbeat_topic = heartbeat_topic(prefix, instance)
@@ -293,6 +294,7 @@ class MqttPublisher:
                 delay *= random.uniform(0.5, 1.0)  # jitter
                 failures += 1
                 self._failed(exc, delay)
+                self._hung_up(exc)
             finally:
                 self._set_connected(False)
             if self._stopping.is_set():
@@ -439,10 +441,12 @@ class MqttPublisher:
         """Publish the outbox in seq order; return once stopped and drained (or late)."""
         active = _Drain(link, max(1, min(self._window, link.receive_maximum - 1) // 2), deque())
         self._active = active
+        self._lost = None
         try:
             await self._drain_with(active)
         finally:
             self._active = None
+            self._lost = active.inflight[0] if active.inflight else None
 
     def _fill(self, active: _Drain) -> None:
         """Hand the broker the outbox's next records, as many as the window has room for."""
@@ -537,17 +541,11 @@ class MqttPublisher:
                     await wake.wait()
 
     def _refused(self, active: _Drain, seq: int, exc: PublishRefused) -> None:
-        """Count a refusal of the record `seq`: a dead letter after `max_refusals` in a
+        """The broker refused the record `seq`: a dead letter after `max_refusals` in a
         row, else sent again after a back-off."""
         self.last_error = str(exc)
-        refusals = self._refusals[seq] = self._refusals.get(seq, 0) + 1
-        reason = exc.reason.lower().replace(" ", "_")
-        if self._on_refused is not None:
-            try:
-                self._on_refused(reason)
-            except Exception:
-                log.exception("mqtt: the on_refused callback failed")
-        if refusals < self._max_refusals or not self._dead_letter(seq, exc):
+        refusals = self._refusal(seq, exc.topic, exc.reason, str(exc))
+        if refusals is not None:
             delay = min(self._reconnect_max, self._reconnect_min * 2 ** (refusals - 1))
             delay *= random.uniform(0.5, 1.0)  # jitter
             log.error(
@@ -567,10 +565,41 @@ class MqttPublisher:
             return
         self._status(active.link)
 
-    def _dead_letter(self, seq: int, exc: PublishRefused) -> bool:
+    def _hung_up(self, exc: Exception) -> None:
+        """MQTT 3.1.1 has no way to refuse a publish but hanging up: a connection lost
+        with a record in flight counts as a refusal of the oldest one."""
+        lost, self._lost = self._lost, None
+        if lost is None or self._version.v5 or not isinstance(exc, aiomqtt.MqttError):
+            return
+        topic = lost.topics[0]
+        text = f"broker disconnected while {topic} was in flight (MQTT 3.1.1)"
+        refusals = self._refusal(lost.seq, topic, "Disconnected", text)
+        if refusals is not None:
+            log.error(
+                "mqtt: the broker hung up with a publish in flight (MQTT 3.1.1's refusal);"
+                " sending it again",
+                topic=topic,
+                refusals=refusals,
+                dead_letter_after=self._max_refusals,
+            )
+
+    def _refusal(self, seq: int, topic: str, reason: str, text: str) -> int | None:
+        """Count a refusal of the record `seq`; the refusals in a row, or None when it
+        became a dead letter (`max_refusals`)."""
+        refusals = self._refusals[seq] = self._refusals.get(seq, 0) + 1
+        if self._on_refused is not None:
+            try:
+                self._on_refused(reason.lower().replace(" ", "_"))
+            except Exception:
+                log.exception("mqtt: the on_refused callback failed")
+        if refusals >= self._max_refusals and self._dead_letter(seq, topic, reason, text):
+            return None
+        return refusals
+
+    def _dead_letter(self, seq: int, topic: str, reason: str, text: str) -> bool:
         """Move the record `seq` to the dead letters; False when the store cannot."""
         try:
-            self._store.dead_letter(seq, str(exc))
+            self._store.dead_letter(seq, text)
         except StoreError as error:  # the disk: it stays in the outbox and is tried again
             log.error("mqtt: could not move a refused record to the dead letters", error=str(error))
             return False
@@ -578,8 +607,8 @@ class MqttPublisher:
         log.error(
             "mqtt: the broker refused a publish again and again; moved to the dead letters"
             " (re-queued at the next start or SIGHUP), the events behind it go on",
-            topic=exc.topic,
-            reason=exc.reason,
+            topic=topic,
+            reason=reason,
             refusals=self._max_refusals,
             dead_letters=self._store.dead_letters(),
         )
