@@ -555,7 +555,7 @@ class Daemon(PollListener):
         if rules is None:
             self.metrics.set_reload(False, time.time())
             return False
-        self._emit(self.evaluator.replace_rules(rules, time.time()))
+        self._emit(self.evaluator.replace_rules(rules, time.time(), also_keep=self.health.rules))
         self._rules_loaded(rules)
         self.metrics.set_reload(True, time.time())
         settle_heap()
@@ -620,7 +620,7 @@ class Daemon(PollListener):
         except StoreError as exc:
             log.error("reload: could not re-queue the dead letters", error=str(exc))
         self._forget_unmonitored(now)
-        self._emit(self.evaluator.replace_rules(rules, now))
+        self._emit(self.evaluator.replace_rules(rules, now, also_keep=self.health.rules))
         self._rules_loaded(rules)
         self.metrics.set_reload(True, now)
         settle_heap()

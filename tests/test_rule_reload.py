@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from monitor.engine.builtin import builtin_rules, riskmon_snapshot
 from monitor.engine.evaluate import Evaluator
+from monitor.engine.lifecycle import AlertBook
+from monitor.engine.model import RuleSet
 from monitor.engine.reload import RuleSource
 from monitor.snapshot import Snapshot
 from monitor.yamlsource import SourceError
@@ -87,3 +90,16 @@ def test_pending_and_firing_alerts_survive_a_reload_that_keeps_their_rule(
     assert alert.fingerprint == fired.fingerprint
     [resolved] = evaluator.evaluate(snap(buying_power=Decimal(70)), 3)
     assert resolved.status == "resolved"
+
+
+def test_a_reload_leaves_the_built_in_alerts_alone() -> None:
+    """The daemon's two Evaluators share one AlertBook: a reload of the user's rules
+    must not resolve a firing EventsUndeliverable (or AccountDataStale) as 'rule removed'."""
+    book = AlertBook()
+    health = Evaluator(builtin_rules(), book)
+    user = Evaluator(RuleSet(groups=(), files=()), book)
+    [fired] = health.evaluate(riskmon_snapshot(dead_letters=2, now=100.0), 100.0)
+    assert (fired.alertname, fired.status) == ("EventsUndeliverable", "firing")
+    assert user.replace_rules(RuleSet(groups=(), files=()), 101.0, also_keep=health.rules) == []
+    assert [a.alertname for a in book.firing()] == ["EventsUndeliverable"]
+    assert health.evaluate(riskmon_snapshot(dead_letters=2, now=102.0), 102.0) == []
