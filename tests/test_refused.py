@@ -195,7 +195,12 @@ async def test_the_records_behind_a_refused_one_are_delivered(
     refused: list[str] = []
     with Store(tmp_path / "state" / "riskmon.db") as store:
         publisher = make_publisher(
-            broker.url, store, changes, max_refusals=3, on_refused=refused.append
+            broker.url,
+            store,
+            changes,
+            max_refusals=3,
+            on_refused=refused.append,
+            heartbeat_interval=0.2,
         )
         async with (
             MqttCollector(broker, ["riskmon/#"]) as sub,
@@ -214,6 +219,12 @@ async def test_the_records_behind_a_refused_one_are_delivered(
             await sub.wait_for(lambda _: len(sub.on("riskmon/events/+/cs/acct-2/#")) == 2)
             await sub.wait_for(
                 lambda _: any(s.get("dead_letters") == 1 for s in statuses(sub, INSTANCE))
+            )
+            await sub.wait_for(  # the heartbeat says it too
+                lambda _: any(
+                    json.loads(m.payload).get("alerts") == [UNDELIVERABLE]
+                    for m in sub.on(f"riskmon/heartbeat/{INSTANCE}")
+                )
             )
             assert not sub.on("riskmon/events/+/cs/acct-1/#")
             assert publisher.connected  # no reconnect for a refusal

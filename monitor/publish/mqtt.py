@@ -36,7 +36,8 @@ event a venue answer caused (`answered_at`), `on_delivery` learns how long it to
 that answer to the broker's PUBACKs: the daemon's `riskmon_event_delivery_seconds`.
 
 Heartbeats. Every `heartbeat_interval` seconds, `heartbeat()`'s dict plus `instance`,
-`at` and `outbox_depth` go to `{prefix}/heartbeat/{instance}` at QoS 0.
+`at`, `outbox_depth` and `dead_letters` (with `alerts: ["EventsUndeliverable"]` while
+there are some) go to `{prefix}/heartbeat/{instance}` at QoS 0.
 
 Protocol. MQTT 5 first, with content type `application/json` (and the UTF-8 payload
 format indicator) on JSON payloads and a message expiry of three heartbeat intervals on
@@ -73,6 +74,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from monitor import __version__
 from monitor.config.model import MqttConfig
 from monitor.config.secret import SecretUnavailable
+from monitor.engine.builtin import EVENTS_UNDELIVERABLE
 from monitor.publish.events import (
     encode,
     heartbeat_topic,
@@ -678,7 +680,9 @@ class MqttPublisher:
             figures = {}
         body = {"instance": self.instance, "at": rfc3339(time.time()), **figures}
         body["outbox_depth"] = self._store.depth()
-        body["dead_letters"] = self._store.dead_letters()
+        body["dead_letters"] = dead_letters = self._store.dead_letters()
+        if dead_letters:  # as the retained status says it
+            body["alerts"] = [EVENTS_UNDELIVERABLE]
         return json.dumps(body, separators=(",", ":"), default=str).encode("utf-8")
 
     # -- small things -----------------------------------------------------------------------
