@@ -499,7 +499,8 @@ class Daemon(PollListener):
         events: list[AlertEvent] = []
         for snapshot in health_snapshots(healths, now, skip=settled):
             events.extend(self.health.evaluate(snapshot, now))
-        events.extend(self.health.evaluate(riskmon_snapshot(self.store.dead_letters(), now), now))
+        riskmon = riskmon_snapshot(self.store.dead_letters(), now, instance=self.config.instance)
+        events.extend(self.health.evaluate(riskmon, now))
         self._emit(events)
         if self._unsettled:
             answered = {name for name in self._unsettled if self.pollers[name].accounts_settled}

@@ -109,6 +109,10 @@ async def test_a_refused_event_is_dead_lettered_and_sent_again_once_allowed(
 
         await riskmon.until(lambda: dead_letters(1), "a dead letter", timeout=30)
         await riskmon.until(lambda: undeliverable("firing"), "EventsUndeliverable firing")
+        _, body = await riskmon.get("/api/v1/alerts")
+        [alert] = [a for a in json.loads(body)["alerts"] if a["alertname"] == UNDELIVERABLE]
+        assert (alert["venue"], alert["account"]) == ("riskmon", "*")
+        assert alert["labels"]["instance"] == "test-1"  # the shards' alerts stay apart
         metrics = await riskmon.metrics()
         assert metrics[("riskmon_events_refused_total", (("reason", "not_authorized"),))] >= 5
         active = (

@@ -177,14 +177,16 @@ def health_snapshots(
     return snapshots
 
 
-def riskmon_snapshot(dead_letters: int, now: float) -> Snapshot:
-    """The health snapshot of riskmon itself, for EventsUndeliverable."""
+def riskmon_snapshot(dead_letters: int, now: float, *, instance: str = "") -> Snapshot:
+    """The health snapshot of riskmon itself, for EventsUndeliverable; labelled with
+    the `instance`, so that the shards' alerts (and PagerDuty incidents) stay apart."""
     return Snapshot(
         venue=RISKMON,
         venue_kind=RISKMON,
         account=VENUE_WIDE,
         taken_at=now,
         fields={"dead_letters": Decimal(dead_letters)},
+        labels={"instance": instance} if instance else {},
     )
 
 
