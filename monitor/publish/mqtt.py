@@ -12,19 +12,22 @@ published (QoS 1, not retained), then the retained alert state (QoS 1; an empty 
 clears it on resolve). A window of records is in flight at once (64 publishes by
 default, fewer when the broker's MQTT 5 Receive Maximum is lower: Mosquitto's default
 of 20 allows 9 records), all on one connection, so the broker receives them, and
-acknowledges them, in order. A record is
-acknowledged in the store (deleted) only once both of its PUBACKs arrived, and only as
-part of an acknowledged prefix of the queue. When the connection drops, whatever is not
-acknowledged is sent again, in `seq` order, after the reconnect: at least once, in
-order per alert; consumers de-duplicate by `event_id`. A PUBACK carrying an MQTT 5
-failure reason code (e.g. 0x87 Not authorized, an ACL problem) is not a delivery: the
-refusal is logged with the topic and reason, kept in `last_error` and reported to
-`on_refused`, and the publisher reconnects with backoff and tries again. A record refused
-`max_refusals` times in a row is moved to the outbox's dead letters (`on_dead_letter`),
-so that the records behind it flow; the retained status then says how many wait there.
-Nothing is dropped: `requeued()` after `Store.requeue_dead_letters` sends them again.
-(A 3.1.1 broker cannot say no: Mosquitto acknowledges a refused 3.1.1 publish and drops
-it, others disconnect, which looks like any lost connection and is retried as one.)
+acknowledges them, in order. A record is acknowledged in the store (deleted) only once
+both of its PUBACKs arrived. When the connection drops, whatever is not acknowledged is
+sent again, in `seq` order, after the reconnect: at least once, in order per alert;
+consumers de-duplicate by `event_id`.
+
+Refusals. A PUBACK carrying an MQTT 5 failure reason code (e.g. 0x87 Not authorized, an
+ACL problem) is not a delivery: the refusal is logged with the topic and reason, kept in
+`last_error` and reported to `on_refused`; the connection stays (no will, no reconnect
+churn), the records sent behind it are delivered, and the refused record is sent again,
+in its place, after a back-off (0.2 s doubling, as reconnects). A record refused
+`max_refusals` times in a row is moved to the outbox's dead letters, so that the
+records behind it flow, and the retained status and the heartbeat say how many wait
+there. Nothing is dropped: `requeued()` after `Store.requeue_dead_letters` sends them
+again. MQTT 3.1.1 has no refusal: Mosquitto acknowledges a refused 3.1.1 publish and
+drops it (nothing riskmon can see); other brokers hang up, and a connection lost with
+a record in flight counts as a refusal of the oldest one (reason `disconnected`).
 
 Store failures. A record published but not deleted from the outbox (the disk refused
 `acknowledge`) is reported to `on_store_error` and deleted at the next acknowledgement
@@ -162,9 +165,9 @@ class MqttPublisher:
     `reconnect_max` bound the backoff; `ack_timeout` is how long a PUBACK may take before
     the connection is considered dead. `max_refusals` is how many refusals in a row move
     a record to the dead letters; `on_refused` is called with the reason of each refusal
-    (`not_authorized`), `on_dead_letter` after a record moved. `on_store_error` is
-    called with ("acknowledge", the error) when the outbox could not delete published
-    records, and with ("acknowledge", None) when it could again.
+    (`not_authorized`). `on_store_error` is called with ("acknowledge", the error) when
+    the outbox could not delete published records, and with ("acknowledge", None) when
+    it could again.
     """
 
     def __init__(
@@ -185,7 +188,6 @@ class MqttPublisher:
         ack_timeout: float = 30.0,
         max_refusals: int = 5,
         on_refused: Callable[[str], None] | None = None,
-        on_dead_letter: Callable[[], None] | None = None,
         on_store_error: Callable[[str, StoreError | None], None] | None = None,
     ) -> None:
         self._endpoint = Endpoint.parse(config.url)
@@ -213,7 +215,6 @@ class MqttPublisher:
         self._ack_timeout = ack_timeout
         self._max_refusals = max_refusals
         self._on_refused = on_refused
-        self._on_dead_letter = on_dead_letter
         self._on_store_error = on_store_error
         self._refusals: dict[int, int] = {}  # seq -> refusals in a row
         self._unacknowledged: list[int] = []  # published, but the store could not delete them
@@ -614,11 +615,6 @@ class MqttPublisher:
             refusals=self._max_refusals,
             dead_letters=self._store.dead_letters(),
         )
-        if self._on_dead_letter is not None:
-            try:
-                self._on_dead_letter()
-            except Exception:
-                log.exception("mqtt: the on_dead_letter callback failed")
         self._changed()
         return True
 
