@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from conftest import MosquittoBroker, MqttCollector
 from test_daemon import BREACH, RULES, RiskmonProcess, events
 from test_mqtt import INSTANCE, Changes, append, event, make_publisher, running
@@ -308,10 +309,10 @@ async def _packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return kind, body
 
 
-async def test_an_mqtt_311_hang_up_with_a_record_in_flight_counts_as_a_refusal(
-    tmp_path: Path, changes: Changes
-) -> None:
+async def hang_ups(tmp_path: Path) -> None:
+    """Three hang-ups with a record in flight, each followed by a reconnect."""
     refused: list[str] = []
+    changes = Changes()
     async with HangingUpBroker("riskmon/events/critical/cs/acct-1/") as broker:
         with Store(tmp_path / "state" / "riskmon.db") as store:
             publisher = make_publisher(
@@ -326,3 +327,15 @@ async def test_an_mqtt_311_hang_up_with_a_record_in_flight_counts_as_a_refusal(
             assert topic == "riskmon/events/critical/cs/acct-1/BuyingPowerBelowFloor"
             assert reason == f"broker disconnected while {topic} was in flight (MQTT 3.1.1)"
             assert "riskmon/events/critical/cs/acct-2/BuyingPowerBelowFloor" in broker.accepted
+
+
+async def test_an_mqtt_311_hang_up_with_a_record_in_flight_counts_as_a_refusal(
+    tmp_path: Path,
+) -> None:
+    await hang_ups(tmp_path)
+
+
+def test_reconnects_after_hang_ups_do_not_abort_uvloop(tmp_path: Path) -> None:
+    """A socket watcher left on a closed descriptor made uvloop (libuv) abort the
+    process at the next reconnect: the publisher on uvloop, as `riskmon run` runs it."""
+    uvloop.run(hang_ups(tmp_path))
