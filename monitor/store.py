@@ -97,7 +97,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     created_at REAL NOT NULL,
     answered_at REAL,
     reason TEXT NOT NULL,
-    dead_at REAL NOT NULL
+    dead_at REAL NOT NULL,
+    superseded INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS alert_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -119,7 +120,17 @@ _DEAD_LETTER: Final = (
     f"INSERT INTO dead_letters ({_COLUMNS}, reason, dead_at)"
     f" SELECT {_COLUMNS}, ?, ? FROM outbox WHERE seq = ?"
 )
-_REQUEUE: Final = f"INSERT INTO outbox ({_COLUMNS}) SELECT {_COLUMNS} FROM dead_letters"
+# A dead letter whose alert had a later record delivered meanwhile comes back without
+# its retained alert state (alert_topic ''): that would overwrite a newer one.
+_REQUEUE: Final = (
+    f"INSERT INTO outbox ({_COLUMNS}) SELECT "
+    + _COLUMNS.replace("alert_topic,", "CASE WHEN superseded THEN '' ELSE alert_topic END,")
+    + " FROM dead_letters"
+)
+_SUPERSEDE: Final = (
+    "UPDATE dead_letters SET superseded = 1 WHERE seq < ?1"
+    " AND alert_key = (SELECT alert_key FROM outbox WHERE seq = ?1)"
+)
 _PENDING: Final = (
     "SELECT seq, event_id, alert_key, event_topic, event_payload, alert_topic,"
     " alert_payload, created_at, answered_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?"
@@ -139,7 +150,8 @@ class OutboxEntry:
     """One event to publish, and the retained alert state it leaves behind.
 
     `alert_payload` is the retained message for `alert_topic`: the event's JSON while
-    the alert fires, `b""` (which clears the retained message) when it resolves.
+    the alert fires, `b""` (which clears the retained message) when it resolves; an
+    `alert_topic` of "" (a re-queued dead letter whose alert moved on) publishes none.
     `alert_key` is the alert's fingerprint. `answered_at` is when the venue answer that
     caused the event arrived (its `Snapshot.taken_at`, epoch seconds), None for events
     no answer caused (staleness, reloads, accounts that left): the publisher times the
@@ -330,6 +342,8 @@ class Store:
         if not seqs:
             return
         with self._transaction("acknowledge outbox records") as db:
+            if self._dead:
+                db.executemany(_SUPERSEDE, [(s,) for s in seqs])
             deleted = db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
             count = deleted.rowcount
         self._depth = max(0, self._depth - max(count, 0))
@@ -367,7 +381,8 @@ class Store:
 
     def requeue_dead_letters(self) -> int:
         """Put every dead letter back into the outbox, in its old place in the queue
-        (its seq); how many."""
+        (its seq); how many. One whose alert had a later record acknowledged meanwhile
+        comes back with `alert_topic` '' (its retained state is out of date)."""
         with self._transaction("re-queue the dead letters") as db:
             moved = db.execute(_REQUEUE).rowcount
             db.execute("DELETE FROM dead_letters")

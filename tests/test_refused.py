@@ -339,3 +339,27 @@ def test_reconnects_after_hang_ups_do_not_abort_uvloop(tmp_path: Path) -> None:
     process at the next reconnect: the publisher on uvloop, as `riskmon run` runs it."""
     uvloop = pytest.importorskip("uvloop")
     uvloop.run(hang_ups(tmp_path))
+
+
+async def test_a_requeued_dead_letter_does_not_overwrite_a_newer_retained_state(
+    mosquitto_factory: Callable[..., MosquittoBroker], tmp_path: Path, changes: Changes
+) -> None:
+    broker = mosquitto_factory()  # accepts everything: the ACL was fixed meanwhile
+    retained = "riskmon/alerts/cs/acct-1/BuyingPowerBelowFloor"
+    with Store(tmp_path / "state" / "riskmon.db") as store:
+        [fired] = append(store, event(1))
+        [record] = store.pending()
+        store.dead_letter(record.seq, "broker refused it: Not authorized (0x87)")
+        [resolved] = append(store, event(1, "resolved"))
+        publisher = make_publisher(broker.url, store, changes)
+        async with MqttCollector(broker, ["riskmon/#"]) as sub, running(publisher):
+            await changes.until(lambda: publisher.connected and store.depth() == 0)
+            store.requeue_dead_letters()
+            publisher.requeued()
+            await sub.wait_for(lambda _: len(sub.on("riskmon/events/#")) == 2)
+            await changes.until(lambda: store.depth() == 0)
+            ids = [json.loads(m.payload)["event_id"] for m in sub.on("riskmon/events/#")]
+            assert ids == [resolved, fired]  # the firing event goes out, late
+            await sub.publish("riskmon/alerts/marker", b"x")  # what came before is here
+            await sub.wait_for(lambda _: bool(sub.on("riskmon/alerts/marker")))
+            assert [m.payload for m in sub.on(retained)] == [b""]  # the alert stays cleared

@@ -377,3 +377,20 @@ def test_a_dead_letter_leaves_the_queue_and_is_requeued_in_its_place(
         assert [r.seq for r in reopened.pending()] == [first, second, third]
         assert [r.event_id for r in reopened.pending()] == ["event-1", "event-2", "event-3"]
         assert (reopened.depth(), reopened.dead_letters()) == (3, 0)
+
+
+def test_a_dead_letter_whose_alert_moved_on_comes_back_without_its_retained_state(
+    store: Store,
+) -> None:
+    """Its alert's later record was delivered meanwhile (the ACL fixed, no SIGHUP yet):
+    re-sending the old retained state would overwrite the newer one."""
+    store.append([entry(1), entry(2)])  # two alerts: fp-1, fp-2
+    old, other = (r.seq for r in store.pending())
+    store.dead_letter(old, "refused")
+    store.dead_letter(other, "refused")
+    store.append([entry(4, resolved=True)])  # fp-1 again (4 % 3), delivered
+    [newer] = store.pending()
+    store.acknowledge([newer.seq])
+    store.requeue_dead_letters()
+    topics = {r.event_id: r.alert_topic for r in store.pending()}
+    assert topics == {"event-1": "", "event-2": "riskmon/alerts/cs/2/BuyingPowerBelowFloor"}

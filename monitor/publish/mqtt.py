@@ -462,9 +462,9 @@ class MqttPublisher:
         wake = self._wake.set
         sent = False
         for record in self._store.pending(limit=room, after=active.cursor):
-            flight = _InFlight(
-                record.seq, now, (record.event_topic, record.alert_topic), record.answered_at
-            )
+            retained = bool(record.alert_topic)  # not for a dead letter whose alert moved on
+            topics = (record.event_topic, record.alert_topic) if retained else (record.event_topic,)
+            flight = _InFlight(record.seq, now, topics, record.answered_at)
             flight.acks = (
                 link.send(
                     record.event_topic,
@@ -473,15 +473,18 @@ class MqttPublisher:
                     properties=self._properties(record.event_payload),
                     on_ack=flight.stamp,
                 ),
-                link.send(
-                    record.alert_topic,
-                    record.alert_payload,
-                    qos=1,
-                    retain=True,
-                    properties=self._properties(record.alert_payload),
-                    on_ack=flight.stamp,
-                ),
             )
+            if retained:
+                flight.acks += (
+                    link.send(
+                        record.alert_topic,
+                        record.alert_payload,
+                        qos=1,
+                        retain=True,
+                        properties=self._properties(record.alert_payload),
+                        on_ack=flight.stamp,
+                    ),
+                )
             for ack in flight.acks:
                 ack.add_done_callback(lambda _: wake())
             inflight.append(flight)
