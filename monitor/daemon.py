@@ -31,11 +31,13 @@ from monitor.api import AsyncHttpServer, account_json, alert_json, create_app, s
 from monitor.broker import BrokerUnavailable, EmbeddedBroker
 from monitor.config import Config, VenueConfig, load_config
 from monitor.engine.builtin import (
+    RISKMON,
     VENUE_WIDE,
     AccountHealth,
     builtin_rules,
     could_be_stale,
     health_snapshots,
+    riskmon_snapshot,
 )
 from monitor.engine.evaluate import Evaluator
 from monitor.engine.expr import CONTEXT, EvalError
@@ -45,6 +47,8 @@ from monitor.engine.reload import RuleSource
 from monitor.errors import VenueAuthError, VenueError
 from monitor.health import HealthProblems
 from monitor.metrics import Metrics
+from monitor.outbox_metrics import OutboxMetrics
+from monitor.outbox_writer import OutboxWriter
 from monitor.poller import AccountState, PollListener, VenuePoller
 from monitor.publish.events import to_entry
 from monitor.publish.mqtt import MqttPublisher
@@ -107,6 +111,8 @@ class Daemon(PollListener):
         self.health = Evaluator(builtin_rules(), self.book)
         self.metrics = Metrics()
         self.problems = HealthProblems()  # what keeps riskmon from alerting: /healthz
+        self.outbox = OutboxWriter(self.store, self.problems, notify=self._notify_publisher)
+        self.outbox_metrics = OutboxMetrics(self.store, self.outbox)
         self._failing_rules: set[str] = set()  # alertnames whose failure was logged as a warning
         # Background tasks: a crash is logged, counted, and the task started again;
         # /healthz fails from a crash until the task has run steadily again.
@@ -136,6 +142,11 @@ class Daemon(PollListener):
         self._param_defaults: dict[tuple[str, str], Mapping[str, Any]] = {}
         self._param_defaults_of: RuleSet | None = None
         self._unsettled: set[str] = set()  # venues whose discovery has not answered yet
+        try:
+            self._requeue_dead_letters("at start-up")
+        except StoreError as exc:
+            self.store.close()
+            raise self._startup_error(("state_dir",), f"state_dir: {exc}") from None
 
     # -- running ----------------------------------------------------------------------------
 
@@ -238,6 +249,8 @@ class Daemon(PollListener):
             heartbeat=self._heartbeat,
             on_change=self._publisher_changed,
             on_delivery=self.metrics.observe_event_delivery,
+            on_refused=self.outbox_metrics.count_refused,
+            on_store_error=lambda _operation, exc: self.outbox.acknowledged(exc, time.time()),
         )
         listen = self.config.http.listen
         try:
@@ -282,6 +295,10 @@ class Daemon(PollListener):
             await self.publisher.stop(flush_timeout=SHUTDOWN_FLUSH)
         await asyncio.gather(*background, return_exceptions=True)
         await self._close()
+        if self.outbox.held:
+            log.error(
+                "events held in memory are lost: the disk refused them", events=self.outbox.held
+            )
         log.info("riskmon stopped", outbox_left=self.store.depth())
 
     def _start_venue(
@@ -419,6 +436,8 @@ class Daemon(PollListener):
                 venue in self._unsettled or account == VENUE_WIDE or account in poller.accounts
             ):
                 continue
+            if venue == RISKMON:  # riskmon's own alerts (EventsUndeliverable)
+                continue
             self._account_gone(venue, account, now)
 
     def _account_gone(self, venue: str, account: str, now: float) -> None:
@@ -478,7 +497,7 @@ class Daemon(PollListener):
         if not entries:
             return
         alerts = self.book.to_json()
-        self.store.append(entries, alerts=alerts)
+        self.outbox.append(entries, alerts, time.time())
         self._saved_alerts = alerts
         for entry, event in zip(entries, events, strict=True):
             log.info(
@@ -490,10 +509,28 @@ class Daemon(PollListener):
                 event_id=entry.event_id,
                 values=event.values,
             )
-        if self.publisher is not None:
-            self.publisher.notify()
+        self._notify_publisher()
         self.metrics.set_alerts(self.book.active())
         self.metrics.set_outbox_pending(self.store.depth())
+
+    def _notify_publisher(self) -> None:
+        if self.publisher is not None:
+            self.publisher.notify()
+
+    def _requeue_dead_letters(self, when: str) -> None:
+        """Dead letters back into the outbox: the operator fixed the broker's ACL."""
+        letters = self.store.dead_letter_reasons()
+        if not letters:
+            return
+        self.store.requeue_dead_letters()
+        log.warning(
+            f"dead letters re-queued {when}: the broker refused these events before",
+            events=len(letters),
+            topics=sorted({topic for _, topic, _ in letters}),
+            reasons=sorted({reason.rsplit(": ", 1)[-1] for _, _, reason in letters}),
+        )
+        if self.publisher is not None:
+            self.publisher.requeued()
 
     def _publisher_changed(self) -> None:
         publisher = self.publisher
@@ -505,7 +542,7 @@ class Daemon(PollListener):
     def _save_alerts(self, *, force: bool = False) -> None:
         alerts = self.book.to_json()
         if force or alerts != self._saved_alerts:
-            self.store.save_alerts(alerts)
+            self.outbox.save_alerts(alerts, time.time())
             self._saved_alerts = alerts
 
     # -- the periodic work ------------------------------------------------------------------
@@ -561,6 +598,7 @@ class Daemon(PollListener):
 
     def tick(self, now: float) -> None:
         """Built-in health alerts, metrics that follow state, and saving alert state."""
+        self.outbox.retry(now)  # what the disk refused before, first
         healths = list(self._account_health(now))
         book = self.book
 
@@ -574,6 +612,8 @@ class Daemon(PollListener):
         events: list[AlertEvent] = []
         for snapshot in health_snapshots(healths, now, skip=settled):
             events.extend(self.health.evaluate(snapshot, now))
+        riskmon = riskmon_snapshot(self.store.dead_letters(), now, instance=self.config.instance)
+        events.extend(self.health.evaluate(riskmon, now))
         self._emit(events)
         if self._unsettled:
             answered = {name for name in self._unsettled if self.pollers[name].accounts_settled}
@@ -630,7 +670,7 @@ class Daemon(PollListener):
         if rules is None:
             self.metrics.set_reload(False, time.time())
             return False
-        self._emit(self.evaluator.replace_rules(rules, time.time()))
+        self._emit(self.evaluator.replace_rules(rules, time.time(), also_keep=self.health.rules))
         self._rules_loaded(rules)
         self.metrics.set_reload(True, time.time())
         settle_heap()
@@ -695,8 +735,12 @@ class Daemon(PollListener):
             instance=self.config.instance,
         )
         self.rule_source = source
+        try:
+            self._requeue_dead_letters("at reload")
+        except StoreError as exc:
+            log.error("reload: could not re-queue the dead letters", error=str(exc))
         self._forget_unmonitored(now)
-        self._emit(self.evaluator.replace_rules(rules, now))
+        self._emit(self.evaluator.replace_rules(rules, now, also_keep=self.health.rules))
         self._rules_loaded(rules)
         self.metrics.set_reload(True, now)
         settle_heap()
@@ -725,7 +769,7 @@ class Daemon(PollListener):
         }
 
     def metrics_text(self) -> bytes:
-        return self.metrics.render()
+        return self.metrics.render() + self.outbox_metrics.render()
 
     def health_problems(self) -> dict[str, str]:
         problems = self.problems.reasons()

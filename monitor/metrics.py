@@ -46,6 +46,7 @@ account's currency):
 | `riskmon_mqtt_connected`, `riskmon_outbox_pending` | gauge | |
 | `riskmon_events_published_total` | counter | |
 | `riskmon_event_delivery_seconds` (venue answer to PUBACK) | histogram | |
+| dead letters, refused publishes, failed outbox writes (`monitor/outbox_metrics.py`) | | |
 | `riskmon_build_info` (always 1) | gauge | version, python |
 | `riskmon_start_time_seconds` | gauge | |
 | `riskmon_internal_errors_total` (crashes of riskmon's own tasks) | counter | task |

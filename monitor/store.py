@@ -28,9 +28,14 @@ another, fails at open with `StoreLocked` (two daemons draining one outbox would
 everything twice).
 
 Tables: `outbox` (the events, with when the venue answer behind each arrived),
-`alert_state` (one row: the AlertBook's JSON), `meta` (the schema version). A file
-that is not a riskmon database, is corrupt or was written by a newer riskmon gives a
-`StoreError` naming the file.
+`dead_letters` (records the broker refused again and again, moved aside with the reason
+so that the records behind them flow: `dead_letter`; back into the outbox, in their
+place, with `requeue_dead_letters`), `alert_state` (one row: the AlertBook's JSON),
+`meta` (the schema version). A file that is not a riskmon database, is corrupt or was
+written by a newer riskmon gives a `StoreError` naming the file.
+
+The folder is created 0700 and the file 0600; a `riskmon.db` that is a symlink is
+refused (monitor/statefiles.py).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
+
+from monitor.statefiles import UnsafeStatePath, prepare_database
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -79,6 +86,20 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at REAL NOT NULL,
     answered_at REAL
 );
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    alert_key TEXT NOT NULL,
+    event_topic TEXT NOT NULL,
+    event_payload BLOB NOT NULL,
+    alert_topic TEXT NOT NULL,
+    alert_payload BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    answered_at REAL,
+    reason TEXT NOT NULL,
+    dead_at REAL NOT NULL,
+    superseded INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS alert_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     json TEXT NOT NULL,
@@ -91,6 +112,25 @@ _INSERT: Final = (
     " alert_topic, alert_payload, created_at, answered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SAVE_ALERTS: Final = "INSERT OR REPLACE INTO alert_state (id, json, saved_at) VALUES (1, ?, ?)"
+_COLUMNS: Final = (
+    "seq, event_id, alert_key, event_topic, event_payload, alert_topic, alert_payload,"
+    " created_at, answered_at"
+)
+_DEAD_LETTER: Final = (
+    f"INSERT INTO dead_letters ({_COLUMNS}, reason, dead_at)"
+    f" SELECT {_COLUMNS}, ?, ? FROM outbox WHERE seq = ?"
+)
+# A dead letter whose alert had a later record delivered meanwhile comes back without
+# its retained alert state (alert_topic ''): that would overwrite a newer one.
+_REQUEUE: Final = (
+    f"INSERT INTO outbox ({_COLUMNS}) SELECT "
+    + _COLUMNS.replace("alert_topic,", "CASE WHEN superseded THEN '' ELSE alert_topic END,")
+    + " FROM dead_letters"
+)
+_SUPERSEDE: Final = (
+    "UPDATE dead_letters SET superseded = 1 WHERE seq < ?1"
+    " AND alert_key = (SELECT alert_key FROM outbox WHERE seq = ?1)"
+)
 _PENDING: Final = (
     "SELECT seq, event_id, alert_key, event_topic, event_payload, alert_topic,"
     " alert_payload, created_at, answered_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?"
@@ -110,7 +150,8 @@ class OutboxEntry:
     """One event to publish, and the retained alert state it leaves behind.
 
     `alert_payload` is the retained message for `alert_topic`: the event's JSON while
-    the alert fires, `b""` (which clears the retained message) when it resolves.
+    the alert fires, `b""` (which clears the retained message) when it resolves; an
+    `alert_topic` of "" (a re-queued dead letter whose alert moved on) publishes none.
     `alert_key` is the alert's fingerprint. `answered_at` is when the venue answer that
     caused the event arrived (its `Snapshot.taken_at`, epoch seconds), None for events
     no answer caused (staleness, reloads, accounts that left): the publisher times the
@@ -164,10 +205,11 @@ class Store:
         self._lock: IO[bytes] | None = None
         self._checkpointer: _Checkpointer | None = None
         self._depth = 0
+        self._dead = 0
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"{self.path}: cannot create its folder: {exc.strerror}") from None
+            prepare_database(self.path)
+        except UnsafeStatePath as exc:
+            raise StoreError(str(exc)) from None
         self._lock = self._take_lock()
         try:
             self._db = self._open(mode)
@@ -223,6 +265,7 @@ class Store:
             self._check_version(db)
             self._add_answered_at(db)
             self._depth = int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            self._dead = int(db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
         except sqlite3.Error as exc:
             db.close()
             raise StoreError(f"{self.path}: not a readable riskmon database: {exc}") from None
@@ -299,6 +342,8 @@ class Store:
         if not seqs:
             return
         with self._transaction("acknowledge outbox records") as db:
+            if self._dead:
+                db.executemany(_SUPERSEDE, [(s,) for s in seqs])
             deleted = db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
             count = deleted.rowcount
         self._depth = max(0, self._depth - max(count, 0))
@@ -307,6 +352,50 @@ class Store:
         """How many records wait to be published (a counter: no query). Still valid
         after `close`."""
         return self._depth
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    def dead_letter(self, seq: int, reason: str) -> bool:
+        """Move the record `seq` from the outbox to the dead letters, with `reason` (the
+        broker's refusal); False when it is no longer in the outbox."""
+        with self._transaction("move a record to the dead letters") as db:
+            moved = db.execute(_DEAD_LETTER, (reason, time.time(), seq)).rowcount
+            if moved:
+                db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+        if moved:
+            self._depth = max(0, self._depth - 1)
+            self._dead += 1
+        return bool(moved)
+
+    def dead_letters(self) -> int:
+        """How many records are dead letters (a counter: no query)."""
+        return self._dead
+
+    def dead_letter_reasons(self) -> list[tuple[int, str, str]]:
+        """(seq, event topic, reason) of each dead letter, oldest first."""
+        with self._errors("read the dead letters"):
+            rows = self._conn().execute(
+                "SELECT seq, event_topic, reason FROM dead_letters ORDER BY seq"
+            )
+            return [(int(seq), str(topic), str(reason)) for seq, topic, reason in rows]
+
+    def requeue_dead_letters(self) -> int:
+        """Put every dead letter back into the outbox, in its old place in the queue
+        (its seq); how many. One whose alert had a later record acknowledged meanwhile
+        comes back with `alert_topic` '' (its retained state is out of date)."""
+        with self._transaction("re-queue the dead letters") as db:
+            moved = db.execute(_REQUEUE).rowcount
+            db.execute("DELETE FROM dead_letters")
+        self._depth += max(moved, 0)
+        self._dead = 0
+        return max(moved, 0)
+
+    @property
+    def checkpoint_error(self) -> str | None:
+        """Why the last background checkpoint failed (the disk is full, most likely);
+        None once one works again."""
+        checkpointer = self._checkpointer
+        return None if checkpointer is None else checkpointer.error
 
     # -- the alert state --------------------------------------------------------------------
 

@@ -46,6 +46,8 @@ SELF_ALERTS = {
     "RiskmonMqttDisconnected",
     "RiskmonMemoryNearLimit",
     "RiskmonInternalErrors",
+    "RiskmonEventsDeadLettered",
+    "RiskmonStoreWritesFailing",
 }
 SCRAPES = 4  # successful scrapes of riskmon before the dashboard's queries run
 
@@ -529,6 +531,8 @@ async def test_floors_and_self_monitoring_rules_on_real_metrics(
     assert states["RiskmonDown"] == "inactive"
     assert states["RiskmonMqttDisconnected"] == "inactive"
     assert states["RiskmonConfigReloadFailed"] == "inactive"
+    assert states["RiskmonEventsDeadLettered"] == "inactive"
+    assert states["RiskmonStoreWritesFailing"] == "inactive"
     assert states["RiskmonAccountsStale"] == "pending"
 
 

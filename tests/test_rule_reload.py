@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 
 import monitor.engine.reload as reload_module
+from monitor.engine.builtin import builtin_rules, riskmon_snapshot
 from monitor.engine.evaluate import Evaluator
+from monitor.engine.lifecycle import AlertBook
+from monitor.engine.model import RuleSet
 from monitor.engine.reload import RuleSource
 from monitor.snapshot import Snapshot
 from monitor.yamlsource import SourceError
@@ -139,3 +142,16 @@ async def test_a_reload_compiles_in_a_thread_while_the_loop_goes_on(
     assert source.rules is rules
     assert not source.status.successful
     assert not source.changed()  # a broken set is not tried again until it changes
+
+
+def test_a_reload_leaves_the_built_in_alerts_alone() -> None:
+    """The daemon's two Evaluators share one AlertBook: a reload of the user's rules
+    must not resolve a firing EventsUndeliverable (or AccountDataStale) as 'rule removed'."""
+    book = AlertBook()
+    health = Evaluator(builtin_rules(), book)
+    user = Evaluator(RuleSet(groups=(), files=()), book)
+    [fired] = health.evaluate(riskmon_snapshot(dead_letters=2, now=100.0), 100.0)
+    assert (fired.alertname, fired.status) == ("EventsUndeliverable", "firing")
+    assert user.replace_rules(RuleSet(groups=(), files=()), 101.0, also_keep=health.rules) == []
+    assert [a.alertname for a in book.firing()] == ["EventsUndeliverable"]
+    assert health.evaluate(riskmon_snapshot(dead_letters=2, now=102.0), 102.0) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,8 @@ import pytest
 from monitor.engine.expr import compile_expression
 from monitor.engine.lifecycle import AlertBook, Observation
 from monitor.engine.model import Rule
+from monitor.pagerduty.store import BridgeStore
+from monitor.pagerduty.store import StoreLocked as PdStoreLocked
 from monitor.store import SCHEMA_VERSION, OutboxEntry, Store, StoreError, StoreLocked
 from monitor.yamlsource import Location
 
@@ -301,3 +304,93 @@ def test_closed_store(db_path: Path) -> None:
     assert store.depth() == 1  # still answers (the daemon logs it after closing)
     with pytest.raises(StoreError, match="closed"):
         store.pending()
+
+
+# -- private files, no symlinks (issue 11, item 7) ------------------------------------------
+
+
+def test_the_state_folder_is_0700_and_the_database_0600(db_path: Path) -> None:
+    with Store(db_path) as store:
+        store.append([entry(1)])  # the WAL exists now, with the database's mode
+        assert stat.S_IMODE(db_path.parent.stat().st_mode) == 0o700
+        for path in (db_path, db_path.with_name("riskmon.db-wal")):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_an_existing_world_readable_database_is_made_private(db_path: Path) -> None:
+    Store(db_path).close()
+    db_path.chmod(0o644)
+    Store(db_path).close()
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("dangling", [True, False], ids=["dangling", "to-a-file"])
+def test_a_symlinked_database_is_refused(db_path: Path, tmp_path: Path, dangling: bool) -> None:
+    target = tmp_path / "elsewhere.db"
+    if not dangling:
+        target.write_bytes(b"")
+    db_path.parent.mkdir(parents=True)
+    db_path.symlink_to(target)
+    with pytest.raises(StoreError) as refused:
+        Store(db_path)
+    assert str(refused.value) == (
+        f"{db_path}: is a symbolic link; riskmon does not follow one for its database"
+    )
+    assert target.exists() == (not dangling)  # not created through the link
+
+
+def test_the_pagerduty_store_shares_the_rules(tmp_path: Path) -> None:
+    path = tmp_path / "pd" / "pagerduty.db"
+    BridgeStore(path, retention=60).close()
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    link = tmp_path / "pd2" / "pagerduty.db"
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "nowhere.db")
+    with pytest.raises(PdStoreLocked, match="is a symbolic link"):
+        BridgeStore(link, retention=60)
+
+
+# -- dead letters (issue 11, item 1) --------------------------------------------------------
+
+
+def test_a_dead_letter_leaves_the_queue_and_is_requeued_in_its_place(
+    store: Store, db_path: Path
+) -> None:
+    store.append([entry(1), entry(2), entry(3)])
+    first, second, third = (r.seq for r in store.pending())
+    assert store.dead_letter(second, "broker refused riskmon/events/x: Not authorized (0x87)")
+    assert not store.dead_letter(second, "again")  # no longer in the outbox
+    assert [r.seq for r in store.pending()] == [first, third]
+    assert (store.depth(), store.dead_letters()) == (2, 1)
+    assert store.dead_letter_reasons() == [
+        (
+            second,
+            "riskmon/events/critical/cs/2/BuyingPowerBelowFloor",
+            "broker refused riskmon/events/x: Not authorized (0x87)",
+        )
+    ]
+    store.close()
+    with Store(db_path) as reopened:  # dead letters are kept, and counted at open
+        assert (reopened.depth(), reopened.dead_letters()) == (2, 1)
+        assert reopened.requeue_dead_letters() == 1
+        assert [r.seq for r in reopened.pending()] == [first, second, third]
+        assert [r.event_id for r in reopened.pending()] == ["event-1", "event-2", "event-3"]
+        assert (reopened.depth(), reopened.dead_letters()) == (3, 0)
+
+
+def test_a_dead_letter_whose_alert_moved_on_comes_back_without_its_retained_state(
+    store: Store,
+) -> None:
+    """Its alert's later record was delivered meanwhile (the ACL fixed, no SIGHUP yet):
+    re-sending the old retained state would overwrite the newer one."""
+    store.append([entry(1), entry(2)])  # two alerts: fp-1, fp-2
+    old, other = (r.seq for r in store.pending())
+    store.dead_letter(old, "refused")
+    store.dead_letter(other, "refused")
+    store.append([entry(4, resolved=True)])  # fp-1 again (4 % 3), delivered
+    [newer] = store.pending()
+    store.acknowledge([newer.seq])
+    store.requeue_dead_letters()
+    topics = {r.event_id: r.alert_topic for r in store.pending()}
+    assert topics == {"event-1": "", "event-2": "riskmon/alerts/cs/2/BuyingPowerBelowFloor"}

@@ -9,6 +9,7 @@ Evaluator that shares the AlertBook of the user's rules:
 | AccountDataStale | each account | no good poll for `stale_after` (or since monitoring began) |
 | VenueDown | each venue (`*`) | every account of the venue is failing |
 | VenueAuthFailed | each venue (`*`) | the venue refused the credentials (401/403) |
+| EventsUndeliverable | riskmon (venue `riskmon`, account `*`) | events wait as dead letters |
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from monitor.yamlsource import Location
 
 GROUP = "riskmon"
 VENUE_WIDE = "*"  # the `account` of venue-wide alerts
+RISKMON = "riskmon"  # the `venue` (and venue kind) of the alerts about riskmon itself
+EVENTS_UNDELIVERABLE = "EventsUndeliverable"
+UNDELIVERABLE_SETTLE = 15.0  # seconds EventsUndeliverable keeps firing without dead letters
 _WHERE = Location("<built-in rules>", 1, 1)
 
 
@@ -44,7 +48,15 @@ class AccountHealth:
     labels: tuple[tuple[str, str], ...] = ()
 
 
-def _rule(alert: str, expr: str, severity: Severity, summary: str, description: str) -> Rule:
+def _rule(
+    alert: str,
+    expr: str,
+    severity: Severity,
+    summary: str,
+    description: str,
+    *,
+    keep_firing_for: float = 0.0,
+) -> Rule:
     return Rule(
         alert=alert,
         expr=compile_expression(expr, where=_WHERE),
@@ -53,6 +65,7 @@ def _rule(alert: str, expr: str, severity: Severity, summary: str, description: 
         location=_WHERE,
         severity=severity,
         on_missing="keep",
+        keep_firing_for=keep_firing_for,
         annotations={
             "summary": compile_template(summary, where=_WHERE),
             "description": compile_template(description, where=_WHERE),
@@ -91,6 +104,19 @@ def builtin_rules() -> RuleSet:
             "The venue answered 401/403: the API key or client credentials are wrong, "
             "expired or lack permission. riskmon backs off instead of retrying hot; fix "
             "the secret (files are re-read when they change). Last error: {{ last_error }}",
+        ),
+        _rule(
+            EVENTS_UNDELIVERABLE,
+            "dead_letters > 0",
+            "critical",
+            "riskmon: {{ dead_letters }} alert event(s) refused by the MQTT broker, not delivered",
+            "The broker refused these events again and again (an ACL, most likely; riskmon's "
+            "log names each topic and reason), so riskmon set them aside as dead letters in "
+            "its outbox (state_dir/riskmon.db) and delivers the others. Fix the broker, then "
+            "send riskmon SIGHUP (or restart it): dead letters are queued again then.",
+            # Re-queued dead letters (start-up, SIGHUP) are 0 for the few seconds the
+            # broker takes to refuse them again: no resolve-and-fire for that.
+            keep_firing_for=UNDELIVERABLE_SETTLE,
         ),
     )
     group = RuleGroup(name=GROUP, file=_WHERE.file, location=_WHERE, rules=rules)
@@ -149,6 +175,19 @@ def health_snapshots(
             )
         )
     return snapshots
+
+
+def riskmon_snapshot(dead_letters: int, now: float, *, instance: str = "") -> Snapshot:
+    """The health snapshot of riskmon itself, for EventsUndeliverable; labelled with
+    the `instance`, so that the shards' alerts (and PagerDuty incidents) stay apart."""
+    return Snapshot(
+        venue=RISKMON,
+        venue_kind=RISKMON,
+        account=VENUE_WIDE,
+        taken_at=now,
+        fields={"dead_letters": Decimal(dead_letters)},
+        labels={"instance": instance} if instance else {},
+    )
 
 
 def could_be_stale(health: AccountHealth) -> bool:

@@ -81,13 +81,20 @@ class Evaluator:
         self._prepared: dict[tuple[str, str], tuple[Mapping[str, Any], PreparedParams]] = {}
         self._labels: dict[tuple[str, str, str], dict[str, str]] = {}
 
-    def replace_rules(self, rules: RuleSet, now: float) -> list[AlertEvent]:
-        """Swap in a new rule set (a reload); alerts of rules that are gone resolve."""
+    def replace_rules(
+        self, rules: RuleSet, now: float, *, also_keep: RuleSet | None = None
+    ) -> list[AlertEvent]:
+        """Swap in a new rule set (a reload); alerts of rules that are gone resolve.
+        `also_keep`: the rules of another Evaluator sharing the book (the built-in
+        ones), whose alerts a reload leaves alone."""
         self.rules = rules
         self._programs.clear()
         self._prepared.clear()
         self._labels.clear()
-        return self.book.retain_rules({rule.key for rule in rules.rules}, now)
+        keys = {rule.key for rule in rules.rules}
+        if also_keep is not None:
+            keys.update(rule.key for rule in also_keep.rules)
+        return self.book.retain_rules(keys, now)
 
     def forget_account(self, venue: str, account: str, now: float) -> list[AlertEvent]:
         """An account left the config or discovery: its alerts resolve, its caches go."""

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Final, Literal
+
+from monitor.statefiles import UnsafeStatePath, prepare_database
 
 __all__ = ["BridgeStore", "StoreLocked"]
 
@@ -42,12 +43,16 @@ CREATE INDEX IF NOT EXISTS events_done ON events (done_at) WHERE done_at IS NOT 
 
 
 class StoreLocked(Exception):
-    """Another bridge already owns this state folder."""
+    """Another bridge already owns this state folder (or its database path is unsafe:
+    a symlink, a folder that cannot be made)."""
 
 
 class BridgeStore:
     def __init__(self, path: Path, *, retention: float) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            prepare_database(path)  # 0700 folder, 0600 file, no symlink
+        except UnsafeStatePath as exc:
+            raise StoreLocked(str(exc)) from None
         self.path = path
         self.retention = retention
         self._lock: IO[bytes] | None = path.with_name(path.name + ".lock").open("ab")
@@ -61,7 +66,6 @@ class BridgeStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        os.chmod(path, 0o600)
 
     def add(self, event_id: str, payload: bytes | None, state: State = "pending") -> bool:
         """Remember `event_id` (with its payload while pending); False when it was seen."""

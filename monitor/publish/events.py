@@ -38,6 +38,7 @@ import uuid
 from importlib import resources
 from typing import Any, Final, Literal
 
+from monitor.engine.builtin import EVENTS_UNDELIVERABLE
 from monitor.engine.lifecycle import AlertEvent
 from monitor.store import OutboxEntry
 
@@ -183,13 +184,19 @@ def status_payload(
     at: float,
     version: str | None = None,
     started_at: float | None = None,
+    dead_letters: int = 0,
 ) -> dict[str, Any]:
-    """The retained `{prefix}/status/{instance}` message."""
+    """The retained `{prefix}/status/{instance}` message. With dead letters (events the
+    broker refused, set aside) it says so, and names the alert they raise, so that a
+    consumer that can read nothing else still learns that events go undelivered."""
     payload: dict[str, Any] = {"status": status, "instance": instance}
     if version is not None:
         payload["version"] = version
     if started_at is not None:
         payload["started_at"] = rfc3339(started_at)
+    if dead_letters:
+        payload["dead_letters"] = dead_letters
+        payload["alerts"] = [EVENTS_UNDELIVERABLE]
     payload["at"] = rfc3339(at)
     return payload
 

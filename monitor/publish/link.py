@@ -77,7 +77,8 @@ class Link(aiomqtt.Client):
     would hide failure reason codes; `receive_maximum` is the broker's MQTT 5 Receive
     Maximum; `abort` drops the connection without DISCONNECT, so the broker publishes
     the will. These rely on aiomqtt 2.x internals (`_client`, `_on_connect`,
-    `_on_publish`, `_disconnected`), checked by tests/test_mqtt.py.
+    `_on_publish`, `_on_socket_register_write`, `_on_socket_close`, `_disconnected`),
+    checked by tests/test_mqtt.py and tests/test_refused.py.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -120,19 +121,42 @@ class Link(aiomqtt.Client):
         """Write what `send` queued now, rather than when the loop next finds the socket
         writable: one loop turn less between an alert and its PUBLISH. What does not fit
         in the socket's buffer is written later, as before."""
-        paho = self.paho
-        paho.loop_write()
-        if not paho.want_write():
-            # aiomqtt registers the socket's writer through call_soon_threadsafe, so that
-            # registration is still queued: were it left, it would wake the loop on every
-            # turn (the socket is writable) with nothing to write. Undo it after it ran,
-            # unless paho has wanted to write again meanwhile.
-            self._loop.call_soon(self._forget_writer, paho.socket())
+        self.paho.loop_write()
 
-    def _forget_writer(self, sock: Any) -> None:
-        current = self.paho.socket()
-        if current is not None and current is sock and not self.paho._registered_write:
-            self._loop.remove_writer(current.fileno())
+    # Watching the socket. aiomqtt registers the socket's writer through
+    # call_soon_threadsafe, even on the loop's own thread, and forgets the writer when
+    # paho closes the socket. A registration that ran after paho had written (and
+    # unregistered) stayed behind, and one that ran after the socket closed watched a
+    # closed descriptor (or the next connection's, reusing its number): uvloop's libuv
+    # answers a watcher on a closed descriptor with abort(), "Fatal Python error:
+    # Aborted" at the first refused publish. So the writer is registered at once on the
+    # loop's thread, from another thread only while paho still wants to write on that
+    # very socket, and removed before the socket closes.
+
+    def _on_socket_register_write(self, client: PahoClient, userdata: Any, sock: Any) -> None:
+        if _running_loop() is self._loop:
+            self._watch_writes(sock)
+        else:  # paho's connect, in an executor thread
+            self._loop.call_soon_threadsafe(self._watch_writes, sock)
+
+    def _watch_writes(self, sock: Any) -> None:
+        paho = self.paho
+        current = paho.socket()
+        if current is not None and current is sock and paho._registered_write:
+            self._loop.add_writer(current.fileno(), self._writable)
+
+    def _writable(self) -> None:
+        try:
+            self.paho.loop_write()
+        except Exception as exc:  # a broken connection: the session ends with it
+            if not self._disconnected.done():
+                self._disconnected.set_exception(exc)
+
+    def _on_socket_close(self, client: PahoClient, userdata: Any, sock: Any) -> None:
+        fileno = sock.fileno()
+        if fileno > -1:
+            self._loop.remove_writer(fileno)
+        super()._on_socket_close(client, userdata, sock)
 
     def _on_connect(
         self,
@@ -172,6 +196,13 @@ class Link(aiomqtt.Client):
         if isinstance(sock, socket.socket):  # an SSLSocket too
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # not on a thread that runs a loop
+        return None
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

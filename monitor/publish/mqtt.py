@@ -12,15 +12,26 @@ published (QoS 1, not retained), then the retained alert state (QoS 1; an empty 
 clears it on resolve). A window of records is in flight at once (64 publishes by
 default, fewer when the broker's MQTT 5 Receive Maximum is lower: Mosquitto's default
 of 20 allows 9 records), all on one connection, so the broker receives them, and
-acknowledges them, in order. A record is
-acknowledged in the store (deleted) only once both of its PUBACKs arrived, and only as
-part of an acknowledged prefix of the queue. When the connection drops, whatever is not
-acknowledged is sent again, in `seq` order, after the reconnect: at least once, in
-order per alert; consumers de-duplicate by `event_id`. A PUBACK carrying an MQTT 5
-failure reason code (e.g. 0x87 Not authorized, an ACL problem) is not a delivery: the
-record stays, the error is logged and kept in `last_error`, and the publisher
-reconnects with backoff and tries again. Nothing is dropped; the outbox depth shows the
-stall.
+acknowledges them, in order. A record is acknowledged in the store (deleted) only once
+both of its PUBACKs arrived. When the connection drops, whatever is not acknowledged is
+sent again, in `seq` order, after the reconnect: at least once, in order per alert;
+consumers de-duplicate by `event_id`.
+
+Refusals. A PUBACK carrying an MQTT 5 failure reason code (e.g. 0x87 Not authorized, an
+ACL problem) is not a delivery: the refusal is logged with the topic and reason, kept in
+`last_error` and reported to `on_refused`; the connection stays (no will, no reconnect
+churn), the records sent behind it are delivered, and the refused record is sent again,
+in its place, after a back-off (0.2 s doubling, as reconnects). A record refused
+`max_refusals` times in a row is moved to the outbox's dead letters, so that the
+records behind it flow, and the retained status and the heartbeat say how many wait
+there. Nothing is dropped: `requeued()` after `Store.requeue_dead_letters` sends them
+again. MQTT 3.1.1 has no refusal: Mosquitto acknowledges a refused 3.1.1 publish and
+drops it (nothing riskmon can see); other brokers hang up, and a connection lost with
+a record in flight counts as a refusal of the oldest one (reason `disconnected`).
+
+Store failures. A record published but not deleted from the outbox (the disk refused
+`acknowledge`) is reported to `on_store_error` and deleted at the next acknowledgement
+that works; until then a reconnect publishes it again (at least once).
 
 Latency. `notify()` (called by the daemon after `Store.append`) wakes the drain loop at
 once; without it new records are still picked up within a second. For a record whose
@@ -28,7 +39,8 @@ event a venue answer caused (`answered_at`), `on_delivery` learns how long it to
 that answer to the broker's PUBACKs: the daemon's `riskmon_event_delivery_seconds`.
 
 Heartbeats. Every `heartbeat_interval` seconds, `heartbeat()`'s dict plus `instance`,
-`at` and `outbox_depth` go to `{prefix}/heartbeat/{instance}` at QoS 0.
+`at`, `outbox_depth` and `dead_letters` (with `alerts: ["EventsUndeliverable"]` while
+there are some) go to `{prefix}/heartbeat/{instance}` at QoS 0.
 
 Protocol. MQTT 5 first, with content type `application/json` (and the UTF-8 payload
 format indicator) on JSON payloads and a message expiry of three heartbeat intervals on
@@ -65,6 +77,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from monitor import __version__
 from monitor.config.model import MqttConfig
 from monitor.config.secret import SecretUnavailable
+from monitor.engine.builtin import EVENTS_UNDELIVERABLE
 from monitor.publish.events import (
     encode,
     heartbeat_topic,
@@ -81,7 +94,7 @@ from monitor.publish.link import (
     open_link,
     ssl_context,
 )
-from monitor.store import Store
+from monitor.store import Store, StoreError
 
 __all__ = ["MqttPublisher", "PublishRefused"]
 
@@ -96,6 +109,11 @@ _CONNECT_TIMEOUT: Final = 10.0  # for the CONNACK
 class PublishRefused(Exception):
     """The broker answered a PUBLISH with an MQTT 5 failure reason code."""
 
+    def __init__(self, topic: str, code: ReasonCode) -> None:
+        self.topic = topic
+        self.reason = code.getName()
+        super().__init__(f"broker refused {topic}: {self.reason} (0x{code.value:02x})")
+
 
 #: Failures of the network, the broker, TLS or a secret file: logged without a traceback.
 _EXPECTED: Final = (aiomqtt.MqttError, OSError, PublishRefused, TimeoutError, SecretUnavailable)
@@ -109,6 +127,8 @@ class _Drain:
     window: int  # the most records in flight
     inflight: deque[_InFlight]
     cursor: int = 0  # the last seq handed to the broker on this connection
+    paused_until: float = 0.0  # loop time: a refused record waits out its back-off
+    resume_after: int = 0  # the cursor once the back-off is over (before the refused)
 
 
 @dataclass(slots=True)
@@ -131,9 +151,7 @@ class _InFlight:
         for ack, topic in zip(self.acks, self.topics, strict=True):
             code = ack.result()
             if code is not None:
-                raise PublishRefused(
-                    f"broker refused {topic}: {code.getName()} (0x{code.value:02x})"
-                )
+                raise PublishRefused(topic, code)
 
 
 class MqttPublisher:
@@ -145,7 +163,11 @@ class MqttPublisher:
     record (`answered_at`) to its PUBACKs, for each acknowledged record that has one.
     `window` is the most publishes in flight (two per record); `reconnect_min` and
     `reconnect_max` bound the backoff; `ack_timeout` is how long a PUBACK may take before
-    the connection is considered dead.
+    the connection is considered dead. `max_refusals` is how many refusals in a row move
+    a record to the dead letters; `on_refused` is called with the reason of each refusal
+    (`not_authorized`). `on_store_error` is called with ("acknowledge", the error) when
+    the outbox could not delete published records, and with ("acknowledge", None) when
+    it could again.
     """
 
     def __init__(
@@ -164,6 +186,9 @@ class MqttPublisher:
         reconnect_min: float = 0.2,
         reconnect_max: float = 30.0,
         ack_timeout: float = 30.0,
+        max_refusals: int = 5,
+        on_refused: Callable[[str], None] | None = None,
+        on_store_error: Callable[[str, StoreError | None], None] | None = None,
     ) -> None:
         self._endpoint = Endpoint.parse(config.url)
         prefix = config.topic_prefix
@@ -173,6 +198,8 @@ class MqttPublisher:
             raise ValueError("window must be at least 2 (one record)")
         if heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be positive")
+        if max_refusals < 1:
+            raise ValueError("max_refusals must be at least 1")
         self._config = config
         self._store = store
         self.instance = instance
@@ -186,6 +213,13 @@ class MqttPublisher:
         self._reconnect_min = reconnect_min
         self._reconnect_max = reconnect_max
         self._ack_timeout = ack_timeout
+        self._max_refusals = max_refusals
+        self._on_refused = on_refused
+        self._on_store_error = on_store_error
+        self._refusals: dict[int, int] = {}  # seq -> refusals in a row
+        self._unacknowledged: list[int] = []  # published, but the store could not delete them
+        self._rewind = False  # dead letters came back: read the outbox from its start
+        self._lost: _InFlight | None = None  # the oldest record in flight when a session ended
         self._client_id = config.client_id or f"riskmon-{instance}"
         self.status_topic = status_topic(prefix, instance)
         self.heartbeat_topic = heartbeat_topic(prefix, instance)
@@ -224,6 +258,14 @@ class MqttPublisher:
                 self._fill(active)
         self._wake.set()
 
+    def requeued(self) -> None:
+        """Dead letters went back into the outbox (`Store.requeue_dead_letters`), before
+        records already handed to the broker: read the outbox from its start again.
+        Call on the event loop."""
+        self._refusals.clear()
+        self._rewind = True
+        self._wake.set()
+
     # -- running ----------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -255,6 +297,7 @@ class MqttPublisher:
                 delay *= random.uniform(0.5, 1.0)  # jitter
                 failures += 1
                 self._failed(exc, delay)
+                self._hung_up(exc)
             finally:
                 self._set_connected(False)
             if self._stopping.is_set():
@@ -348,15 +391,8 @@ class MqttPublisher:
         try:
             async with asyncio.TaskGroup() as tasks:
                 watcher = tasks.create_task(_watch(link), name="mqtt-watch")
-                online = status_payload(
-                    "online",
-                    instance=self.instance,
-                    at=time.time(),
-                    version=__version__,
-                    started_at=self._started_at,
-                )
                 try:
-                    await self._confirm(link, self.status_topic, encode(online), retain=True)
+                    await self._confirm(link, self.status_topic, self._online(), retain=True)
                 except PublishRefused as exc:  # events matter more than the status
                     self.last_error = str(exc)
                     log.error("mqtt: the broker refused the online status", error=str(exc))
@@ -368,12 +404,24 @@ class MqttPublisher:
             first = _first(group)
             raise first from first.__cause__  # (keeps the reason, drops the group)
 
+    def _online(self) -> bytes:
+        return encode(
+            status_payload(
+                "online",
+                instance=self.instance,
+                at=time.time(),
+                version=__version__,
+                started_at=self._started_at,
+                dead_letters=self._store.dead_letters(),
+            )
+        )
+
     async def _confirm(self, link: Link, topic: str, payload: bytes, *, retain: bool) -> None:
         ack = link.send(topic, payload, qos=1, retain=retain, properties=self._properties(payload))
         async with asyncio.timeout(self._ack_timeout):
             code = await ack
         if code is not None:
-            raise PublishRefused(f"broker refused {topic}: {code.getName()} (0x{code.value:02x})")
+            raise PublishRefused(topic, code)
 
     async def _goodbye(self, link: Link) -> None:
         """After a stop: the retained offline status, then a clean DISCONNECT."""
@@ -396,25 +444,27 @@ class MqttPublisher:
         """Publish the outbox in seq order; return once stopped and drained (or late)."""
         active = _Drain(link, max(1, min(self._window, link.receive_maximum - 1) // 2), deque())
         self._active = active
+        self._lost = None
         try:
             await self._drain_with(active)
         finally:
             self._active = None
+            self._lost = active.inflight[0] if active.inflight else None
 
     def _fill(self, active: _Drain) -> None:
         """Hand the broker the outbox's next records, as many as the window has room for."""
         inflight = active.inflight
         room = active.window - len(inflight)
-        if room <= 0 or self._store.depth() <= len(inflight):
+        if room <= 0 or active.paused_until or self._store.depth() <= len(inflight):
             return
         link = active.link
         now = asyncio.get_running_loop().time()
         wake = self._wake.set
         sent = False
         for record in self._store.pending(limit=room, after=active.cursor):
-            flight = _InFlight(
-                record.seq, now, (record.event_topic, record.alert_topic), record.answered_at
-            )
+            retained = bool(record.alert_topic)  # not for a dead letter whose alert moved on
+            topics = (record.event_topic, record.alert_topic) if retained else (record.event_topic,)
+            flight = _InFlight(record.seq, now, topics, record.answered_at)
             flight.acks = (
                 link.send(
                     record.event_topic,
@@ -423,15 +473,18 @@ class MqttPublisher:
                     properties=self._properties(record.event_payload),
                     on_ack=flight.stamp,
                 ),
-                link.send(
-                    record.alert_topic,
-                    record.alert_payload,
-                    qos=1,
-                    retain=True,
-                    properties=self._properties(record.alert_payload),
-                    on_ack=flight.stamp,
-                ),
             )
+            if retained:
+                flight.acks += (
+                    link.send(
+                        record.alert_topic,
+                        record.alert_payload,
+                        qos=1,
+                        retain=True,
+                        properties=self._properties(record.alert_payload),
+                        on_ack=flight.stamp,
+                    ),
+                )
             for ack in flight.acks:
                 ack.add_done_callback(lambda _: wake())
             inflight.append(flight)
@@ -447,21 +500,30 @@ class MqttPublisher:
         wake = self._wake
         while True:
             wake.clear()
+            if not inflight:
+                if active.paused_until and loop.time() >= active.paused_until:
+                    active.paused_until = 0.0  # the refused record goes again, in its place
+                    active.cursor = min(active.cursor, active.resume_after)
+                if self._rewind:
+                    self._rewind = False
+                    active.cursor = 0
+                    self._status(active.link)
             self._fill(active)
             acked: list[_InFlight] = []
-            refused: PublishRefused | None = None
             while inflight and inflight[0].done():
+                head = inflight.popleft()
                 try:
-                    inflight[0].check()
+                    head.check()
                 except PublishRefused as exc:
-                    refused = exc
-                    break
-                acked.append(inflight.popleft())
+                    # Not a delivery. The connection stays (no will, no churn); what was
+                    # sent behind it is delivered, and the refused record is sent again
+                    # after a back-off, unless it became a dead letter.
+                    self._refused(active, head.seq, exc)
+                    continue
+                self._refusals.pop(head.seq, None)
+                acked.append(head)
             if acked:
                 self._acknowledge(acked)
-            if refused is not None:
-                raise refused
-            if acked:
                 continue
             now = loop.time()
             if self._stopping.is_set():
@@ -478,9 +540,97 @@ class MqttPublisher:
             timeout = _IDLE_POLL
             if self._stopping.is_set():
                 timeout = min(timeout, self._deadline - now)
+            if active.paused_until:
+                timeout = min(timeout, active.paused_until - now)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, timeout)):
                     await wake.wait()
+
+    def _refused(self, active: _Drain, seq: int, exc: PublishRefused) -> None:
+        """The broker refused the record `seq`: a dead letter after `max_refusals` in a
+        row, else sent again after a back-off."""
+        self.last_error = str(exc)
+        refusals = self._refusal(seq, exc.topic, exc.reason, str(exc))
+        if refusals is not None:
+            delay = min(self._reconnect_max, self._reconnect_min * 2 ** (refusals - 1))
+            delay *= random.uniform(0.5, 1.0)  # jitter
+            log.error(
+                "mqtt: the broker refused a publish; sending it again",
+                topic=exc.topic,
+                reason=exc.reason,
+                refusals=refusals,
+                dead_letter_after=self._max_refusals,
+                retry_in=round(delay, 2),
+            )
+            until = asyncio.get_running_loop().time() + delay
+            active.resume_after = (
+                seq - 1 if not active.paused_until else min(active.resume_after, seq - 1)
+            )
+            active.paused_until = max(active.paused_until, until)
+            self._changed()
+            return
+        self._status(active.link)
+
+    def _hung_up(self, exc: Exception) -> None:
+        """MQTT 3.1.1 has no way to refuse a publish but hanging up: a connection lost
+        with a record in flight counts as a refusal of the oldest one."""
+        lost, self._lost = self._lost, None
+        if lost is None or self._version.v5 or not isinstance(exc, aiomqtt.MqttError):
+            return
+        topic = lost.topics[0]
+        text = f"broker disconnected while {topic} was in flight (MQTT 3.1.1)"
+        refusals = self._refusal(lost.seq, topic, "Disconnected", text)
+        if refusals is not None:
+            log.error(
+                "mqtt: the broker hung up with a publish in flight (MQTT 3.1.1's refusal);"
+                " sending it again",
+                topic=topic,
+                refusals=refusals,
+                dead_letter_after=self._max_refusals,
+            )
+
+    def _refusal(self, seq: int, topic: str, reason: str, text: str) -> int | None:
+        """Count a refusal of the record `seq`; the refusals in a row, or None when it
+        became a dead letter (`max_refusals`)."""
+        refusals = self._refusals[seq] = self._refusals.get(seq, 0) + 1
+        if self._on_refused is not None:
+            try:
+                self._on_refused(reason.lower().replace(" ", "_"))
+            except Exception:
+                log.exception("mqtt: the on_refused callback failed")
+        if refusals >= self._max_refusals and self._dead_letter(seq, topic, reason, text):
+            return None
+        return refusals
+
+    def _dead_letter(self, seq: int, topic: str, reason: str, text: str) -> bool:
+        """Move the record `seq` to the dead letters; False when the store cannot."""
+        try:
+            self._store.dead_letter(seq, text)
+        except StoreError as error:  # the disk: it stays in the outbox and is tried again
+            log.error("mqtt: could not move a refused record to the dead letters", error=str(error))
+            return False
+        self._refusals.pop(seq, None)
+        log.error(
+            "mqtt: the broker refused a publish again and again; moved to the dead letters"
+            " (re-queued at the next start or SIGHUP), the events behind it go on",
+            topic=topic,
+            reason=reason,
+            refusals=self._max_refusals,
+            dead_letters=self._store.dead_letters(),
+        )
+        self._changed()
+        return True
+
+    def _status(self, link: Link) -> None:
+        """The retained online status again (the dead letters changed); not awaited."""
+        with contextlib.suppress(aiomqtt.MqttError):
+            link.send(
+                self.status_topic,
+                self._online(),
+                qos=1,
+                retain=True,
+                properties=self._properties(b"{}"),
+            )
 
     def _acknowledge(self, records: list[_InFlight]) -> None:
         if self._on_delivery is not None:
@@ -489,9 +639,25 @@ class MqttPublisher:
                 if record.answered_at is not None:
                     acked_at = now if record.acked_at is None else record.acked_at
                     self._delivered(max(0.0, acked_at - record.answered_at))
-        self._store.acknowledge([record.seq for record in records])
         self.published_total += len(records)
+        seqs = self._unacknowledged + [record.seq for record in records]
+        try:
+            self._store.acknowledge(seqs)
+        except StoreError as exc:  # published all the same; deleted when the disk lets us
+            self._unacknowledged = seqs
+            self._store_error(exc)
+        else:
+            if self._unacknowledged:
+                self._unacknowledged = []
+                self._store_error(None)
         self._changed()
+
+    def _store_error(self, exc: StoreError | None) -> None:
+        if self._on_store_error is not None:
+            try:
+                self._on_store_error("acknowledge", exc)
+            except Exception:
+                log.exception("mqtt: the on_store_error callback failed")
 
     async def _heartbeats(self, link: Link) -> None:
         loop = asyncio.get_running_loop()
@@ -513,6 +679,9 @@ class MqttPublisher:
             figures = {}
         body = {"instance": self.instance, "at": rfc3339(time.time()), **figures}
         body["outbox_depth"] = self._store.depth()
+        body["dead_letters"] = dead_letters = self._store.dead_letters()
+        if dead_letters:  # as the retained status says it
+            body["alerts"] = [EVENTS_UNDELIVERABLE]
         return json.dumps(body, separators=(",", ":"), default=str).encode("utf-8")
 
     # -- small things -----------------------------------------------------------------------
@@ -535,6 +704,8 @@ class MqttPublisher:
         }
         if isinstance(exc, _EXPECTED):
             what = "mqtt connection lost" if self._connected else "mqtt connection failed"
+            if isinstance(exc, PublishRefused):
+                what = "mqtt: reconnecting to publish the refused record again"
             log.warning(what, **fields)
         else:  # a bug: keep trying, loudly
             log.error("mqtt publisher error", exc_info=exc, **fields)
