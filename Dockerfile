@@ -56,7 +56,8 @@ WORKDIR /var/lib/riskmon
 VOLUME ["/var/lib/riskmon"]
 EXPOSE 9817
 
-# /healthz answers 200 while the daemon's event loop is alive. The image has no curl,
+# /healthz answers 200 while riskmon can alert (503 with the reasons otherwise: docker ps
+# shows the container unhealthy; Docker restarts nothing for it). The image has no curl,
 # so Python's urllib asks; set RISKMON_HEALTHZ_URL when http.listen is not port 9817.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; url = os.environ.get('RISKMON_HEALTHZ_URL', 'http://127.0.0.1:9817/healthz'); sys.exit(0 if urllib.request.urlopen(url, timeout=4).status == 200 else 1)"]

@@ -75,6 +75,13 @@ class ApiSource(Protocol):
         background task crashed and is not yet running steadily again), `outbox`."""
         ...
 
+    def alive(self) -> bool:
+        """The event loop turns and runs the periodic tick on time: what a restart can
+        cure (/livez, for a liveness probe); unlike `health_problems`, a full disk or a
+        failing part leaves it true, since restarting cures neither and would lose what
+        riskmon holds in memory meanwhile."""
+        ...
+
     def readiness(self) -> dict[str, bool]:
         """Named readiness checks: config loaded, first poll cycle done, MQTT connected."""
         ...
@@ -265,6 +272,12 @@ async def _healthz(request: web.Request) -> web.Response:
     )
 
 
+async def _livez(request: web.Request) -> web.Response:
+    if _source(request).alive():
+        return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
+    return web.Response(text="not alive\n", status=503, headers={"Cache-Control": "no-store"})
+
+
 async def _readyz(request: web.Request) -> web.Response:
     checks = {name: bool(ok) for name, ok in _source(request).readiness().items()}
     failed = [name for name, ok in checks.items() if not ok]
@@ -291,7 +304,9 @@ async def _accounts(request: web.Request) -> web.Response:
 
 
 _INDEX: Final = (
-    b"riskmon\n\n/metrics            Prometheus metrics\n/healthz            liveness\n"
+    b"riskmon\n\n/metrics            Prometheus metrics\n"
+    b"/healthz            503 with the reasons while riskmon cannot alert\n"
+    b"/livez              liveness: the event loop turns\n"
     b"/readyz             readiness (JSON)\n"
     b"/api/v1/alerts      pending and firing alerts (?venue= &account= &state=)\n"
     b"/api/v1/accounts    accounts, staleness and latest snapshot (?venue= &account=)\n"
@@ -309,6 +324,7 @@ def create_app(source: ApiSource) -> web.Application:
     app.router.add_get("/", _index)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/livez", _livez)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/api/v1/alerts", _alerts)
     app.router.add_get("/api/v1/accounts", _accounts)

@@ -68,6 +68,7 @@ RULE_WATCH = 2.0  # seconds between checks of the rule files for changes
 SHUTDOWN_FLUSH = 10.0  # seconds to publish what is left at shutdown
 POLLER_STOP = 3.0  # seconds polls in flight may take to finish at shutdown
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (Python's default: 700)
+TICK_LATE = 5 * TICK + 5  # seconds without a tick: the loop or the tick is stuck
 LOOP_LAG_BOUND = 5.0  # seconds: a tick this late means the loop stalls; /healthz fails
 #: The settings a start-up can fail on after the config checked out (a port in use,
 #: a state_dir another riskmon holds); their errors stand where they are set.
@@ -769,14 +770,23 @@ class Daemon(PollListener):
         }
 
     def metrics_text(self) -> bytes:
+        self.metrics.set_health_problems(self.health_problems())
         return self.metrics.render() + self.outbox_metrics.render()
 
     def health_problems(self) -> dict[str, str]:
         problems = self.problems.reasons()
-        late = time.monotonic() - self.last_tick
-        if late >= 5 * TICK + 5:
+        late = self._tick_late()
+        if late is not None:
             problems["tick"] = f"the periodic tick is {late:.0f} s late"
         return problems
+
+    def alive(self) -> bool:
+        return self._tick_late() is None
+
+    def _tick_late(self) -> float | None:
+        """How late the periodic tick is, when it is later than TICK_LATE allows."""
+        late = time.monotonic() - self.last_tick
+        return late if late >= TICK_LATE else None
 
     def readiness(self) -> dict[str, bool]:
         return {

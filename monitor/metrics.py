@@ -51,6 +51,8 @@ account's currency):
 | `riskmon_start_time_seconds` | gauge | |
 | `riskmon_internal_errors_total` (crashes of riskmon's own tasks) | counter | task |
 | `riskmon_event_loop_lag_seconds` (how late the last tick ran) | gauge | |
+| `riskmon_healthy` (0 while /healthz fails) | gauge | |
+| `riskmon_health_problem` (1 for each component /healthz names) | gauge | component |
 | `riskmon_memory_limit_bytes` (the container's, absent when unlimited) | gauge | |
 | `process_*`, `python_info` (prometheus-client's, `monitor/process_metrics.py`) | | |
 
@@ -429,6 +431,7 @@ class Metrics:
         self._process = ProcessMetrics(memory_limit()) if process is None else process
         self._internal_errors: dict[str, int] = {}  # task -> crashes
         self._loop_lag = 0.0
+        self._health_problems: tuple[str, ...] = ()  # the components /healthz names
         self._accounts: dict[AccountKey, _Account] = {}
         self._entries: dict[AccountKey, list[bytes | None]] = {}  # the same lists, for render
         self._alerts: dict[AlertKey, bytes] = {}
@@ -660,6 +663,10 @@ class Metrics:
     def set_loop_lag(self, seconds: float) -> None:
         self._loop_lag = seconds
 
+    def set_health_problems(self, problems: Iterable[str]) -> None:
+        """The components that keep riskmon from alerting now (/healthz's)."""
+        self._health_problems = tuple(sorted(problems))
+
     # -- exposition -----------------------------------------------------------------
 
     def render(self) -> bytes:
@@ -819,6 +826,24 @@ class Metrics:
             )
         )
         add(b"riskmon_event_loop_lag_seconds %s\n" % _float_text(self._loop_lag))
+        add(
+            _header(
+                "riskmon_healthy",
+                "gauge",
+                "1 while riskmon can alert, 0 while /healthz fails (riskmon_health_problem: why).",
+            )
+        )
+        add(b"riskmon_healthy %d\n" % (not self._health_problems))
+        if self._health_problems:
+            add(
+                _header(
+                    "riskmon_health_problem",
+                    "gauge",
+                    "1 for each component that keeps riskmon from alerting (/healthz names it).",
+                )
+            )
+            for component in self._health_problems:
+                add(b"riskmon_health_problem{%s} 1\n" % _labels(component=component))
         limit = self._process.memory_limit
         if limit is not None:
             add(

@@ -85,6 +85,7 @@ class FakeSource:
     def __init__(self) -> None:
         self.metrics_body = b"# HELP riskmon_up x\n# TYPE riskmon_up gauge\nriskmon_up 1\n"
         self.problems: dict[str, str] = {}
+        self.is_alive = True
         self.checks = {"config_loaded": True, "first_poll_cycle_done": True, "mqtt_connected": True}
         self.alert_list = [
             alert_json(make_alert("BuyingPowerBelowFloor", AlertPhase.FIRING)),
@@ -102,6 +103,9 @@ class FakeSource:
 
     def health_problems(self) -> dict[str, str]:
         return dict(self.problems)
+
+    def alive(self) -> bool:
+        return self.is_alive
 
     def readiness(self) -> dict[str, bool]:
         return dict(self.checks)
@@ -253,6 +257,17 @@ async def test_healthz(
     source.problems = {"outbox": "cannot write: disk full"}
     status, _, body = await get(client, server, "/healthz")
     assert (status, body) == (503, b"unhealthy\noutbox: cannot write: disk full\n")
+
+
+async def test_livez_fails_only_when_the_loop_is_stuck(
+    server: AsyncHttpServer, client: aiohttp.ClientSession, source: FakeSource
+) -> None:
+    source.problems = {"outbox": "cannot write: disk full"}  # a restart cures no full disk
+    status, _, body = await get(client, server, "/livez")
+    assert (status, body) == (200, b"ok\n")
+    source.is_alive = False
+    status, _, body = await get(client, server, "/livez")
+    assert (status, body) == (503, b"not alive\n")
 
 
 async def test_readyz_ready(server: AsyncHttpServer, client: aiohttp.ClientSession) -> None:

@@ -636,7 +636,8 @@ def test_statefulset_mounts_probes_and_resources(
     assert config["http"]["listen"].startswith("0.0.0.0:")
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == port
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # liveness asks /livez: a restart cures a stuck loop, not a full disk (/healthz)
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
 

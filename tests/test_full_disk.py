@@ -133,13 +133,19 @@ async def test_a_full_disk_keeps_the_alerts_says_so_and_delivers_once_it_has_roo
     assert metrics[("riskmon_store_write_failures_total", (("operation", "append"),))] >= 1
     assert metrics[("riskmon_outbox_held_in_memory", ())] == 1
     assert metrics[("riskmon_events_dropped_total", ())] == 0
+    assert metrics[("riskmon_healthy", ())] == 0
+    assert metrics[("riskmon_health_problem", (("component", "outbox"),))] == 1
     assert await unhealthy()
+    # a restart cures no full disk and would lose the held event: liveness holds
+    assert await riskmon.get("/livez") == (200, "ok\n")
 
     filler.unlink()
     await riskmon.until(healthy, "/healthz 200 once the disk has room")
     metrics = await riskmon.metrics()
     assert metrics[("riskmon_outbox_held_in_memory", ())] == 0
     assert metrics[("riskmon_outbox_pending", ())] == 1
+    assert metrics[("riskmon_healthy", ())] == 1
+    assert not any(name == "riskmon_health_problem" for name, _ in metrics)
     mosquitto.start()
     async with mqtt_collector(["riskmon/events/#"], **durable) as pager:
         await pager.wait_for(lambda _: bool(pager.on(BREACH)), timeout=30)
