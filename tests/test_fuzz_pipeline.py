@@ -1,0 +1,415 @@
+"""Hostile venue answers through the whole pipeline: never silently blind (issue 11.9).
+
+One account of one venue answers whatever Hypothesis makes (tests/hostile_venue.py: any
+JSON value at any field, any Unicode and lone surrogates, huge and tiny decimals, deep
+nesting, duplicate keys, wrong types, truncated bodies, odd Content-Length, chunking and
+status lines) among accounts that answer well. It goes through the real parts, wired as
+`riskmon run` wires them: the config loader, the adapters over a real socket, the
+Daemon's poll callbacks, the evaluator with the shipped rules (`rules/*.yaml`, whose
+templates render the hostile values), the built-in health alerts of its tick, /metrics
+and the API over HTTP, and the outbox in a real Store.
+
+The daemon is built in-process and each example is driven directly (poll every account
+once, one tick, read the API), so thousands of examples take seconds, not a subprocess
+each. Between examples the hostile account is forgotten (its alerts resolve, its series
+go) and starts afresh, as if it had not answered well for longer than `stale_after`.
+
+Properties, per example:
+- nothing raises out of a poll, the tick or the API, nothing is logged as an error (an
+  adapter crash is a bug, even though the poller survives it), and the loop sees no
+  unhandled exception ("Task exception was never retrieved");
+- the hostile account is either evaluated (up, fresh, its snapshot in the API) or
+  counted as a failed poll (down, stale, its error in the API, AccountDataStale raised);
+- the healthy accounts' API entries, alerts and series are exactly what a daemon
+  without the hostile account shows;
+- /metrics parses as Prometheus exposition text; /api/v1/accounts and /api/v1/alerts
+  answer 200 with valid JSON (valid UTF-8, no lone surrogates); every event in the
+  outbox is a valid `riskmon.alert.v1` payload.
+
+The normal suite runs a fixed-seed part (FUZZ_EXAMPLES examples). A longer, randomized
+run: `RISKMON_FUZZ_EXAMPLES=100000 .venv/bin/pytest -q tests/test_fuzz_pipeline.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import decimal
+import gc
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonschema
+import pytest
+from conftest import RsaKeyPair
+from hostile_venue import Answer, HostileVenue, Json, answers, cs_balances, pmx_balance
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+from structlog.processors import format_exc_info
+from structlog.testing import capture_logs
+
+from monitor import eventloop
+from monitor.api import AsyncHttpServer, create_app, start_http
+from monitor.config import load_config
+from monitor.daemon import Daemon
+from monitor.engine.expr import CONTEXT
+from monitor.poller import AccountState, VenuePoller
+from monitor.store import OutboxRecord
+from monitor.venues.base import create_adapter
+
+REPO = Path(__file__).resolve().parent.parent
+FUZZ_EXAMPLES = 2000  # the fixed-seed part in the normal suite
+EXAMPLES = int(os.environ.get("RISKMON_FUZZ_EXAMPLES") or FUZZ_EXAMPLES)
+STALE_AFTER = 30.0
+EVENT_SCHEMA = json.loads(
+    resources.files("monitor.publish").joinpath("alert-event.schema.json").read_text()
+)
+EVENT_VALIDATOR = jsonschema.Draft202012Validator(EVENT_SCHEMA)
+
+CS_HEALTHY, CS_HOSTILE = "10001", "10002"
+PMX_HEALTHY, PMX_HOSTILE = "firms/ACME/accounts/main", "firms/ACME/accounts/hostile"
+HEALTHY = (("cs", CS_HEALTHY), ("pmx", PMX_HEALTHY))
+HOSTILE = {"clearstreet": ("cs", CS_HOSTILE), "polymarket": ("pmx", PMX_HOSTILE)}
+# The hostile answers start from answers that fire the `for: 0s` rules, so that their
+# annotations render whatever the edits put into the fields they read.
+FIRING_CS = cs_balances(CS_HOSTILE, daily_pnl="-60000.00", margin_excess="-5.00")
+HOSTILE_BASE: dict[str, Json] = {
+    "clearstreet": FIRING_CS,
+    "polymarket": pmx_balance(excess_capital="-1.00"),
+}
+GOOD_ANSWERS = {
+    CS_HEALTHY: Answer.json(
+        200, cs_balances(CS_HEALTHY, daily_pnl="-60000.00", margin_excess="-5.00")
+    ),
+    CS_HOSTILE: Answer.json(
+        200, cs_balances(CS_HOSTILE, daily_pnl="10.00", margin_excess="900.00")
+    ),
+    PMX_HEALTHY: Answer.json(200, pmx_balance(excess_capital="-1.00")),
+    PMX_HOSTILE: Answer.json(200, pmx_balance(excess_capital="500.00")),
+}
+# What differs between two polls of the same answer: when they happened.
+_TIMES = frozenset({"age_seconds", "last_success", "last_attempt", "polls", "taken_at"})
+_ALERT_TIMES = frozenset({"starts_at", "fired_at", "keep_firing_since", "last_evaluated_at"})
+
+
+def write_config(folder: Path, urls: dict[str, str], key: RsaKeyPair, *, hostile: bool) -> Path:
+    """A riskmon.yaml as an operator writes one, for the fake venues at `urls`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cs = [CS_HEALTHY, CS_HOSTILE] if hostile else [CS_HEALTHY]
+    pmx = [PMX_HEALTHY, PMX_HOSTILE] if hostile else [PMX_HEALTHY]
+    # Short deadlines: a hostile 5xx is retried until the poll's deadline, and each
+    # example waits for it.
+    timing = "    poll_interval: 300ms\n    timeout: 300ms\n    max_requests_per_second: 100000\n"
+    config = folder / "riskmon.yaml"
+    config.write_text(f"""\
+instance: fuzz
+state_dir: state
+http: {{listen: "127.0.0.1:0"}}
+mqtt: {{url: "mqtt://127.0.0.1:1", topic_prefix: riskmon}}
+rules: [{json.dumps(str(REPO / "rules" / "*.yaml"))}]
+stale_after: {STALE_AFTER:g}s
+venues:
+  - name: cs
+    kind: clearstreet
+    base_url: {urls["cs"]}/cs
+    api_key: fuzz-api-key
+{timing}    accounts: {json.dumps([{"id": a} for a in cs])}
+  - name: pmx
+    kind: polymarket
+    base_url: {urls["pmx"]}/pmx
+{timing}    auth:
+      token_url: {urls["pmx"]}/pmx/oauth/token
+      client_id: fuzz
+      private_key: {json.dumps(key.private_pem.decode())}
+      participant_id: firms/ACME/users/fuzz
+    accounts: {json.dumps([{"id": a} for a in pmx])}
+""")
+    return config
+
+
+@dataclass
+class Reading:
+    """What the daemon shows from outside: /metrics parsed, the two API answers."""
+
+    samples: list[tuple[str, dict[str, str], float]]
+    accounts: list[dict[str, Any]]
+    alerts: list[dict[str, Any]]
+
+    def healthy_view(self) -> dict[str, Any]:
+        """What must not depend on the hostile account: the healthy accounts' API
+        entries, alerts and series, without the times that differ from run to run."""
+        healthy = set(HEALTHY)
+        return {
+            "accounts": sorted(
+                (_without(a, _TIMES) for a in self.accounts if _key(a) in healthy),
+                key=json.dumps,
+            ),
+            "alerts": sorted(
+                (_without(a, _ALERT_TIMES) for a in self.alerts if _key(a) in healthy),
+                key=json.dumps,
+            ),
+            "series": sorted(
+                (name, sorted(labels.items()), value)
+                for name, labels, value in self.samples
+                if (labels.get("venue"), labels.get("account")) in healthy
+                and "timestamp" not in name
+            ),
+        }
+
+    def value(self, name: str, **labels: str) -> float | None:
+        for sample, sample_labels, value in self.samples:
+            if sample == name and all(sample_labels.get(k) == v for k, v in labels.items()):
+                return value
+        return None
+
+    def polls(self, venue: str) -> float:
+        return sum(
+            value
+            for name, labels, value in self.samples
+            if name == "riskmon_polls_total" and labels.get("venue") == venue
+        )
+
+
+def _key(item: dict[str, Any]) -> tuple[str, str]:
+    return item["venue"], item["account"]
+
+
+def _without(item: dict[str, Any], times: frozenset[str]) -> dict[str, Any]:
+    return {
+        k: _without(v, times) if isinstance(v, dict) else v
+        for k, v in item.items()
+        if k not in times
+    }
+
+
+def strict_json(body: bytes, what: str) -> Any:
+    """Decoded JSON that any consumer reads: UTF-8, no lone surrogates."""
+    value = json.loads(body.decode("utf-8"))
+    json.dumps(value, ensure_ascii=False).encode("utf-8")  # UnicodeEncodeError: surrogates
+    assert value is not None, what
+    return value
+
+
+@dataclass
+class Pipeline:
+    """A Daemon wired as `riskmon run` wires it, driven one poll at a time."""
+
+    daemon: Daemon
+    server: AsyncHttpServer
+    session: aiohttp.ClientSession
+    accounts: list[tuple[str, str]]
+    loop_errors: list[dict[str, Any]] = field(default_factory=list)
+    outbox_seen: int = 0
+
+    @staticmethod
+    async def start(config: Path) -> Pipeline:
+        daemon = Daemon(load_config(config))
+        for venue in daemon.config.venues:  # as Daemon._start_venue, without the schedule
+            daemon.pollers[venue.name] = VenuePoller(
+                venue, create_adapter(venue, daemon.http), daemon
+            )
+        server = await start_http(create_app(daemon), "127.0.0.1:0")
+        accounts = [(v, a) for v, p in daemon.pollers.items() for a in p.accounts]
+        pipeline = Pipeline(daemon, server, aiohttp.ClientSession(server.url), accounts)
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, context: pipeline.loop_errors.append(context)
+        )
+        return pipeline
+
+    async def stop(self) -> None:
+        await self.session.close()
+        await self.server.stop()
+        await self.daemon.http.aclose()
+        self.daemon.store.close()
+
+    async def poll_all(self) -> None:
+        for venue, account in self.accounts:
+            await self.daemon.pollers[venue].poll_once(account)
+
+    def renew(self, venue: str, account: str, *, stale_since: float) -> AccountState:
+        """The account starts afresh, not polled well since `stale_since`."""
+        poller = self.daemon.pollers[venue]
+        state = poller.accounts[account]
+        poller.accounts[account] = AccountState(venue, state.account, added_at=stale_since)
+        return poller.accounts[account]
+
+    async def read(self) -> Reading:
+        bodies = {}
+        for path in ("/metrics", "/api/v1/accounts", "/api/v1/alerts"):
+            async with self.session.get(path) as response:
+                body = await response.read()
+                assert response.status == 200, f"{path}: {response.status} {body[:300]!r}"
+                bodies[path] = body
+        samples = [
+            (sample.name, sample.labels, sample.value)
+            for family in text_string_to_metric_families(bodies["/metrics"].decode("utf-8"))
+            for sample in family.samples
+        ]
+        return Reading(
+            samples,
+            strict_json(bodies["/api/v1/accounts"], "accounts")["accounts"],
+            strict_json(bodies["/api/v1/alerts"], "alerts")["alerts"],
+        )
+
+    def new_events(self) -> list[OutboxRecord]:
+        """Outbox records written since the last call (then acknowledged, as a publisher
+        would, so that the outbox stays small)."""
+        records = self.daemon.store.pending(limit=100_000, after=self.outbox_seen)
+        if records:
+            self.outbox_seen = records[-1].seq
+            self.daemon.store.acknowledge([r.seq for r in records])
+        return records
+
+
+def check_events(records: list[OutboxRecord]) -> None:
+    for record in records:
+        event = strict_json(record.event_payload, f"event {record.event_topic}")
+        EVENT_VALIDATOR.validate(event)
+        if record.alert_payload:
+            assert strict_json(record.alert_payload, record.alert_topic) == event
+        record.event_topic.encode("utf-8")
+        record.alert_topic.encode("utf-8")
+
+
+def errors_logged(logs: list[dict[str, Any]]) -> list[str]:
+    """What was logged as an error, with the traceback's last line."""
+    return [
+        f"{entry['event']}: {entry.get('exception', '').strip().splitlines()[-1:]}"
+        for entry in logs
+        if entry.get("log_level") in ("error", "critical")
+    ]
+
+
+@dataclass
+class World:
+    venues: dict[str, HostileVenue]  # one server (origin) per venue, as in production
+    pipeline: Pipeline
+    baseline: dict[str, Any]
+
+    def answer(self, account: str, answer: Answer) -> None:
+        for venue in self.venues.values():
+            venue.answers = {account: answer}
+
+    async def stop(self) -> None:
+        await self.pipeline.stop()
+        for venue in self.venues.values():
+            await venue.stop()
+
+
+async def build_world(folder: Path, key: RsaKeyPair) -> World:
+    decimal.setcontext(CONTEXT)  # as Daemon.run: rules compute in CONTEXT
+    venues = {name: HostileVenue(good=dict(GOOD_ANSWERS)) for name in ("cs", "pmx")}
+    urls = {name: await venue.start() for name, venue in venues.items()}
+    # The run without the hostile account: what the healthy ones must look like.
+    alone = await Pipeline.start(write_config(folder / "alone", urls, key, hostile=False))
+    try:
+        for _ in range(2):
+            await alone.poll_all()
+        alone.daemon.tick(time.time())
+        baseline = (await alone.read()).healthy_view()
+    finally:
+        await alone.stop()
+    assert baseline["alerts"], "the healthy answers should fire alerts, to compare them"
+    pipeline = await Pipeline.start(write_config(folder / "fuzz", urls, key, hostile=True))
+    await pipeline.poll_all()
+    return World(venues, pipeline, baseline)
+
+
+async def one_example(world: World, kind: str, answer: Answer) -> None:
+    decimal.setcontext(CONTEXT)
+    pipeline, daemon = world.pipeline, world.pipeline.daemon
+    venue, account = HOSTILE[kind]
+    now = time.time()
+    for hostile_venue, hostile_account in HOSTILE.values():
+        pipeline.renew(hostile_venue, hostile_account, stale_since=now - STALE_AFTER - 5)
+    world.answer(account, answer)
+    pipeline.loop_errors.clear()  # each example answers for its own
+    polls_before = (await pipeline.read()).polls(venue)
+    with capture_logs(processors=[format_exc_info]) as logs:
+        await pipeline.poll_all()
+        daemon.tick(time.time())
+        reading = await pipeline.read()
+        check_events(pipeline.new_events())
+        # The hostile accounts leave (their alerts resolve, rendered with the values
+        # they hold) so that the next example starts from nothing.
+        for hostile_venue, hostile_account in HOSTILE.values():
+            daemon.on_accounts_changed(hostile_venue, [], [hostile_account])
+        check_events(pipeline.new_events())
+    assert not errors_logged(logs), errors_logged(logs)
+    assert not pipeline.loop_errors, [
+        (c["message"], c.get("exception")) for c in pipeline.loop_errors
+    ]
+
+    state = daemon.pollers[venue].accounts[account]
+    assert state.polls == 1
+    (entry,) = [a for a in reading.accounts if _key(a) == (venue, account)]
+    up = reading.value("riskmon_account_up", venue=venue, account=account)
+    hostile_alerts = {a["alertname"] for a in reading.alerts if _key(a) == (venue, account)}
+    if state.last_error is None:  # evaluated
+        assert (entry["up"], entry["stale"]) == (True, False), entry
+        assert entry["snapshot"] is not None
+        assert up == 1.0
+        assert "AccountDataStale" not in hostile_alerts
+    else:  # counted as a failed poll, and stale
+        assert state.consecutive_failures == 1
+        assert (entry["up"], entry["stale"]) == (False, True), entry
+        assert entry["last_error"]["outcome"] == state.last_error.outcome
+        assert up == 0.0
+        assert "AccountDataStale" in hostile_alerts, (state.last_error, reading.alerts)
+    venue_accounts = len(daemon.pollers[venue].accounts)
+    assert reading.polls(venue) == polls_before + venue_accounts
+    view = reading.healthy_view()
+    for part, expected in world.baseline.items():
+        assert view[part] == expected, f"healthy {part} changed:\n{view[part]}\n!=\n{expected}"
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if eventloop.loop_name() == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
+hostile_examples = st.sampled_from(sorted(HOSTILE)).flatmap(
+    lambda kind: st.tuples(st.just(kind), answers(HOSTILE_BASE[kind]))
+)
+
+
+@pytest.fixture
+def world(tmp_path: Path, rsa_keypair: RsaKeyPair) -> Iterator[tuple[asyncio.Runner, World]]:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        built = runner.run(build_world(tmp_path, rsa_keypair))
+        try:
+            yield runner, built
+        finally:
+            built.pipeline.loop_errors.clear()  # the last example's were its own
+            runner.run(built.stop())
+            gc.collect()  # an unretrieved task exception is reported when it is collected
+            assert not built.pipeline.loop_errors, built.pipeline.loop_errors
+
+
+def test_hostile_answers_never_blind_the_pipeline(world: tuple[asyncio.Runner, World]) -> None:
+    runner, built = world
+
+    @settings(
+        max_examples=EXAMPLES,
+        derandomize="RISKMON_FUZZ_EXAMPLES" not in os.environ,
+        database=None,
+        deadline=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(hostile_examples)
+    def hostile_answer(example: tuple[str, Answer]) -> None:
+        kind, answer = example
+        runner.run(one_example(built, kind, answer))
+
+    hostile_answer()
