@@ -38,6 +38,7 @@ import gc
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -169,12 +170,9 @@ class Reading:
                 return value
         return None
 
-    def polls(self, venue: str) -> float:
-        return sum(
-            value
-            for name, labels, value in self.samples
-            if name == "riskmon_polls_total" and labels.get("venue") == venue
-        )
+    def polls(self) -> float:
+        """Polls counted by riskmon_polls_total, every venue and outcome."""
+        return sum(value for name, _, value in self.samples if name == "riskmon_polls_total")
 
 
 def _key(item: dict[str, Any]) -> tuple[str, str]:
@@ -292,6 +290,7 @@ class World:
     venues: dict[str, HostileVenue]  # one server (origin) per venue, as in production
     pipeline: Pipeline
     baseline: dict[str, Any]
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (kind, outcome)
 
     def answer(self, account: str, answer: Answer) -> None:
         for venue in self.venues.values():
@@ -331,7 +330,7 @@ async def one_example(world: World, kind: str, answer: Answer) -> None:
         pipeline.renew(hostile_venue, hostile_account, stale_since=now - STALE_AFTER - 5)
     world.answer(account, answer)
     pipeline.loop_errors.clear()  # each example answers for its own
-    polls_before = (await pipeline.read()).polls(venue)
+    polls_before = daemon.polls
     with capture_logs(processors=[format_exc_info]) as logs:
         await pipeline.poll_all()
         daemon.tick(time.time())
@@ -352,6 +351,7 @@ async def one_example(world: World, kind: str, answer: Answer) -> None:
     (entry,) = [a for a in reading.accounts if _key(a) == (venue, account)]
     up = reading.value("riskmon_account_up", venue=venue, account=account)
     hostile_alerts = {a["alertname"] for a in reading.alerts if _key(a) == (venue, account)}
+    world.outcomes[kind, "evaluated" if state.last_error is None else state.last_error.outcome] += 1
     if state.last_error is None:  # evaluated
         assert (entry["up"], entry["stale"]) == (True, False), entry
         assert entry["snapshot"] is not None
@@ -363,8 +363,9 @@ async def one_example(world: World, kind: str, answer: Answer) -> None:
         assert entry["last_error"]["outcome"] == state.last_error.outcome
         assert up == 0.0
         assert "AccountDataStale" in hostile_alerts, (state.last_error, reading.alerts)
-    venue_accounts = len(daemon.pollers[venue].accounts)
-    assert reading.polls(venue) == polls_before + venue_accounts
+    # every poll was reported, once: as a snapshot or as a failure, and counted
+    assert daemon.polls == polls_before + len(pipeline.accounts)
+    assert reading.polls() == daemon.polls
     view = reading.healthy_view()
     for part, expected in world.baseline.items():
         assert view[part] == expected, f"healthy {part} changed:\n{view[part]}\n!=\n{expected}"
@@ -413,3 +414,7 @@ def test_hostile_answers_never_blind_the_pipeline(world: tuple[asyncio.Runner, W
         runner.run(one_example(built, kind, answer))
 
     hostile_answer()
+    print("hostile answers by venue kind and poll outcome:", dict(built.outcomes))
+    for kind in HOSTILE:  # both ways through the pipeline were taken
+        assert built.outcomes[kind, "evaluated"], built.outcomes
+        assert built.outcomes[kind, "bad_response"], built.outcomes
