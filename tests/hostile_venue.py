@@ -143,6 +143,11 @@ class Answer:
     wire: bytes
     close: bool = False
 
+    def __repr__(self) -> str:  # Hypothesis prints failing examples: keep them readable
+        shown = repr(self.wire[:800])
+        more = f" + {len(self.wire) - 800} bytes more" if len(self.wire) > 800 else ""
+        return f"Answer(wire={shown}{more}, close={self.close})"
+
     @staticmethod
     def json(status: int, body: Json) -> Answer:
         payload = dump(body).encode()
