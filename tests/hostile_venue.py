@@ -159,6 +159,17 @@ class Answer:
         return Answer(head.encode() + payload)
 
 
+def without_account_id(envelope: Obj) -> Obj:
+    (_, data), *rest = envelope.pairs
+    assert isinstance(data, Obj)
+    return Obj((("data", Obj(tuple(p for p in data.pairs if p[0] != "account_id"))), *rest))
+
+
+# What an account the test does not know (a discovered one) answers.
+DISCOVERED_CS = Answer.json(
+    200, without_account_id(cs_balances("1", daily_pnl="-60000.00", margin_excess="-5.00"))
+)
+DISCOVERED_PMX = Answer.json(200, pmx_balance(excess_capital="-1.00"))
 TOKEN = Answer.json(200, obj(access_token="fuzz-token", token_type="Bearer", expires_in=3600))
 NOT_FOUND = Answer.json(404, obj(message="no such route"))
 
@@ -169,6 +180,8 @@ class HostileVenue:
 
     good: dict[str, Answer]
     answers: dict[str, Answer] = field(default_factory=dict)
+    #: the answer to an account listing (discovery); an empty one when None
+    listing: Answer | None = None
     requests: int = 0
     _server: asyncio.Server | None = None
     _connections: set[asyncio.StreamWriter] = field(default_factory=set)
@@ -212,14 +225,17 @@ class HostileVenue:
         path = target.split("?", 1)[0]
         if method == "POST" and path == "/pmx/oauth/token":
             return TOKEN
+        if method == "GET" and path in ("/cs/v1/accounts", "/pmx/v1/accounts"):
+            return self.listing or Answer.json(200, obj(data=[], accounts=[]))
         if method == "GET" and path.startswith("/cs/v1/accounts/") and path.endswith("/balances"):
             account = unquote(path[len("/cs/v1/accounts/") : -len("/balances")])
+            other = DISCOVERED_CS
         elif method == "POST" and path == "/pmx/v1/positions/balance":
             account = str(json.loads(body).get("name"))
+            other = DISCOVERED_PMX
         else:
             return NOT_FOUND
-        answer = self.answers.get(account) or self.good.get(account)
-        return answer if answer is not None else NOT_FOUND
+        return self.answers.get(account) or self.good.get(account) or other
 
 
 def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
@@ -313,7 +329,16 @@ KNOWN_KEYS = (
 )
 
 any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=30)
-decimal_numbers = st.decimals(allow_nan=False, allow_infinity=False)
+# Plain decimals, and long ones at the edges of what money may be (up to 40 digits,
+# exponents up to 40 either way): near where parsing should start refusing them.
+decimal_numbers = st.one_of(
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.builds(
+        lambda digits, exponent: Decimal(f"{digits}E{exponent}"),
+        st.integers(-(10**40), 10**40),
+        st.integers(-40, 40),
+    ),
+)
 
 scalars: st.SearchStrategy[Json] = st.one_of(
     st.none(),

@@ -71,9 +71,10 @@ from structlog.testing import capture_logs
 
 from monitor import eventloop
 from monitor.api import AsyncHttpServer, create_app, start_http
-from monitor.config import load_config
+from monitor.config import AccountConfig, load_config
 from monitor.daemon import Daemon
 from monitor.engine.expr import CONTEXT
+from monitor.errors import VenueError
 from monitor.poller import AccountState, VenuePoller
 from monitor.store import OutboxRecord
 from monitor.venues.base import create_adapter
@@ -119,6 +120,8 @@ def write_config(folder: Path, urls: dict[str, str], key: RsaKeyPair, *, hostile
     folder.mkdir(parents=True, exist_ok=True)
     cs = [CS_HEALTHY, CS_HOSTILE] if hostile else [CS_HEALTHY]
     pmx = [PMX_HEALTHY, PMX_HOSTILE] if hostile else [PMX_HEALTHY]
+    # discovery, driven by the discovery test (the daemon's schedule does not run here)
+    discover = [{"discover": True, "interval": "1h"}] if hostile else []
     # Short deadlines: a hostile 5xx is retried until the poll's deadline, and each
     # example waits for it.
     timing = "    poll_interval: 300ms\n    timeout: 300ms\n    max_requests_per_second: 100000\n"
@@ -135,7 +138,7 @@ venues:
     kind: clearstreet
     base_url: {urls["cs"]}/cs
     api_key: fuzz-api-key
-{timing}    accounts: {json.dumps([{"id": a} for a in cs])}
+{timing}    accounts: {json.dumps([{"id": a} for a in cs] + discover)}
   - name: pmx
     kind: polymarket
     base_url: {urls["pmx"]}/pmx
@@ -144,7 +147,7 @@ venues:
       client_id: fuzz
       private_key: {json.dumps(key.private_pem.decode())}
       participant_id: firms/ACME/users/fuzz
-    accounts: {json.dumps([{"id": a} for a in pmx])}
+    accounts: {json.dumps([{"id": a} for a in pmx] + discover)}
 """)
     return config
 
@@ -318,6 +321,14 @@ class World:
         for venue in self.venues.values():
             venue.answers = {account: answer}
 
+    def answer_well(self) -> None:
+        for venue in self.venues.values():
+            venue.answers = {}
+
+    def list(self, listing: Answer | None) -> None:
+        for venue in self.venues.values():
+            venue.listing = listing
+
     async def stop(self) -> None:
         await self.pipeline.stop()
         for venue in self.venues.values():
@@ -393,6 +404,69 @@ async def one_example(world: World, kind: str, answer: Answer) -> None:
     view = reading.healthy_view()
     for part, expected in world.baseline.items():
         assert view[part] == expected, f"healthy {part} changed:\n{view[part]}\n!=\n{expected}"
+
+
+LISTING_BASE: dict[str, Json] = {
+    "clearstreet": obj(
+        data=[obj(id="20001", status="ACTIVE"), obj(id="20002", status="ACTIVE")],
+        metadata=obj(next_page_token=None),
+    ),
+    "polymarket": obj(accounts=["firms/ACME/accounts/d1", "firms/ACME/accounts/d2"]),
+}
+DISCOVERY_DEADLINE = 0.2  # seconds: a listing whose pages never end stops here
+
+
+async def one_listing(world: World, kind: str, listing: Answer) -> None:
+    """A hostile account listing: the accounts it names are discovered, polled and shown,
+    then leave again; every account id a venue can send goes through metrics labels,
+    the API, MQTT topics and the outbox."""
+    decimal.setcontext(CONTEXT)
+    pipeline, daemon = world.pipeline, world.pipeline.daemon
+    venue = HOSTILE[kind][0]
+    poller = daemon.pollers[venue]
+    discovery = poller.config.discovery
+    assert discovery is not None
+    world.answer_well()  # the configured accounts do
+    world.list(listing)
+    pipeline.loop_errors.clear()
+    with capture_logs(processors=[format_exc_info]) as logs:
+        await pipeline.poll_all()
+        loop = asyncio.get_running_loop()
+        try:  # as VenuePoller._discover_forever, once
+            ids = await poller.adapter.list_accounts(loop.time() + DISCOVERY_DEADLINE)
+        except VenueError:
+            ids = None
+        else:
+            poller.set_accounts(
+                (AccountConfig(i, discovery.labels, discovery.params) for i in ids),
+                discovered=True,
+            )
+        found = [a for a, state in poller.accounts.items() if state.discovered]
+        for account in found:
+            await poller.poll_once(account)
+        daemon.tick(time.time())
+        reading = await pipeline.read()
+        check_events(pipeline.new_events())
+        poller.set_accounts([], discovered=True)  # they leave: alerts resolve, series go
+        check_events(pipeline.new_events())
+        after = await pipeline.read()
+    assert not errors_logged(logs), errors_logged(logs)
+    assert not pipeline.loop_errors, [
+        (c["message"], c.get("exception")) for c in pipeline.loop_errors
+    ]
+    for alert in reading.alerts:
+        check_annotations(alert)
+    world.outcomes[kind, "discovered" if found else "none discovered"] += 1
+    shown = {a["account"]: a for a in reading.accounts if a["venue"] == venue}
+    for account in found:  # each was polled, and shows whether it answered
+        assert account in shown, account
+        assert shown[account]["polls"] == 1
+        assert shown[account]["up"] is not None
+    gone = {(venue, a) for a in found}
+    assert not [a for a in after.accounts if _key(a) in gone]
+    assert not [s for s in after.samples if (s[1].get("venue"), s[1].get("account")) in gone]
+    assert reading.healthy_view() == world.baseline
+    assert after.healthy_view() == world.baseline
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -484,6 +558,52 @@ def world(tmp_path: Path, rsa_keypair: RsaKeyPair) -> Iterator[tuple[asyncio.Run
             runner.run(built.stop())
             gc.collect()  # an unretrieved task exception is reported when it is collected
             assert not built.pipeline.loop_errors, built.pipeline.loop_errors
+
+
+#: Account ids that issue 11 found to unmonitor an account when discovered.
+KNOWN_LISTINGS = {
+    "a discovered id with a lone surrogate: the adapter crashed, the metrics label raised": (
+        "clearstreet",
+        Answer.json(200, obj(data=[obj(id="\ud800", status="ACTIVE")])),
+    ),
+}
+
+
+def known_listings(test: Callable[..., None]) -> Callable[..., None]:
+    for example in KNOWN_LISTINGS.values():
+        test = hypothesis.example(example)(test)
+    return test
+
+
+hostile_listings = st.sampled_from(sorted(HOSTILE)).flatmap(
+    lambda kind: st.tuples(st.just(kind), answers(LISTING_BASE[kind]))
+)
+
+
+def test_hostile_account_listings_never_blind_the_pipeline(
+    world: tuple[asyncio.Runner, World],
+) -> None:
+    runner, built = world
+
+    @settings(
+        max_examples=max(1, EXAMPLES // 8),
+        derandomize="RISKMON_FUZZ_EXAMPLES" not in os.environ,
+        database=None,
+        deadline=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(hostile_listings)
+    @known_listings
+    def hostile_listing(example: tuple[str, Answer]) -> None:
+        kind, listing = example
+        runner.run(one_listing(built, kind, listing))
+
+    with memory_bound():
+        hostile_listing()
+    print("hostile listings:", dict(built.outcomes))
+    for kind in HOSTILE:
+        assert built.outcomes[kind, "discovered"], built.outcomes
 
 
 def test_hostile_answers_never_blind_the_pipeline(world: tuple[asyncio.Runner, World]) -> None:
