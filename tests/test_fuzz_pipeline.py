@@ -49,6 +49,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -404,6 +405,10 @@ async def one_example(world: World, kind: str, answers: tuple[Answer, ...]) -> N
             assert entry["snapshot"] is not None
             assert up == 1.0
             assert "AccountDataStale" not in alerts
+            fields = entry["snapshot"]["fields"]
+            for alertname, path, fires in FOR_0S_RULES[kind]:
+                if _number(fields.get(path)) is not None and fires(_number(fields[path])):
+                    assert alertname in alerts, (alertname, path, fields[path], reading.alerts)
         else:  # counted as a failed poll; stale unless it answered well meanwhile
             failures += 1
             assert state.consecutive_failures == failures
@@ -486,6 +491,29 @@ async def one_listing(world: World, kind: str, listing: Answer) -> None:
     assert not [s for s in after.samples if (s[1].get("venue"), s[1].get("account")) in gone]
     assert reading.healthy_view() == world.baseline
     assert after.healthy_view() == world.baseline
+
+
+#: Shipped rules that fire at once (`for: 0s`): (alertname, field, when it fires). An
+#: evaluated answer whose field says so has the alert firing, whatever else it holds.
+FOR_0S_RULES: dict[str, tuple[tuple[str, str, Callable[[Decimal], bool]], ...]] = {
+    "clearstreet": (
+        ("DailyLossOverLimit", "daily_pnl", lambda v: v < -50000),
+        ("MaintenanceMarginCall", "margin_details.maintenance_margin_excess", lambda v: v < 0),
+        ("RegTShortfall", "margin_details.initial_margin_excess", lambda v: v < 0),
+    ),
+    "polymarket": (("ExcessCapitalExhausted", "excess_capital", lambda v: v <= 0),),
+}
+
+
+def _number(text: Any) -> Decimal | None:
+    """A snapshot field from the API (Decimals are exact strings there) as a number."""
+    if not isinstance(text, str):
+        return None
+    try:
+        number = Decimal(text)
+    except ArithmeticError:
+        return None
+    return number if number.is_finite() else None
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
