@@ -428,27 +428,33 @@ class VenuePoller:
 
     async def _discover_forever(self) -> None:
         assert self.config.discovery is not None
-        discovery = self.config.discovery
         loop = asyncio.get_running_loop()
         while True:
-            try:
-                ids = await self.adapter.list_accounts(loop.time() + max(self.config.timeout, 10.0))
-            except VenueError as error:
-                self.discovery_error = error
-                log.warning(
-                    "account discovery failed; keeping the accounts found before",
-                    venue=self.config.name,
-                    error=str(error),
-                    request_id=error.request_id,
-                )
-            else:
-                self.discovery_error = None
-                self.set_accounts(
-                    (AccountConfig(i, discovery.labels, discovery.params) for i in ids),
-                    discovered=True,
-                )
-                self.accounts_settled = True
-            await asyncio.sleep(discovery.interval)
+            await self.discover_once(loop.time() + max(self.config.timeout, 10.0))
+            await asyncio.sleep(self.config.discovery.interval)
+
+    async def discover_once(self, deadline: float) -> None:
+        """Ask the venue which accounts it has (by `deadline`, loop time) and monitor
+        those; when it cannot say, keep the accounts found before."""
+        discovery = self.config.discovery
+        assert discovery is not None
+        try:
+            ids = await self.adapter.list_accounts(deadline)
+        except VenueError as error:
+            self.discovery_error = error
+            log.warning(
+                "account discovery failed; keeping the accounts found before",
+                venue=self.config.name,
+                error=str(error),
+                request_id=error.request_id,
+            )
+            return
+        self.discovery_error = None
+        self.set_accounts(
+            (AccountConfig(i, discovery.labels, discovery.params) for i in ids),
+            discovered=True,
+        )
+        self.accounts_settled = True
 
     def stop(self) -> None:
         self._stopping = True
