@@ -353,6 +353,7 @@ scalars: st.SearchStrategy[Json] = st.one_of(
     st.sampled_from(HOSTILE_TEXTS),
 )
 keys = st.one_of(st.sampled_from(KNOWN_KEYS), any_text)
+names = st.one_of(any_text, st.sampled_from(HOSTILE_TEXTS))  # account ids a venue sends
 numbers: st.SearchStrategy[Json] = st.one_of(
     decimal_numbers,
     decimal_numbers.map(str),
