@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import decimal
 import gc
 import json
@@ -67,6 +68,7 @@ from hostile_venue import (
     Raw,
     answers,
     cs_balances,
+    names,
     obj,
     pmx_balance,
 )
@@ -78,10 +80,9 @@ from structlog.testing import capture_logs
 
 from monitor import eventloop
 from monitor.api import AsyncHttpServer, create_app, start_http
-from monitor.config import AccountConfig, load_config
+from monitor.config import load_config
 from monitor.daemon import Daemon
 from monitor.engine.expr import CONTEXT
-from monitor.errors import VenueError
 from monitor.poller import AccountState, VenuePoller
 from monitor.store import OutboxRecord
 from monitor.venues.base import create_adapter
@@ -90,6 +91,7 @@ REPO = Path(__file__).resolve().parent.parent
 FUZZ_EXAMPLES = 1500  # the fixed-seed part in the normal suite (~40 s here)
 EXAMPLES = int(os.environ.get("RISKMON_FUZZ_EXAMPLES") or FUZZ_EXAMPLES)
 STALE_AFTER = 30.0
+HOSTILE_DEADLINE = 0.3  # seconds a hostile account's poll may take
 MEMORY_HEADROOM = 512 << 20  # bytes of address space the examples may add
 EVENT_SCHEMA = json.loads(
     resources.files("monitor.publish").joinpath("alert-event.schema.json").read_text()
@@ -129,9 +131,8 @@ def write_config(folder: Path, urls: dict[str, str], key: RsaKeyPair, *, hostile
     pmx = [PMX_HEALTHY, PMX_HOSTILE] if hostile else [PMX_HEALTHY]
     # discovery, driven by the discovery test (the daemon's schedule does not run here)
     discover = [{"discover": True, "interval": "1h"}] if hostile else []
-    # Short deadlines: a hostile 5xx is retried until the poll's deadline, and each
-    # example waits for it.
-    timing = "    poll_interval: 300ms\n    timeout: 300ms\n    max_requests_per_second: 100000\n"
+    # Deadlines a loaded machine meets; the hostile accounts' polls get shorter ones.
+    timing = "    poll_interval: 2s\n    timeout: 2s\n    max_requests_per_second: 100000\n"
     config = folder / "riskmon.yaml"
     config.write_text(f"""\
 instance: fuzz
@@ -219,6 +220,21 @@ def strict_json(body: bytes, what: str) -> Any:
     return value
 
 
+@contextlib.contextmanager
+def impatient(poller: VenuePoller) -> Iterator[None]:
+    """The venue's polls give up after HOSTILE_DEADLINE: a hostile answer that is retried
+    (a 5xx, a dropped connection) is retried until the poll's deadline, and each example
+    would wait that long."""
+    config = poller.config
+    poller.config = poller.adapter.config = dataclasses.replace(
+        config, poll_interval=HOSTILE_DEADLINE, timeout=HOSTILE_DEADLINE
+    )
+    try:
+        yield
+    finally:
+        poller.config = poller.adapter.config = config
+
+
 @dataclass
 class Pipeline:
     """A Daemon wired as `riskmon run` wires it, driven one poll at a time."""
@@ -252,8 +268,14 @@ class Pipeline:
         self.daemon.store.close()
 
     async def poll_all(self) -> None:
+        hostile = set(HOSTILE.values())
         for venue, account in self.accounts:
-            await self.daemon.pollers[venue].poll_once(account)
+            poller = self.daemon.pollers[venue]
+            if (venue, account) in hostile:
+                with impatient(poller):
+                    await poller.poll_once(account)
+            else:
+                await poller.poll_once(account)
 
     def renew(self, venue: str, account: str, *, stale_since: float) -> AccountState:
         """The account starts afresh, not polled well since `stale_since`."""
@@ -448,23 +470,15 @@ async def one_listing(world: World, kind: str, listing: Answer) -> None:
     pipeline, daemon = world.pipeline, world.pipeline.daemon
     venue = HOSTILE[kind][0]
     poller = daemon.pollers[venue]
-    discovery = poller.config.discovery
-    assert discovery is not None
+    poller.set_accounts([], discovered=True)  # what a failed example may have left
+    pipeline.new_events()
     world.answer_well()  # the configured accounts do
     world.list(listing)
     pipeline.loop_errors.clear()
     with capture_logs(processors=[format_exc_info]) as logs:
         await pipeline.poll_all()
         loop = asyncio.get_running_loop()
-        try:  # as VenuePoller._discover_forever, once
-            ids = await poller.adapter.list_accounts(loop.time() + DISCOVERY_DEADLINE)
-        except VenueError:
-            ids = None
-        else:
-            poller.set_accounts(
-                (AccountConfig(i, discovery.labels, discovery.params) for i in ids),
-                discovered=True,
-            )
+        await poller.discover_once(loop.time() + DISCOVERY_DEADLINE)
         found = [a for a, state in poller.accounts.items() if state.discovered]
         for account in found:
             await poller.poll_once(account)
@@ -629,8 +643,8 @@ def world(tmp_path: Path, rsa_keypair: RsaKeyPair) -> Iterator[tuple[asyncio.Run
 #: Account ids that issue 11 found to unmonitor an account when discovered.
 KNOWN_LISTINGS = {
     "a discovered id with a lone surrogate: the adapter crashed, the metrics label raised": (
-        "clearstreet",
-        Answer.json(200, obj(data=[obj(id="\ud800", status="ACTIVE")])),
+        "polymarket",
+        Answer.json(200, obj(accounts=["firms/ACME/accounts/\ud800"])),
     ),
 }
 
@@ -654,8 +668,22 @@ def fuzz_settings(examples: int) -> settings:
     )
 
 
+def listing_of(kind: str, ids: list[str]) -> Answer:
+    """A well-formed listing of `ids`, whatever they hold."""
+    if kind == "clearstreet":
+        return Answer.json(200, obj(data=[obj(id=i, status="ACTIVE") for i in ids]))
+    return Answer.json(200, obj(accounts=list(ids)))
+
+
+# Half hostile listings, half well-formed ones of hostile names.
 hostile_listings = st.sampled_from(sorted(HOSTILE)).flatmap(
-    lambda kind: st.tuples(st.just(kind), answers(LISTING_BASE[kind]))
+    lambda kind: st.tuples(
+        st.just(kind),
+        st.one_of(
+            answers(LISTING_BASE[kind]),
+            st.lists(names, min_size=1, max_size=4).map(lambda ids: listing_of(kind, ids)),
+        ),
+    )
 )
 
 
@@ -694,3 +722,26 @@ def test_hostile_answers_never_blind_the_pipeline(world: tuple[asyncio.Runner, W
     for kind in HOSTILE:  # both ways through the pipeline were taken
         assert built.outcomes[kind, "evaluated"], built.outcomes
         assert built.outcomes[kind, "bad_response"], built.outcomes
+
+
+def test_discovered_ids_no_config_could_hold_are_skipped_loudly(
+    world: tuple[asyncio.Runner, World],
+) -> None:
+    """Found by the listing fuzz: a discovered id `""` was monitored, and its events
+    failed the payload schema (an empty `account`, an empty MQTT topic level). Discovered
+    ids are held to the rule configured ones are (`riskmon check`'s)."""
+    runner, built = world
+    poller = built.pipeline.daemon.pollers["cs"]
+    built.list(listing_of("clearstreet", ["", "20001", "12a", "..", "20002"]))
+
+    async def discover() -> list[dict[str, Any]]:
+        with capture_logs() as logs:
+            await poller.discover_once(asyncio.get_running_loop().time() + 2)
+        return logs
+
+    logs = runner.run(discover())
+    discovered = sorted(a for a, state in poller.accounts.items() if state.discovered)
+    assert discovered == ["20001", "20002"]
+    (warning,) = [e for e in logs if e["log_level"] == "warning"]
+    assert warning["skipped"] == ["''", "'12a'", "'..'"], warning
+    assert "Clear Street account ids are numbers" in warning["reason"]
