@@ -675,13 +675,19 @@ def listing_of(kind: str, ids: list[str]) -> Answer:
     return Answer.json(200, obj(accounts=list(ids)))
 
 
+def ids_of(kind: str) -> st.SearchStrategy[str]:
+    """Hostile account ids, half of them in the venue's own form around a hostile name."""
+    form = "{}" if kind == "clearstreet" else "firms/ACME/accounts/{}"
+    return st.one_of(names, names.map(form.format))
+
+
 # Half hostile listings, half well-formed ones of hostile names.
 hostile_listings = st.sampled_from(sorted(HOSTILE)).flatmap(
     lambda kind: st.tuples(
         st.just(kind),
         st.one_of(
             answers(LISTING_BASE[kind]),
-            st.lists(names, min_size=1, max_size=4).map(lambda ids: listing_of(kind, ids)),
+            st.lists(ids_of(kind), min_size=1, max_size=4).map(lambda ids: listing_of(kind, ids)),
         ),
     )
 )
