@@ -3,10 +3,10 @@ strategies that make them (for tests/test_fuzz_pipeline.py).
 
 `HostileVenue` speaks just enough HTTP/1.1 to be polled by riskmon's adapters: Clear
 Street balances (`GET {cs}/v1/accounts/{id}/balances`), Polymarket's token endpoint and
-balance (`POST {pmx}/oauth/token`, `POST {pmx}/v1/positions/balance`). Every account gets
-a fixed good answer unless an `Answer` is set for it, which is written byte for byte:
-any status line, headers and body, so also lies about Content-Length, truncated bodies
-and broken chunking.
+balance (`POST {pmx}/oauth/token`, `POST {pmx}/v1/positions/balance`) and both account
+listings (discovery). Every account gets a fixed good answer unless an `Answer` is set
+for it, which is written byte for byte: any status line, headers and body, so also lies
+about Content-Length, truncated bodies and broken chunking.
 
 Answers are built from a small JSON model in which everything hostile can be written:
 `Obj` keeps duplicate keys, `Raw` is a token written as is (`1E+999999999`, `NaN`, a
