@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from monitor.config import AccountConfig, VenueConfig
+from monitor.config.model import account_id_problem
 from monitor.errors import VenueAuthError, VenueError
 from monitor.shard import Shard
 from monitor.snapshot import Snapshot
@@ -445,27 +446,50 @@ class VenuePoller:
 
     async def _discover_forever(self) -> None:
         assert self.config.discovery is not None
-        discovery = self.config.discovery
         loop = asyncio.get_running_loop()
         while True:
-            try:
-                ids = await self.adapter.list_accounts(loop.time() + max(self.config.timeout, 10.0))
-            except VenueError as error:
-                self.discovery_error = error
-                log.warning(
-                    "account discovery failed; keeping the accounts found before",
-                    venue=self.config.name,
-                    error=str(error),
-                    request_id=error.request_id,
-                )
-            else:
-                self.discovery_error = None
-                self.set_accounts(
-                    (AccountConfig(i, discovery.labels, discovery.params) for i in ids),
-                    discovered=True,
-                )
-                self.accounts_settled = True
-            await asyncio.sleep(discovery.interval)
+            await self.discover_once(loop.time() + max(self.config.timeout, 10.0))
+            await asyncio.sleep(self.config.discovery.interval)
+
+    async def discover_once(self, deadline: float) -> None:
+        """Ask the venue which accounts it has (by `deadline`, loop time) and monitor
+        those; when it cannot say, keep the accounts found before."""
+        discovery = self.config.discovery
+        assert discovery is not None
+        try:
+            ids = await self.adapter.list_accounts(deadline)
+        except VenueError as error:
+            self.discovery_error = error
+            log.warning(
+                "account discovery failed; keeping the accounts found before",
+                venue=self.config.name,
+                error=str(error),
+                request_id=error.request_id,
+            )
+            return
+        self.discovery_error = None
+        self.set_accounts(
+            (AccountConfig(i, discovery.labels, discovery.params) for i in self._monitorable(ids)),
+            discovered=True,
+        )
+        self.accounts_settled = True
+
+    def _monitorable(self, ids: list[str]) -> list[str]:
+        """The discovered ids that could be configured (`account_id_problem`); the others
+        (an empty id would be an empty MQTT topic level and an invalid event) are skipped
+        with a warning at every discovery that lists them."""
+        kind = self.config.kind
+        kept = [i for i in ids if account_id_problem(kind, i) is None]
+        if len(kept) < len(ids):
+            skipped = [i for i in ids if account_id_problem(kind, i) is not None]
+            log.warning(
+                "discovery listed account ids riskmon cannot monitor; skipped",
+                venue=self.config.name,
+                count=len(skipped),
+                skipped=[repr(i)[:60] for i in skipped[:5]],
+                reason=account_id_problem(kind, skipped[0]),
+            )
+        return kept
 
     def stop(self) -> None:
         self._stopping = True

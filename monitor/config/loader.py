@@ -35,6 +35,7 @@ from monitor.config.model import (
     ParamValue,
     PolymarketAuthConfig,
     VenueConfig,
+    account_id_problem,
 )
 from monitor.config.secret import Secret
 from monitor.durations import format_duration
@@ -92,7 +93,6 @@ _VENUE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _PARTICIPANT = re.compile(r"firms/[^/\s]+/users/[^/\s]+")
-_PMX_ACCOUNT = re.compile(r"firms/[^/\s]+/accounts/[^/\s]+")
 _INSTANCE = re.compile(r"[^\s/+#]+")
 _LISTEN = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]]+):(?P<port>[0-9]{1,5})")
 _NUMBER_TOKEN = re.compile(r"[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?")
@@ -566,18 +566,9 @@ class _ConfigChecker(Checker):
         text = self.string(path, value)
         if text is None:
             return None
-        if kind == "clearstreet" and not (text.isascii() and text.isdigit()):
-            self.error(
-                path,
-                f"Clear Street account ids are numbers such as 19816, got {self.show(path, text)}",
-            )
-            return None
-        if kind == "polymarket" and not _PMX_ACCOUNT.fullmatch(text):
-            self.error(
-                path,
-                "Polymarket account ids look like firms/<FIRM>/accounts/<NAME>, got "
-                f"{self.show(path, text)}",
-            )
+        problem = account_id_problem(kind, text)
+        if problem is not None:
+            self.error(path, f"{problem}, got {self.show(path, text)}")
             return None
         return text
 

@@ -7,6 +7,7 @@ file's folder.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -17,6 +18,20 @@ from monitor.config.secret import Secret
 from monitor.yamlsource import YamlDocument
 
 ParamValue = Decimal | str | bool
+
+_PMX_ACCOUNT = re.compile(r"firms/[^/\s]+/accounts/[^/\s]+")
+
+
+def account_id_problem(kind: str | None, account_id: str) -> str | None:
+    """Why `account_id` cannot be an account of a `kind` venue, or None when it can:
+    one rule for configured and discovered accounts alike."""
+    if kind == "clearstreet" and not (account_id.isascii() and account_id.isdigit()):
+        return "Clear Street account ids are numbers such as 19816"
+    if kind == "polymarket" and not _PMX_ACCOUNT.fullmatch(account_id):
+        return "Polymarket account ids look like firms/<FIRM>/accounts/<NAME>"
+    if not account_id.strip():
+        return "an account id is not blank"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
