@@ -30,6 +30,16 @@ def test_numbers_are_exact_decimals_with_their_digits() -> None:
     assert decode_json(answer(b"123456789012345678901234567890")) == 123456789012345678901234567890
 
 
+@pytest.mark.parametrize("careful", [False, True], ids=["msgspec", "standard library"])
+def test_a_number_no_decimal_can_hold_stays_text(careful: bool) -> None:
+    # decimal.InvalidOperation out of the decoder's number hook crashed the adapter
+    # (found by tests/test_fuzz_pipeline.py); a lone surrogate takes the careful path
+    body = b'{"equity": 1.0e+99999999999999999999, "n": "\\ud800", "ok": 2.5}'
+    value = decode_json(answer(body if careful else body.replace(b"\\ud800", b"x")))
+    assert value["equity"] == "1.0e+99999999999999999999"
+    assert value["ok"] == Decimal("2.5")
+
+
 def test_utf16_answers_decode_as_the_standard_library_does() -> None:
     text = '{"name": "Zoë", "buying_power": 1.5}'
     expected = {"name": "Zoë", "buying_power": Decimal("1.5")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
@@ -26,7 +26,19 @@ from monitor.venues.http import HttpResponse, retry_after_seconds
 # answer it refuses goes to the standard library (`_careful_loads`), which also reads
 # UTF-16/32, NaN and lone surrogates, and whose result or error stands. One shared
 # decoder each: `json.loads` would build a new decoder (and its scanner) per call.
-_FAST_DECODER = msgspec.json.Decoder(float_hook=Decimal)
+
+
+def _number(text: str) -> Decimal | str:
+    """A JSON number as an exact Decimal; one whose exponent no Decimal can hold
+    (`1e+99999999999999999999`) stays text, which no field takes as a number: a known
+    field then fails its parse naming itself, an unknown one keeps the text."""
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return text
+
+
+_FAST_DECODER = msgspec.json.Decoder(float_hook=_number)
 
 #: Objects and lists nested deeper than this are refused: no venue answer nests more
 #: than 5 levels, and `flatten` and everything after it recurse once per level.
@@ -55,7 +67,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _DECODER = json.JSONDecoder(
-    parse_float=Decimal, parse_constant=Decimal, object_pairs_hook=_unique_keys
+    parse_float=_number, parse_constant=Decimal, object_pairs_hook=_unique_keys
 )
 
 
