@@ -606,6 +606,7 @@ class Daemon(PollListener):
         }
 
     def metrics_text(self) -> bytes:
+        self.metrics.set_asyncio_tasks(len(asyncio.all_tasks()))
         return self.metrics.render()
 
     def health_problems(self) -> dict[str, str]:
