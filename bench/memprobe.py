@@ -159,7 +159,10 @@ def _probe(folder: Path, every: float, frames: int, trace_after: float) -> None:
         elif tracemalloc.is_tracing():
             sample["traced"] = tracemalloc.get_traced_memory()[0]
             snapshot = tracemalloc.take_snapshot().filter_traces(
-                [tracemalloc.Filter(False, tracemalloc.__file__)]
+                [  # the probe's own allocations (linecache's source lines) are not the question
+                    tracemalloc.Filter(False, __file__, all_frames=True),
+                    tracemalloc.Filter(False, tracemalloc.__file__),
+                ]
             )
             if first is None:
                 first = snapshot

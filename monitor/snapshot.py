@@ -177,18 +177,26 @@ def _coerce(value: Any, kind: FieldType | None, path: str) -> Any:
 
 
 _SHARED_TEXT_MAX = 32  # characters
+_SHARED_TEXTS_HELD = 1_024  # texts; then the table starts again
 _shared_texts: dict[str, str] = {}
 
 
 def _shared_text(text: str) -> str:
     """One object for each short text value: thousands of accounts send the same few
-    (currency `USD`, margin type `REG_T`, the `sod.asof` date), 50 bytes each a copy."""
+    (currency `USD`, margin type `REG_T`, the `sod.asof` date), 50 bytes each a copy.
+
+    Some texts are new in every answer (Polymarket's `updateTime`): kept here, they
+    outlived their snapshots, and the table grew by 100 an answer until a cap of 100,000
+    texts (13 MiB, the first 20 minutes of RSS growth at 100 Polymarket polls a second:
+    bench/soak.py). The table is emptied when full instead: the texts that repeat are
+    back in it at their next answer, and a snapshot still holding an older copy gives
+    it up at its next poll."""
     if len(text) > _SHARED_TEXT_MAX:
         return text
     shared = _shared_texts.get(text)
     if shared is None:
-        if len(_shared_texts) >= 100_000:  # a venue that sends ever new texts
-            return text
+        if len(_shared_texts) >= _SHARED_TEXTS_HELD:
+            _shared_texts.clear()
         shared = _shared_texts[text] = text
     return shared
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import re
+import tracemalloc
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -245,3 +247,33 @@ def test_flatten_skips_null_items_and_keeps_lists_whole() -> None:
     schema = FieldSchema({"xs.*.v": FieldType.DECIMAL})
     fields = flatten({"xs": [{"v": "1"}, None, {"v": "2"}]}, schema)
     assert fields["xs"] == [{"v": Decimal(1)}, {"v": Decimal(2)}]
+
+
+def test_a_text_new_in_every_answer_is_not_kept_once_its_snapshot_is_gone() -> None:
+    """Polymarket's `updateTime` is new in every answer; 1,000 accounts every 2 s made
+    RSS grow for 20 minutes while the shared-text table filled with them."""
+    body = json.loads((DATA / "pmx_balance.json").read_text())
+
+    def parse(stamp: int) -> None:
+        body["updateTime"] = f"2026-12-05T03:{stamp:011d}Z"
+        assert (
+            PolymarketAdapter.parse_balance(body)["alternate_capital_requirement_currency"] == "USD"
+        )
+
+    for stamp in range(2_000):  # the tables settle
+        parse(stamp)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for stamp in range(2_000, 22_000):
+            parse(stamp)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 200_000, f"{kept:,} bytes kept after 20,000 answers"
+    text = (DATA / "pmx_balance.json").read_text()  # each answer its own "USD" object
+    fields = [PolymarketAdapter.parse_balance(json.loads(text)) for _ in range(3)]
+    shared = [f["alternate_capital_requirement_currency"] for f in fields]
+    assert shared[0] is shared[1] is shared[2]  # still one object for all
