@@ -19,7 +19,8 @@ daemon's own process, then runs `riskmon` with the arguments given. Every
   total and writes `tracemalloc-NNN.txt`: the 25 biggest differences from the first
   traced sample, by traceback.
 
-`python -m bench.soak --probe DIR` runs the daemon this way.
+`python -m bench.soak --probe DIR` runs the daemon this way; `python -m bench.memprobe
+--summary DIR` prints the samples as a table.
 """
 
 from __future__ import annotations
@@ -176,7 +177,35 @@ def _probe(folder: Path, every: float, frames: int, trace_after: float) -> None:
             out.write(json.dumps(sample) + "\n")
 
 
+def summary(folder: Path) -> None:
+    """A table of `folder/probe.jsonl`, in MiB: `python -m bench.memprobe --summary DIR`."""
+    print(
+        " minute    RSS   anon   file  [heap]  [anon]  malloc used/free  pymalloc arenas"
+        "/used  sqlite  gc objects"
+    )
+    for line in (folder / "probe.jsonl").read_text().splitlines():
+        sample = json.loads(line)
+        status, maps, malloc, pymalloc = (
+            sample["status"],
+            sample["maps"],
+            sample["malloc"],
+            sample["pymalloc"],
+        )
+        print(
+            f"{sample['t'] / 60:7.1f} {status['VmRSS'] / 1024:6.1f} {status['RssAnon'] / 1024:6.1f}"
+            f" {status['RssFile'] / 1024:6.1f} {maps.get('[heap]', 0) / 1024:7.1f}"
+            f" {maps.get('[anon]', 0) / 1024:7.1f}"
+            f" {malloc['uordblks'] / 2**20:11.1f}/{malloc['fordblks'] / 2**20:<4.1f}"
+            f" {pymalloc.get('arenas', 0):11d}/{pymalloc.get('bytes_in_blocks', 0) / 2**20:<5.1f}"
+            f" {(sample['sqlite'] or 0) / 2**20:7.2f} {sample['gc']['tracked']:11d}"
+            + (f"  traced {sample['traced'] / 2**20:.1f}" if "traced" in sample else "")
+        )
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--summary"]:
+        summary(Path(argv[1]))
+        return 0
     folder = Path(os.environ[DIR_VARIABLE])
     folder.mkdir(parents=True, exist_ok=True)
     every = float(os.environ.get("RISKMON_MEMPROBE_EVERY", "60"))

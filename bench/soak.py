@@ -19,9 +19,11 @@ there, while connections in the pool and polls in flight come and go). Also prin
 minute from which RSS stayed within 1% of where it ended (the warm-up it measured) and,
 when that is later than the warm-up, the growth after it.
 
-`--probe DIR` runs the daemon under `bench.memprobe`, which writes what its memory is
-made of to DIR every minute (`--tracemalloc N` adds tracemalloc differences, at a high
-CPU cost); `--env NAME=VALUE` sets the daemon's environment (`MALLOC_ARENA_MAX=2`).
+`--samples FILE` judges the samples an earlier run wrote with `--out` (another
+`--warmup`, say). `--probe DIR` runs the daemon under `bench.memprobe`, which writes what
+its memory is made of to DIR every minute (`--tracemalloc N` adds tracemalloc
+differences, at a high CPU cost); `--env NAME=VALUE` sets the daemon's environment
+(`MALLOC_ARENA_MAX=2`).
 """
 
 from __future__ import annotations
@@ -290,6 +292,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tracemalloc", type=int, default=0, help="frames, with --probe")
     parser.add_argument("--out", type=Path, help="write the figures and every sample as JSON")
     parser.add_argument(
+        "--samples", type=Path, help="judge the samples of an earlier run's --out instead"
+    )
+    parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="for the daemon"
     )
     args = parser.parse_args(argv)
@@ -304,6 +309,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
     seconds = 60 * args.minutes
     warmup = min(60 * args.warmup, seconds / 2)
+    if args.samples is not None:
+        samples = [Sample(**item) for item in json.loads(args.samples.read_text())["samples"]]
+        warmup = min(60 * args.warmup, samples[-1].seconds / 2)
+        result = analyse(samples, warmup)
+        _report(result)
+        return result
     with simulated_venues(args.clearstreet, args.polymarket) as (base, folder, keys):
         samples = asyncio.run(
             soak(
