@@ -19,19 +19,21 @@ there, while connections in the pool and polls in flight come and go). Also prin
 minute from which RSS stayed within 1% of where it ended (the warm-up it measured) and,
 when that is later than the warm-up, the growth after it.
 
-`--samples FILE` judges the samples an earlier run wrote with `--out` (another
-`--warmup`, say). `--probe DIR` runs the daemon under `bench.memprobe`, which writes what
-its memory is made of to DIR every minute (`--tracemalloc N` adds tracemalloc
-differences, at a high CPU cost); `--env NAME=VALUE` sets the daemon's environment
-(`MALLOC_ARENA_MAX=2`).
+Ctrl-C or SIGTERM ends a run early and judges what it sampled. `--samples FILE` judges
+the samples an earlier run wrote with `--out` (another `--warmup`, say). `--probe DIR`
+runs the daemon under `bench.memprobe`, which writes what its memory is made of to DIR
+every minute (`--tracemalloc N` adds tracemalloc differences, at a high CPU cost);
+`--env NAME=VALUE` sets the daemon's environment (`MALLOC_ARENA_MAX=2`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import statistics
 import sys
 from dataclasses import asdict, dataclass
@@ -214,6 +216,9 @@ async def soak(
             flush=True,
         )
         loop = asyncio.get_running_loop()
+        stop = asyncio.Event()  # Ctrl-C or SIGTERM: judge what was sampled so far
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         started = next_scrape = loop.time()
         reported: Sample | None = None
         while True:
@@ -233,8 +238,12 @@ async def soak(
                 reported = sample
             if sample.seconds >= seconds:
                 break
+            if stop.is_set():
+                print(f"stopped after {sample.seconds / 60:.1f} minutes", flush=True)
+                break
             next_scrape += SCRAPE_INTERVAL
-            await asyncio.sleep(max(0.0, next_scrape - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, next_scrape - loop.time()))
             if daemon.returncode is not None:
                 raise RuntimeError(f"riskmon exited with {daemon.returncode} during the soak")
     return samples
@@ -308,11 +317,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "RISKMON_MEMPROBE_TRACEMALLOC": str(args.tracemalloc),
         }
     seconds = 60 * args.minutes
-    warmup = min(60 * args.warmup, seconds / 2)
     if args.samples is not None:
         samples = [Sample(**item) for item in json.loads(args.samples.read_text())["samples"]]
-        warmup = min(60 * args.warmup, samples[-1].seconds / 2)
-        result = analyse(samples, warmup)
+        result = analyse(samples, min(60 * args.warmup, samples[-1].seconds / 2))
         _report(result)
         return result
     with simulated_venues(args.clearstreet, args.polymarket) as (base, folder, keys):
@@ -329,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 keys=keys,
             )
         )
-    result = analyse(samples, warmup)
+    result = analyse(samples, min(60 * args.warmup, samples[-1].seconds / 2))
     result["samples"] = [asdict(s) for s in samples]
     _report({k: v for k, v in result.items() if k != "samples"})
     if args.out is not None:
