@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import ctypes.util
+import functools
 import gc
 import json
 import os
@@ -62,21 +63,34 @@ class _MallInfo2(ctypes.Structure):
     ]
 
 
-def _mallinfo() -> dict[str, int]:
+@functools.cache
+def _libc() -> ctypes.CDLL:
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
-    return {field[0]: getattr(info, field[0]) for field in _MallInfo2._fields_}
+    return libc
 
 
-def _sqlite_bytes() -> int | None:
-    """sqlite3_memory_used() of the libsqlite3 that Python's sqlite3 module loaded."""
+@functools.cache
+def _libsqlite3() -> ctypes.CDLL | None:
+    """The libsqlite3 that Python's sqlite3 module loaded (once: each CDLL leaves cyclic
+    garbage that would count among the daemon's objects)."""
     name = ctypes.util.find_library("sqlite3")
     if name is None:
         return None
     library = ctypes.CDLL(name)
     library.sqlite3_memory_used.restype = ctypes.c_int64
-    return int(library.sqlite3_memory_used())
+    return library
+
+
+def _mallinfo() -> dict[str, int]:
+    info = _libc().mallinfo2()
+    return {field[0]: getattr(info, field[0]) for field in _MallInfo2._fields_}
+
+
+def _sqlite_bytes() -> int | None:
+    """sqlite3_memory_used(): what SQLite holds, all connections."""
+    library = _libsqlite3()
+    return None if library is None else int(library.sqlite3_memory_used())
 
 
 def _status() -> dict[str, int]:
