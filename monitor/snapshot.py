@@ -73,6 +73,7 @@ _ABSENT = object()
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _snake_cache: dict[str, str] = {}
 _path_cache: dict[tuple[str, str], str] = {}
+_PATHS_HELD = 10_000
 
 
 def snake_case(name: str) -> str:
@@ -86,12 +87,18 @@ def snake_case(name: str) -> str:
 
 
 def _join(parent: str, key: str) -> str:
-    """Interned dotted paths, so thousands of snapshots share their key strings."""
+    """Interned dotted paths, so thousands of snapshots share their key strings.
+
+    Paths under data keys (Polymarket's `securities.<symbol>.*`) come and go with the
+    markets held: the cache is emptied when it holds _PATHS_HELD (it kept up to 100,000,
+    26 MB, for the process's life); `sys.intern` still gives the snapshots one string
+    per path while any of them holds it."""
     cached = _path_cache.get((parent, key))
     if cached is None:
         cached = sys.intern(f"{parent}.{key}" if parent else key)
-        if len(_path_cache) < 100_000:
-            _path_cache[(parent, key)] = cached
+        if len(_path_cache) >= _PATHS_HELD:
+            _path_cache.clear()
+        _path_cache[(parent, key)] = cached
     return cached
 
 

@@ -277,3 +277,28 @@ def test_a_text_new_in_every_answer_is_not_kept_once_its_snapshot_is_gone() -> N
     fields = [PolymarketAdapter.parse_balance(json.loads(text)) for _ in range(3)]
     shared = [f["alternate_capital_requirement_currency"] for f in fields]
     assert shared[0] is shared[1] is shared[2]  # still one object for all
+
+
+def test_paths_under_markets_that_come_and_go_are_not_kept_once_their_snapshots_are_gone() -> None:
+    """Polymarket's `securities` are keyed by market symbol, and markets come and go:
+    their paths (`securities.<symbol>.market_value` ...) must not pile up."""
+    body = json.loads((DATA / "pmx_balance.json").read_text())
+    position = body["securities"].pop("PRES-2028-DEM")
+
+    def parse(market: int) -> None:
+        body["securities"] = {f"MARKET-{market}": position}
+        assert f"securities.MARKET-{market}.market_value" in PolymarketAdapter.parse_balance(body)
+
+    for market in range(2_000):  # the tables settle
+        parse(market)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for market in range(2_000, 32_000):
+            parse(market)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 4_000_000, f"{kept:,} bytes kept after 30,000 markets"  # 26 MB before
