@@ -15,7 +15,9 @@ twice that) the target is: RSS growing under 2% per hour (the least-squares slop
 samples after the warm-up, against the RSS at its end), and neither fds nor tasks
 growing (the fewest in the last quarter of the samples after the warm-up no more than
 the fewest in the first quarter, give or take 2 and 5%: a leaked fd or task is always
-there, while connections in the pool and polls in flight come and go). Also printed: the
+there, while connections in the pool and polls in flight come and go; after a stall the
+pools may keep more idle connections, up to each venue's `max_concurrency`: a rise that
+stops there is the pools' bound, not a leak, though it is reported). Also printed: the
 minute from which RSS stayed within 1% of where it ended (the warm-up it measured) and,
 when that is later than the warm-up, the growth after it.
 
