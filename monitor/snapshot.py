@@ -193,11 +193,11 @@ def _shared_text(text: str) -> str:
     (currency `USD`, margin type `REG_T`, the `sod.asof` date), 50 bytes each a copy.
 
     Some texts are new in every answer (Polymarket's `updateTime`): kept here, they
-    outlived their snapshots, and the table grew by 100 an answer until a cap of 100,000
-    texts (13 MiB, the first 20 minutes of RSS growth at 100 Polymarket polls a second:
-    bench/soak.py). The table is emptied when full instead: the texts that repeat are
-    back in it at their next answer, and a snapshot still holding an older copy gives
-    it up at its next poll."""
+    outlived their snapshots, and the table grew by one text an answer up to a cap of
+    100,000 texts (11 MB: RSS grew by 11-17 MiB over the first 23-25 minutes with 100
+    Polymarket polls a second, bench/soak.py). The table is emptied when full instead:
+    the texts that repeat are back in it at their next answer, and a snapshot still
+    holding an older copy gives it up at its next poll."""
     if len(text) > _SHARED_TEXT_MAX:
         return text
     shared = _shared_texts.get(text)
