@@ -301,4 +301,6 @@ def test_paths_under_markets_that_come_and_go_are_not_kept_once_their_snapshots_
         kept = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert kept < 4_000_000, f"{kept:,} bytes kept after 30,000 markets"  # 26 MB before
+    # 26 MB before; 2-4 MB now (the cache at its bound, and the interpreter's table of
+    # interned strings, whose size depends on what ran before in the process)
+    assert kept < 8_000_000, f"{kept:,} bytes kept after 30,000 markets"
