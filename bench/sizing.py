@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -23,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +122,7 @@ def _config(
     return path
 
 
-def _polls(metrics: str) -> float:
+def polls_total(metrics: str) -> float:
     """riskmon_polls_total summed over venues and outcomes."""
     return sum(
         float(line.rsplit(" ", 1)[1])
@@ -129,51 +131,83 @@ def _polls(metrics: str) -> float:
     )
 
 
-async def _measure(
-    base: str, folder: Path, keys: Path, cs: int, pm: int, seconds: float
-) -> dict[str, Any]:
+@contextlib.contextmanager
+def simulated_venues(cs: int, pm: int) -> Iterator[tuple[str, Path, Path]]:
+    """The simulator serving `cs` Clear Street and `pm` Polymarket accounts, and a
+    folder for the replica; yields (simulator URL, folder, folder of the credentials)."""
+    with tempfile.TemporaryDirectory(prefix="riskmon-bench-sizing-") as name:
+        folder = Path(name)
+        keys = folder / "secrets"
+        ensure_demo_credentials(keys)
+        with simulator_process(_scenario(keys, cs, pm)) as (base, _pid):
+            yield base, folder, keys
+
+
+@contextlib.asynccontextmanager
+async def running_replica(
+    base: str,
+    folder: Path,
+    keys: Path,
+    cs: int,
+    pm: int,
+    *,
+    command: Sequence[str] = ("-m", "monitor"),
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, aiohttp.ClientSession]]:
+    """`riskmon run` as one replica of the sizing (a Mosquitto, this config), ready;
+    yields (its process, its HTTP URL, a session); stopped (SIGTERM) at exit.
+    `command`: the Python arguments that start riskmon (`bench.soak --probe` runs it
+    under `bench.memprobe`); `env`: more environment for it."""
     http_port = free_port()
     url = f"http://127.0.0.1:{http_port}"
     async with running_broker() as broker:
         config = _config(folder, keys, base, broker, http_port, cs, pm)
         log = (folder / "riskmon.log").open("wb")
         daemon = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "monitor", "run", "-c", str(config)),
+            *(sys.executable, *command, "run", "-c", str(config)),
             cwd=folder,
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "RISKMON_LOG_LEVEL": "warning"},
+            env={**os.environ, "RISKMON_LOG_LEVEL": "warning", **(env or {})},
         )
-        windows: list[float] = []
-        rss: list[int] = []
         try:
             async with aiohttp.ClientSession() as session:
                 if not await wait_ready(session, url, 60):
                     tail = (folder / "riskmon.log").read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"riskmon did not become ready:\n{tail}")
-                startup_cpu = cpu_seconds(daemon.pid)
-                await asyncio.sleep(WARMUP)
-
-                async def scrape() -> str:
-                    async with session.get(url + "/metrics") as response:
-                        return await response.text()
-
-                polls0 = _polls(await scrape())
-                cpu0 = last = cpu_seconds(daemon.pid)
-                wall0 = time.monotonic()
-                for _ in range(max(1, round(seconds / SCRAPE_INTERVAL))):
-                    await asyncio.sleep(SCRAPE_INTERVAL)
-                    metrics = await scrape()
-                    now = cpu_seconds(daemon.pid)
-                    windows.append((now - last) / SCRAPE_INTERVAL)
-                    rss.append(rss_bytes(daemon.pid))
-                    last = now
-                wall = time.monotonic() - wall0
-                polls = _polls(metrics) - polls0
-                peak = rss_bytes(daemon.pid, peak=True)
+                yield daemon, url, session
         finally:
             await stop_process(daemon)
             log.close()
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> str:
+    """The /metrics text, as Prometheus scrapes it."""
+    async with session.get(url + "/metrics") as response:
+        return await response.text()
+
+
+async def _measure(
+    base: str, folder: Path, keys: Path, cs: int, pm: int, seconds: float
+) -> dict[str, Any]:
+    windows: list[float] = []
+    rss: list[int] = []
+    async with running_replica(base, folder, keys, cs, pm) as (daemon, url, session):
+        startup_cpu = cpu_seconds(daemon.pid)
+        await asyncio.sleep(WARMUP)
+        polls0 = polls_total(await scrape(session, url))
+        cpu0 = last = cpu_seconds(daemon.pid)
+        wall0 = time.monotonic()
+        for _ in range(max(1, round(seconds / SCRAPE_INTERVAL))):
+            await asyncio.sleep(SCRAPE_INTERVAL)
+            metrics = await scrape(session, url)
+            now = cpu_seconds(daemon.pid)
+            windows.append((now - last) / SCRAPE_INTERVAL)
+            rss.append(rss_bytes(daemon.pid))
+            last = now
+        wall = time.monotonic() - wall0
+        polls = polls_total(metrics) - polls0
+        peak = rss_bytes(daemon.pid, peak=True)
     polls_per_second = polls / wall
     cores = (last - cpu0) / wall
     return {
@@ -198,15 +232,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--polymarket", type=int, default=PM_ACCOUNTS)
     parser.add_argument("--seconds", type=float, default=90.0, help="measured after warm-up")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="riskmon-bench-sizing-") as name:
-        folder = Path(name)
-        keys = folder / "secrets"
-        ensure_demo_credentials(keys)
-        data = _scenario(keys, args.clearstreet, args.polymarket)
-        with simulator_process(data) as (base, _pid):
-            result = asyncio.run(
-                _measure(base, folder, keys, args.clearstreet, args.polymarket, args.seconds)
-            )
+    with simulated_venues(args.clearstreet, args.polymarket) as (base, folder, keys):
+        result = asyncio.run(
+            _measure(base, folder, keys, args.clearstreet, args.polymarket, args.seconds)
+        )
     print(
         f"{result['clearstreet_accounts']} Clear Street + {result['polymarket_accounts']} "
         f"Polymarket accounts every {POLL_INTERVAL:g} s, shipped rules, scraped every "

@@ -771,6 +771,7 @@ class Daemon(PollListener):
 
     def metrics_text(self) -> bytes:
         self.metrics.set_health_problems(self.health_problems())
+        self.metrics.set_asyncio_tasks(len(asyncio.all_tasks()))
         return self.metrics.render() + self.outbox_metrics.render()
 
     def health_problems(self) -> dict[str, str]:

@@ -45,6 +45,7 @@ account's currency):
 | `riskmon_config_last_reload_success_timestamp_seconds` | gauge | |
 | `riskmon_mqtt_connected`, `riskmon_outbox_pending` | gauge | |
 | `riskmon_events_published_total` | counter | |
+| `riskmon_asyncio_tasks` (tasks alive on the event loop, when last set) | gauge | |
 | `riskmon_event_delivery_seconds` (venue answer to PUBACK) | histogram | |
 | dead letters, refused publishes, failed outbox writes (`monitor/outbox_metrics.py`) | | |
 | `riskmon_build_info` (always 1) | gauge | version, python |
@@ -444,6 +445,7 @@ class Metrics:
         self._reload_success_at = now
         self._mqtt_connected = False
         self._outbox_pending = 0
+        self._asyncio_tasks: int | None = None
         self._events_published = 0
         self._delivery_buckets = [0] * (len(EVENT_DELIVERY_BUCKETS) + 1)
         self._delivery_sum = 0.0
@@ -641,6 +643,11 @@ class Metrics:
     def set_outbox_pending(self, n: int) -> None:
         self._outbox_pending = n
 
+    def set_asyncio_tasks(self, n: int) -> None:
+        """`riskmon_asyncio_tasks`: a count that only grows means tasks are leaking
+        (`python -m bench.soak` watches it)."""
+        self._asyncio_tasks = n
+
     def inc_events_published(self, n: int = 1) -> None:
         self._events_published += n
 
@@ -793,6 +800,9 @@ class Metrics:
             )
         )
         add(b"riskmon_events_published_total %d\n" % self._events_published)
+        if self._asyncio_tasks is not None:
+            add(_header("riskmon_asyncio_tasks", "gauge", "Tasks alive on the event loop."))
+            add(b"riskmon_asyncio_tasks %d\n" % self._asyncio_tasks)
         self._render_delivery(add)
         add(_header("riskmon_build_info", "gauge", "Always 1; the labels name the build."))
         add(self._build_info)

@@ -73,6 +73,7 @@ _ABSENT = object()
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _snake_cache: dict[str, str] = {}
 _path_cache: dict[tuple[str, str], str] = {}
+_PATHS_HELD = 10_000
 
 
 def snake_case(name: str) -> str:
@@ -86,12 +87,18 @@ def snake_case(name: str) -> str:
 
 
 def _join(parent: str, key: str) -> str:
-    """Interned dotted paths, so thousands of snapshots share their key strings."""
+    """Interned dotted paths, so thousands of snapshots share their key strings.
+
+    Paths under data keys (Polymarket's `securities.<symbol>.*`) come and go with the
+    markets held: the cache is emptied when it holds _PATHS_HELD (it kept up to 100,000,
+    26 MB, for the process's life); `sys.intern` still gives the snapshots one string
+    per path while any of them holds it."""
     cached = _path_cache.get((parent, key))
     if cached is None:
         cached = sys.intern(f"{parent}.{key}" if parent else key)
-        if len(_path_cache) < 100_000:
-            _path_cache[(parent, key)] = cached
+        if len(_path_cache) >= _PATHS_HELD:
+            _path_cache.clear()
+        _path_cache[(parent, key)] = cached
     return cached
 
 
@@ -227,18 +234,26 @@ def _coerce(value: Any, kind: FieldType | None, path: str) -> Any:
 
 
 _SHARED_TEXT_MAX = 32  # characters
+_SHARED_TEXTS_HELD = 1_024  # texts; then the table starts again
 _shared_texts: dict[str, str] = {}
 
 
 def _shared_text(text: str) -> str:
     """One object for each short text value: thousands of accounts send the same few
-    (currency `USD`, margin type `REG_T`, the `sod.asof` date), 50 bytes each a copy."""
+    (currency `USD`, margin type `REG_T`, the `sod.asof` date), 50 bytes each a copy.
+
+    Some texts are new in every answer (Polymarket's `updateTime`): kept here, they
+    outlived their snapshots, and the table grew by one text an answer up to a cap of
+    100,000 texts (11 MB: RSS grew by 11-17 MiB over the first 23-25 minutes with 100
+    Polymarket polls a second, bench/soak.py). The table is emptied when full instead:
+    the texts that repeat are back in it at their next answer, and a snapshot still
+    holding an older copy gives it up at its next poll."""
     if len(text) > _SHARED_TEXT_MAX:
         return text
     shared = _shared_texts.get(text)
     if shared is None:
-        if len(_shared_texts) >= 100_000:  # a venue that sends ever new texts
-            return text
+        if len(_shared_texts) >= _SHARED_TEXTS_HELD:
+            _shared_texts.clear()
         shared = _shared_texts[text] = text
     return shared
 

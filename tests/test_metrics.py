@@ -470,6 +470,13 @@ def test_reload_outcome() -> None:
     assert series(metrics, "riskmon_config_last_reload_success_timestamp_seconds") == {(): 200.0}
 
 
+def test_asyncio_tasks_is_a_gauge_once_set() -> None:
+    metrics = Metrics()
+    assert "riskmon_asyncio_tasks" not in metrics.render().decode()  # no loop to count yet
+    metrics.set_asyncio_tasks(17)
+    assert series(metrics, "riskmon_asyncio_tasks") == {(): 17}
+
+
 def test_empty_families_are_left_out() -> None:
     text = Metrics().render().decode()
     assert "riskmon_account_" not in text
