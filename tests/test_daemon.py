@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -125,20 +126,34 @@ class RiskmonProcess:
             self.process.wait()
 
 
-@pytest.fixture
-def riskmon(
-    tmp_path: Path, riskmon_config: Callable[..., tuple[Path, int]]
+@contextlib.contextmanager
+def riskmon_process(
+    tmp_path: Path,
+    riskmon_config: Callable[..., tuple[Path, int]],
+    *,
+    instance: str = "test-1",
+    rules: str = RULES,
 ) -> Iterator[RiskmonProcess]:
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "capital.yaml").write_text(RULES)
+    """A `riskmon run` (started by the test) over `rules`, stale after 1.5 s; killed
+    at the end."""
+    (tmp_path / "rules").mkdir(exist_ok=True)
+    (tmp_path / "rules" / "capital.yaml").write_text(rules)
     config, http_port = riskmon_config(
-        instance="test-1", rules="rules/*.yaml", stale_after="1500ms"
+        instance=instance, rules="rules/*.yaml", stale_after="1500ms"
     )
     process = RiskmonProcess(tmp_path, config, http_port)
     try:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def riskmon(
+    tmp_path: Path, riskmon_config: Callable[..., tuple[Path, int]]
+) -> Iterator[RiskmonProcess]:
+    with riskmon_process(tmp_path, riskmon_config) as process:
+        yield process
 
 
 def events(collector: MqttCollector, topic: str = "riskmon/events/#") -> list[dict[str, Any]]:

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 from conftest import MqttCollector
-from test_daemon import RiskmonProcess, events, subscriber  # noqa: F401 - a fixture
+from test_daemon import (  # noqa: F401 - subscriber is a fixture
+    RiskmonProcess,
+    events,
+    riskmon_process,
+    subscriber,
+)
 
 from monitor.simulator import Simulator
 
@@ -33,15 +38,8 @@ OTHER_BREACH = "riskmon/events/critical/cs/19817/BuyingPowerBelowFloor"
 def riskmon(
     tmp_path: Path, riskmon_config: Callable[..., tuple[Path, int]]
 ) -> Iterator[RiskmonProcess]:
-    (tmp_path / "rules.yaml").write_text(RULES)
-    config, http_port = riskmon_config(
-        instance="test-hostile", rules="rules.yaml", stale_after="1500ms"
-    )
-    process = RiskmonProcess(tmp_path, config, http_port)
-    try:
+    with riskmon_process(tmp_path, riskmon_config, instance="test-hostile", rules=RULES) as process:
         yield process
-    finally:
-        process.stop()
 
 
 async def test_lone_surrogates_from_a_venue_leave_the_account_monitored(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MosquittoBroker, MqttCollector
-from test_daemon import BREACH, RULES, RiskmonProcess, events
+from test_daemon import BREACH, RiskmonProcess, events, riskmon_process
 from test_refused import problems_in
 
 from monitor.health import HealthProblems
@@ -81,16 +81,8 @@ def fill(folder: Path) -> Path:
 def riskmon(
     tmp_path: Path, state_dir: Path, riskmon_config: Callable[..., tuple[Path, int]]
 ) -> Iterator[RiskmonProcess]:
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "capital.yaml").write_text(RULES)
-    config, http_port = riskmon_config(
-        instance="test-1", rules="rules/*.yaml", stale_after="1500ms"
-    )
-    process = RiskmonProcess(tmp_path, config, http_port)
-    try:
+    with riskmon_process(tmp_path, riskmon_config) as process:
         yield process
-    finally:
-        process.stop()
 
 
 async def test_a_full_disk_keeps_the_alerts_says_so_and_delivers_once_it_has_room(

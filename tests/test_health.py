@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
-from test_daemon import RULES, RiskmonProcess
+from test_daemon import RULES, RiskmonProcess, riskmon_process
 
 from monitor.config import load_config
 from monitor.daemon import Daemon
@@ -28,16 +28,8 @@ DEV_FULL = Path("/dev/full")
 def riskmon(
     tmp_path: Path, riskmon_config: Callable[..., tuple[Path, int]]
 ) -> Iterator[RiskmonProcess]:
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "capital.yaml").write_text(RULES)
-    config, http_port = riskmon_config(
-        instance="health-1", rules="rules/*.yaml", stale_after="1500ms"
-    )
-    process = RiskmonProcess(tmp_path, config, http_port)
-    try:
+    with riskmon_process(tmp_path, riskmon_config, instance="health-1") as process:
         yield process
-    finally:
-        process.stop()
 
 
 async def unhealthy(riskmon: RiskmonProcess, *components: str) -> str | None:

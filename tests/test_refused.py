@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import MosquittoBroker, MqttCollector
-from test_daemon import BREACH, RULES, RiskmonProcess, events
+from test_daemon import BREACH, RiskmonProcess, events, riskmon_process
 from test_mqtt import INSTANCE, Changes, append, event, make_publisher, running
 
 from monitor.simulator import Simulator
@@ -60,16 +60,8 @@ def riskmon(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[RiskmonProcess]:
     monkeypatch.setenv("RISKMON_EVENT_LOOP", event_loop_name)
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "capital.yaml").write_text(RULES)
-    config, http_port = riskmon_config(
-        instance="test-1", rules="rules/*.yaml", stale_after="1500ms"
-    )
-    process = RiskmonProcess(tmp_path, config, http_port)
-    try:
+    with riskmon_process(tmp_path, riskmon_config) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def problems_in(log: str) -> list[str]:
