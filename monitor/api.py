@@ -176,6 +176,8 @@ def alert_json(alert: Alert) -> dict[str, Any]:
         "labels": dict(alert.labels),
         "annotations": dict(alert.annotations),
         "values": alert.values,
+        # what it fired with (its `values` move on with each evaluation); null while pending
+        "firing_values": dict(alert.firing_values) if alert.fired_at is not None else None,
         "starts_at": iso_time(alert.active_at),
         "fired_at": iso_time(alert.fired_at),
         "keep_firing_since": iso_time(alert.keep_firing_since),

@@ -50,6 +50,7 @@ def make_alert(
         last_evaluated_at=1_790_000_090.0,
         raw_values={"buying_power": Decimal("24000.00")},
         annotations={"summary": "19816 buying power 24000.00 below 25000"},
+        firing_values={"buying_power": "23000.00"} if phase is AlertPhase.FIRING else {},
     )
 
 
@@ -320,6 +321,7 @@ async def test_alerts_shape(server: AsyncHttpServer, client: aiohttp.ClientSessi
         "labels": {"team": "risk"},
         "annotations": {"summary": "19816 buying power 24000.00 below 25000"},
         "values": {"buying_power": "24000.00"},
+        "firing_values": {"buying_power": "23000.00"},
         "starts_at": "2026-09-21T14:13:20.000Z",
         "fired_at": "2026-09-21T14:13:50.500Z",
         "keep_firing_since": None,
@@ -482,4 +484,5 @@ def test_alert_json_of_a_pending_alert() -> None:
     body = alert_json(make_alert("DailyLoss", AlertPhase.PENDING))
     assert body["state"] == "pending"
     assert body["fired_at"] is None
+    assert body["firing_values"] is None  # it has not fired
     json.dumps(body)

@@ -235,6 +235,20 @@ groups:
     assert _lint(tmp_path, text) == []
 
 
+def test_annotations_may_read_resolved_and_firing_values(tmp_path: Path) -> None:
+    text = """\
+groups:
+  - name: g
+    venues: [clearstreet]
+    rules:
+      - alert: A
+        expr: buying_power < 1
+        annotations:
+          summary: "{% if resolved %}back from {{ firing_values.buying_power }}{% endif %}"
+"""
+    assert _lint(tmp_path, text) == []
+
+
 # ------------------------------------------------------------------------- the command
 
 BROKEN = """\

@@ -47,6 +47,7 @@ def make_event(
     values: dict[str, str] | None = None,
     reason: str | None = None,
     severity: str = "critical",
+    firing_values: dict[str, str] | None = None,
 ) -> AlertEvent:
     labels = {"desk": "equities"}
     return AlertEvent(
@@ -69,6 +70,7 @@ def make_event(
             "BuyingPowerBelowFloor", "cs-prod", account, {**labels, "severity": severity}
         ),
         reason=reason,
+        firing_values={"buying_power": "24000.00"} if firing_values is None else firing_values,
     )
 
 
@@ -184,13 +186,39 @@ def test_firing_payload(validator: jsonschema.Draft202012Validator) -> None:
 
 
 def test_resolved_payload(validator: jsonschema.Draft202012Validator) -> None:
-    payload = event_payload(make_event("resolved"), event_id="e-2", instance="riskmon-a")
+    recovered = make_event(
+        "resolved",
+        annotations={"summary": "19816 buying power 44000.00 back above 25000"},
+        values={"buying_power": "44000.00"},
+        firing_values={"buying_power": "24000.00"},
+    )
+    payload = event_payload(recovered, event_id="e-2", instance="riskmon-a")
     assert_valid(validator, payload)
     assert payload["status"] == "resolved"
     assert payload["ends_at"] == "2026-11-21T10:01:30.250Z"
-    assert payload["pagerduty"]["event_action"] == "resolve"
-    assert payload["pagerduty"]["payload"]["timestamp"] == "2026-11-21T10:01:30.250Z"
-    assert payload["pagerduty"]["dedup_key"] == payload["fingerprint"]
+    assert payload["values"] == {"buying_power": "44000.00"}
+    assert payload["firing_values"] == {"buying_power": "24000.00"}
+    body = payload["pagerduty"]
+    assert body["event_action"] == "resolve"
+    assert body["payload"]["timestamp"] == "2026-11-21T10:01:30.250Z"
+    assert body["dedup_key"] == payload["fingerprint"]
+    # the resolve keeps a payload, so that the incident's log shows the recovery
+    assert body["payload"]["summary"] == "19816 buying power 44000.00 back above 25000"
+    details = body["payload"]["custom_details"]
+    assert details["values"] == {"buying_power": "44000.00"}
+    assert details["firing_values"] == {"buying_power": "24000.00"}
+
+
+def test_firing_values_only_in_resolved_events(validator: jsonschema.Draft202012Validator) -> None:
+    firing = event_payload(make_event(), event_id="e", instance="i")
+    assert "firing_values" not in firing  # the firing payload is as it always was
+    assert "firing_values" not in firing["pagerduty"]["payload"]["custom_details"]
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({**firing, "firing_values": {}})
+    resolved = event_payload(make_event("resolved"), event_id="e", instance="i")
+    del resolved["firing_values"]
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(resolved)
 
 
 def test_reason_is_carried_when_set(validator: jsonschema.Draft202012Validator) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from monitor.engine.builtin import AccountHealth, builtin_rules, health_snapshots
+from monitor.engine.evaluate import Evaluator
 from monitor.engine.expr import MISSING, EvalError, compile_expression
 from monitor.engine.lifecycle import (
     REASON_ACCOUNT_GONE,
@@ -29,7 +31,9 @@ from monitor.engine.lifecycle import (
     format_value,
     step,
 )
-from monitor.engine.model import OnMissing, Rule, Severity
+from monitor.engine.model import OnMissing, Rule, RuleGroup, RuleSet, Severity
+from monitor.engine.templates import compile_template
+from monitor.snapshot import Snapshot
 from monitor.yamlsource import Location
 
 T, F, M = True, False, MISSING
@@ -64,14 +68,16 @@ def make_rule(
 
 
 class Renderer:
-    """A render function that counts its calls."""
+    """A render function that counts its calls and keeps what it was told."""
 
     def __init__(self) -> None:
         self.calls = 0
+        self.told: list[tuple[bool, dict[str, str]]] = []
 
-    def __call__(self) -> dict[str, str]:
+    def __call__(self, resolved: bool, firing_values: Mapping[str, str]) -> dict[str, str]:
         self.calls += 1
-        return {"summary": f"render {self.calls}"}
+        self.told.append((resolved, dict(firing_values)))
+        return {"summary": f"{'resolved' if resolved else 'render'} {self.calls}"}
 
 
 def observation(
@@ -361,14 +367,18 @@ def test_lifecycle_table(case: Case) -> None:
         assert _phase(book) is want_phase, where
         assert (event.status if event else None) == want_event, where
         changed = want_phase is not before and want_phase is not INACTIVE
-        # a resolved event keeps the annotations the alert fired with: no render
-        assert render.calls == (1 if changed or want_event == "firing" else 0), where
+        # rendered on every transition but a pending alert lapsing, a resolve included
+        assert render.calls == (1 if changed or want_event is not None else 0), where
         alert = book.get(rule.key, VENUE, ACCOUNT)
         if event is not None:
             assert event.at == at
             assert event.ends_at == (None if event.status == "firing" else at)
-            assert event.annotations == {"summary": "render 1"}
+            resolved = event.status == "resolved"
+            word = "resolved" if resolved else "render"
+            assert event.annotations == {"summary": f"{word} 1"}
+            assert render.told == [(resolved, {"buying_power": "24000.00"})]
             assert event.values == {"buying_power": "24000.00"}
+            assert event.firing_values == {"buying_power": "24000.00"}
             assert event.reason is None
             if alert is not None:
                 assert event.starts_at == alert.active_at
@@ -438,13 +448,13 @@ def test_render_is_called_only_on_transitions() -> None:
         )
         if event is not None:
             events.append((i * 10, event.status, dict(event.annotations)))
-    # pending at 0, firing at 20, resolved at 60 (with the firing annotations, no
-    # render), pending at 80 (lapses silently at 90), pending at 100, firing at 120
-    assert render.calls == 5
+    # pending at 0, firing at 20, resolved at 60 (rendered again, as resolved),
+    # pending at 80 (lapses silently at 90), pending at 100, firing at 120
+    assert render.calls == 6
     assert events == [
         (20, "firing", {"summary": "render 2"}),
-        (60, "resolved", {"summary": "render 2"}),
-        (120, "firing", {"summary": "render 5"}),
+        (60, "resolved", {"summary": "resolved 3"}),
+        (120, "firing", {"summary": "render 6"}),
     ]
 
 
@@ -683,7 +693,19 @@ def test_forget_account_resolves_firing_and_drops_pending() -> None:
         100,
         0,
     )
-    assert event.annotations == {"summary": "render 1"}  # as last rendered
+    # no evaluation resolved it: no current values, and the text says so
+    assert event.values == {}
+    assert event.firing_values == {"buying_power": "24000.00"}
+    assert event.annotations == {
+        "summary": (
+            "cs-prod/a Firing ended without a new evaluation: account no longer monitored; "
+            "no current values"
+        ),
+        "description": (
+            "riskmon stopped evaluating this alert (account no longer monitored), so whether "
+            "its condition still holds is unknown. It fired with buying_power 24000.00."
+        ),
+    }
     assert sorted((a.alertname, a.account) for a in book.active()) == [
         ("Firing", "b"),
         ("Pending", "b"),
@@ -703,6 +725,10 @@ def test_retain_rules_after_a_reload() -> None:
     assert [(e.alertname, e.status, e.reason) for e in events] == [
         ("Removed", "resolved", REASON_RULE_REMOVED)
     ]
+    assert events[0].values == {}
+    assert events[0].annotations["summary"] == (
+        "cs-prod/a Removed ended without a new evaluation: rule removed; no current values"
+    )
     assert [a.alertname for a in book.active()] == ["Kept"]
     # the rule's identity is its key: a new expression and `for` keep its state
     changed = make_rule(alert="Kept", for_=20, expr="buying_power < params.floor * 2")
@@ -761,3 +787,142 @@ def test_missing_with_fire_creates_an_alert_in_the_book() -> None:
     assert event.status == "firing"
     assert _observe(book, make_rule(alert="Other"), "a", E, 0) is None  # keep: nothing
     assert len(book) == 1
+
+
+# ------------------------------------------------- resolved events tell the truth (issue 12)
+
+
+def _template_rule() -> Rule:
+    """A rule whose annotations are real templates, as a rule file gives them."""
+    where = Location("rules/capital.yaml", 9, 9)
+    return Rule(
+        alert="BuyingPowerBelowFloor",
+        expr=compile_expression("buying_power < params.floor"),
+        group="capital",
+        file="rules/capital.yaml",
+        location=where,
+        severity="critical",
+        params={"floor": Decimal(30000)},
+        annotations={
+            "summary": compile_template(
+                "buying power {{ buying_power }} "
+                "{% if resolved %}back above floor {{ params.floor }}, fired at "
+                "{{ firing_values.buying_power }}{% else %}below floor {{ params.floor }}"
+                "{% endif %}",
+                where=where,
+            ),
+            "plain": compile_template(
+                "buying power {{ buying_power }} below floor {{ params.floor }}", where=where
+            ),
+        },
+    )
+
+
+def _snapshot(buying_power: str, at: float) -> Snapshot:
+    return Snapshot(
+        venue=VENUE,
+        venue_kind=KIND,
+        account=ACCOUNT,
+        fields={"buying_power": Decimal(buying_power)},
+        taken_at=at,
+    )
+
+
+def test_resolved_event_renders_its_annotations_with_the_values_that_resolved_it() -> None:
+    evaluator = Evaluator(RuleSet(groups=(_group(_template_rule()),)))
+    (fired,) = evaluator.evaluate(_snapshot("20000.00", 0), 0)
+    assert evaluator.evaluate(_snapshot("21000.00", 10), 10) == []  # still firing
+    (resolved,) = evaluator.evaluate(_snapshot("44000.00", 20), 20)
+
+    assert fired.status == "firing"
+    assert fired.annotations["summary"] == "buying power 20000.00 below floor 30000"
+    assert fired.values == fired.firing_values == {"buying_power": "20000.00"}
+
+    assert resolved.status == "resolved"
+    assert resolved.annotations == {
+        "summary": "buying power 44000.00 back above floor 30000, fired at 20000.00",
+        # a template that ignores `resolved` still renders with the current values
+        "plain": "buying power 44000.00 below floor 30000",
+    }
+    assert resolved.values == {"buying_power": "44000.00"}
+    assert resolved.firing_values == {"buying_power": "20000.00"}
+    assert AlertEvent.from_dict(json.loads(json.dumps(resolved.to_dict()))) == resolved
+
+
+def test_firing_values_survive_a_restart() -> None:
+    rule = _template_rule()
+    before = Evaluator(RuleSet(groups=(_group(rule),)))
+    before.evaluate(_snapshot("20000.00", 0), 0)
+    before.evaluate(_snapshot("21000.00", 10), 10)  # the last values before the stop
+    book = _restart(before.book)
+    alert = book.get(rule.key, VENUE, ACCOUNT)
+    assert alert is not None
+    assert alert.firing_values == {"buying_power": "20000.00"}
+    after = Evaluator(RuleSet(groups=(_group(rule),)), book)
+    (resolved,) = after.evaluate(_snapshot("44000.00", 600), 600)
+    assert resolved.firing_values == {"buying_power": "20000.00"}
+    assert resolved.annotations["summary"] == (
+        "buying power 44000.00 back above floor 30000, fired at 20000.00"
+    )
+
+
+def test_state_saved_before_firing_values_existed_uses_the_last_values() -> None:
+    rule = make_rule()
+    book = AlertBook()
+    _run(book, rule, [(0, T)])
+    (saved,) = json.loads(json.dumps(book.to_json()))
+    del saved["firing_values"]  # as an older release wrote it
+    restored = AlertBook.from_json([saved])
+    alert = restored.get(rule.key, VENUE, ACCOUNT)
+    assert alert is not None
+    assert alert.firing_values == {"buying_power": "24000.00"}
+    pending = {**saved, "phase": "pending", "fired_at": None}
+    alert = Alert.from_dict(pending)
+    assert alert.firing_values == {}
+
+
+def test_pending_render_is_told_no_firing_values() -> None:
+    rule = make_rule(for_=30)
+    render = Renderer()
+    book = AlertBook()
+    for at in (0, 30):
+        obs = observation(T, render=render, value=str(20000 + at))
+        book.observe(
+            rule, venue=VENUE, venue_kind=KIND, account=ACCOUNT, labels={}, obs=obs, now=at
+        )
+    assert render.told == [(False, {}), (False, {"buying_power": "20030"})]
+
+
+def _health(data_age: float) -> AccountHealth:
+    return AccountHealth(
+        venue=VENUE,
+        venue_kind=KIND,
+        account=ACCOUNT,
+        data_age=data_age,
+        stale_after=10.0,
+        consecutive_failures=0 if data_age < 10 else 3,
+        last_error=None if data_age < 10 else "HTTP 503",
+    )
+
+
+def test_builtin_staleness_reads_true_when_it_resolves() -> None:
+    evaluator = Evaluator(builtin_rules())
+    stale = [e for s in health_snapshots([_health(10.1)], 100) for e in evaluator.evaluate(s, 100)]
+    fresh = [e for s in health_snapshots([_health(0.4)], 105) for e in evaluator.evaluate(s, 105)]
+    (fired,) = [e for e in stale if e.alertname == "AccountDataStale"]
+    (resolved,) = [e for e in fresh if e.alertname == "AccountDataStale"]
+    assert fired.annotations["summary"] == f"{VENUE}/{ACCOUNT}: no good data for 10.1s"
+    assert "Last error: HTTP 503" in fired.annotations["description"]
+    assert resolved.annotations["summary"] == (
+        f"{VENUE}/{ACCOUNT}: data fresh again, last good poll 0.4s ago (stale at 10.1s)"
+    )
+    assert "no good data" not in resolved.annotations["description"]
+    assert resolved.values["data_age_seconds"] == "0.4"
+    assert resolved.firing_values["data_age_seconds"] == "10.1"
+    assert resolved.annotations["runbook_url"] == fired.annotations["runbook_url"]
+
+
+def _group(*rules: Rule) -> RuleGroup:
+    return RuleGroup(
+        name="capital", file="rules/capital.yaml", location=rules[0].location, rules=rules
+    )

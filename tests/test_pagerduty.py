@@ -16,7 +16,7 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,9 @@ from aiohttp import web
 from conftest import MosquittoBroker, MqttCollector
 
 from monitor.cli import main
-from monitor.engine.lifecycle import AlertEvent, fingerprint
+from monitor.engine.expr import compile_expression
+from monitor.engine.lifecycle import AlertBook, AlertEvent, Observation, fingerprint
+from monitor.engine.model import Rule
 from monitor.logs import configure_logging
 from monitor.pagerduty import PagerDutyBridge, PagerDutyConfig, load_pagerduty_config
 from monitor.pagerduty.bridge import STORE_FILE
@@ -36,7 +38,7 @@ from monitor.pagerduty.inbound import BadEvent, parse_event
 from monitor.pagerduty.sender import _error_text, _retry_after, scrub
 from monitor.pagerduty.store import BridgeStore, StoreLocked
 from monitor.publish.events import encode, event_payload, event_topic
-from monitor.yamlsource import SourceError
+from monitor.yamlsource import Location, SourceError
 
 PREFIX = "riskmon"
 REPO = Path(__file__).resolve().parent.parent
@@ -373,6 +375,62 @@ async def test_trigger_and_resolve_keep_their_order(
         await fake_api.wait_for(lambda: len(fake_api.of(resolved[2]["event_id"])) == 1)
     actions = [r.body["event_action"] for r in fake_api.received]
     assert actions == ["trigger", "trigger", "trigger", "resolve"]
+
+
+def lifecycle_events() -> list[tuple[str, bytes, dict[str, Any]]]:
+    """A breach and its recovery as the lifecycle makes them (annotations rendered at
+    each transition, with the values of that evaluation), as published payloads."""
+    rule = Rule(
+        alert="BuyingPowerBelowFloor",
+        expr=compile_expression("buying_power < 30000"),
+        group="capital",
+        file="rules/capital.yaml",
+        location=Location("rules/capital.yaml", 1, 1),
+        severity="critical",
+    )
+
+    def render(value: str) -> Callable[[bool, Mapping[str, str]], dict[str, str]]:
+        def annotations(resolved: bool, firing_values: Mapping[str, str]) -> dict[str, str]:
+            if resolved:
+                fired = firing_values["buying_power"]
+                return {"summary": f"buying power {value} back above 30000 (fired at {fired})"}
+            return {"summary": f"buying power {value} below 30000"}
+
+        return annotations
+
+    book = AlertBook()
+    out = []
+    account = f"acct-{next(_counter)}"
+    for at, value, breached in ((0, "20000.00", True), (10, "44000.00", False)):
+        obs = Observation(breached, values={"buying_power": value}, render=render(value))
+        event = book.observe(
+            rule, venue="cs", venue_kind="clearstreet", account=account, labels={}, obs=obs, now=at
+        )
+        assert event is not None
+        payload = event_payload(event, event_id=f"evt-{account}-{at}", instance="riskmon-t")
+        topic = event_topic(PREFIX, "critical", "cs", account, rule.alert)
+        out.append((topic, encode(payload), payload))
+    return out
+
+
+async def test_the_resolve_body_shows_the_recovery(
+    make_config: Callable[..., PagerDutyConfig],
+    fake_api: FakeEventsApi,
+    publisher: MqttCollector,
+) -> None:
+    firing, resolved = lifecycle_events()
+    async with running(make_config()):
+        await publish(publisher, firing, resolved)
+        await fake_api.wait_for(lambda: len(fake_api.of(resolved[2]["event_id"])) == 1)
+    (trigger,) = fake_api.of(firing[2]["event_id"])
+    (resolve,) = fake_api.of(resolved[2]["event_id"])
+    assert trigger.body["payload"]["summary"] == "buying power 20000.00 below 30000"
+    assert resolve.body["event_action"] == "resolve"
+    assert resolve.body["dedup_key"] == trigger.body["dedup_key"]
+    payload = resolve.body["payload"]
+    assert payload["summary"] == "buying power 44000.00 back above 30000 (fired at 20000.00)"
+    assert payload["custom_details"]["values"] == {"buying_power": "44000.00"}
+    assert payload["custom_details"]["firing_values"] == {"buying_power": "20000.00"}
 
 
 async def test_unrouted_events_are_logged_and_not_forwarded(

@@ -76,6 +76,12 @@ def _rule(
     )
 
 
+def _either(firing: str, resolved: str) -> str:
+    """A template that reads `firing` while the alert is pending or firing and
+    `resolved` in its resolved event, which renders with the values that resolved it."""
+    return f"{{% if resolved %}}{resolved}{{% else %}}{firing}{{% endif %}}"
+
+
 @cache
 def builtin_rules() -> RuleSet:
     rules = (
@@ -83,37 +89,69 @@ def builtin_rules() -> RuleSet:
             "AccountDataStale",
             "account != '*' and data_age_seconds > stale_after_seconds",
             "error",
-            "{{ venue }}/{{ account }}: no good data for {{ data_age_seconds }}s",
-            "riskmon has had no successful poll of this account for longer than "
-            "stale_after ({{ stale_after_seconds }}s), so its rules are blind. "
-            "Last error: {{ last_error }}",
+            _either(
+                "{{ venue }}/{{ account }}: no good data for {{ data_age_seconds }}s",
+                "{{ venue }}/{{ account }}: data fresh again, last good poll "
+                "{{ data_age_seconds }}s ago (stale at {{ firing_values.data_age_seconds }}s)",
+            ),
+            _either(
+                "riskmon has had no successful poll of this account for longer than "
+                "stale_after ({{ stale_after_seconds }}s), so its rules are blind. "
+                "Last error: {{ last_error }}",
+                "Polls of this account succeed again (stale_after {{ stale_after_seconds }}s); "
+                "its rules see current data.",
+            ),
         ),
         _rule(
             "VenueDown",
             "account == '*' and accounts > 0 and failing_accounts == accounts",
             "critical",
-            "{{ venue }}: every account is failing ({{ failing_accounts }} of {{ accounts }})",
-            "No poll of any account of this venue succeeds. Check the venue's status page "
-            "and riskmon's network path. Last error: {{ last_error }}",
+            _either(
+                "{{ venue }}: every account is failing ({{ failing_accounts }} of {{ accounts }})",
+                "{{ venue }}: polls succeed again ({{ failing_accounts }} of {{ accounts }} "
+                "accounts failing)",
+            ),
+            _either(
+                "No poll of any account of this venue succeeds. Check the venue's status page "
+                "and riskmon's network path. Last error: {{ last_error }}",
+                "Some polls of this venue succeed again.",
+            ),
         ),
         _rule(
             "VenueAuthFailed",
             "account == '*' and auth_failed_accounts > 0",
             "critical",
-            "{{ venue }}: credentials refused for {{ auth_failed_accounts }} account(s)",
-            "The venue answered 401/403: the API key or client credentials are wrong, "
-            "expired or lack permission. riskmon backs off instead of retrying hot; fix "
-            "the secret (files are re-read when they change). Last error: {{ last_error }}",
+            _either(
+                "{{ venue }}: credentials refused for {{ auth_failed_accounts }} account(s)",
+                "{{ venue }}: credentials accepted again (refused for "
+                "{{ auth_failed_accounts }} account(s))",
+            ),
+            _either(
+                "The venue answered 401/403: the API key or client credentials are wrong, "
+                "expired or lack permission. riskmon backs off instead of retrying hot; fix "
+                "the secret (files are re-read when they change). Last error: {{ last_error }}",
+                "The venue no longer refuses riskmon's credentials.",
+            ),
         ),
         _rule(
             EVENTS_UNDELIVERABLE,
             "dead_letters > 0",
             "critical",
-            "riskmon: {{ dead_letters }} alert event(s) refused by the MQTT broker, not delivered",
-            "The broker refused these events again and again (an ACL, most likely; riskmon's "
-            "log names each topic and reason), so riskmon set them aside as dead letters in "
-            "its outbox (state_dir/riskmon.db) and delivers the others. Fix the broker, then "
-            "send riskmon SIGHUP (or restart it): dead letters are queued again then.",
+            _either(
+                "riskmon: {{ dead_letters }} alert event(s) refused by the MQTT broker, "
+                "not delivered",
+                "riskmon: no alert event waits as a dead letter any more "
+                "({{ dead_letters }} now, {{ firing_values.dead_letters }} when it fired)",
+            ),
+            _either(
+                "The broker refused these events again and again (an ACL, most likely; "
+                "riskmon's log names each topic and reason), so riskmon set them aside as dead "
+                "letters in its outbox (state_dir/riskmon.db) and delivers the others. Fix the "
+                "broker, then send riskmon SIGHUP (or restart it): dead letters are queued "
+                "again then.",
+                "The outbox holds no dead letters any more: the broker took the events it "
+                "had refused.",
+            ),
             # Re-queued dead letters (start-up, SIGHUP) are 0 for the few seconds the
             # broker takes to refuse them again: no resolve-and-fire for that.
             keep_firing_for=UNDELIVERABLE_SETTLE,

@@ -31,6 +31,7 @@ from monitor.engine.rulefile import (
     place_in_text,
     split_lines,
 )
+from monitor.engine.templates import ALERT_FIELDS
 from monitor.snapshot import NORMALIZED_FIELDS, snake_case
 from monitor.yamlsource import Location, Problem, SourceError, YamlDocument
 
@@ -88,7 +89,7 @@ class KindFields:
 
 def _always_known(path: str) -> bool:
     head = path.partition(".")[0]
-    return path in IDENTITY_FIELDS or head in ("labels", "params")
+    return path in IDENTITY_FIELDS or head in ("labels", "params") or head in ALERT_FIELDS
 
 
 def _matches(path: str, pattern: str) -> bool:

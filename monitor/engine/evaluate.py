@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.engine.expr import MISSING, CompiledRules, EvalError, PreparedParams, compile_rules
-from monitor.engine.lifecycle import AlertBook, AlertEvent, Observation
+from monitor.engine.lifecycle import AlertBook, AlertEvent, AlertRender, Observation
 from monitor.engine.model import Rule, RuleSet
-from monitor.engine.templates import render_context
+from monitor.engine.templates import alert_context, render_context
 from monitor.snapshot import Snapshot
 
 IDENTITY = frozenset({"venue", "venue_kind", "account", "currency"})
@@ -223,11 +223,12 @@ def _values(snapshot: Snapshot, names: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _renderer(rule: Rule, snapshot: Snapshot) -> Callable[[], dict[str, str]]:
-    def render() -> dict[str, str]:
+def _renderer(rule: Rule, snapshot: Snapshot) -> AlertRender:
+    def render(resolved: bool, firing_values: Mapping[str, str]) -> dict[str, str]:
         if not rule.annotations:
             return {}
         context = render_context(snapshot, merged_params(rule, snapshot.params))
+        context.update(alert_context(resolved=resolved, firing_values=firing_values))
         return {name: t.render(context) for name, t in rule.annotations.items()}
 
     return render

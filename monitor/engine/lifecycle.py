@@ -38,11 +38,18 @@ Transitions, per evaluation (`step`)
 
 - Events are emitted when an alert fires and when it resolves, never for pending.
   `Observation.render` (the annotation templates, which are costly) is called exactly
-  once when an alert becomes pending and when it fires (so pending alerts shown by the
-  API carry annotations), and never on a step that changes no phase. A resolved event
-  carries the annotations the alert fired with, as in Prometheus. Field values are
-  kept at every step, by reference, and turned into exact strings only when read
-  (`Alert.values`, events, `to_dict`).
+  once when an alert becomes pending, when it fires (so pending alerts shown by the
+  API carry annotations) and when it resolves, and never on a step that changes no
+  phase. Unlike Prometheus, whose resolved alert repeats the text it fired with
+  ("buying power 20000 below floor 30000" next to a value of 44000), a resolved event
+  renders its annotations with the values that resolved it, telling the templates so
+  (`resolved`, and the `firing_values`, in `monitor.engine.templates`); `values` are
+  the values at that evaluation and `firing_values` the ones it fired with (kept
+  across a restart). An alert resolved without an evaluation (its account or rule is
+  gone: `REASON_*`) has no current values: its event says so in its summary and
+  description and carries empty `values`. Field values are kept at every step, by
+  reference, and turned into exact strings only when read (`Alert.values`, events,
+  `to_dict`).
 
 Restarts: `AlertBook.to_json` / `AlertBook.from_json` carry the pending and firing
 alerts across a restart. A restored firing alert whose condition still holds is not
@@ -76,6 +83,7 @@ __all__ = [
     "AlertBook",
     "AlertEvent",
     "AlertPhase",
+    "AlertRender",
     "EventStatus",
     "Observation",
     "fingerprint",
@@ -149,7 +157,12 @@ def _texts(values: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def _no_annotations() -> dict[str, str]:
+#: Renders a rule's annotations for the lifecycle: `resolved` is true when the alert is
+#: resolving, `firing_values` the values it fired with (empty while pending).
+AlertRender = Callable[[bool, Mapping[str, str]], dict[str, str]]
+
+
+def _no_annotations(resolved: bool, firing_values: Mapping[str, str]) -> dict[str, str]:
     return {}
 
 
@@ -162,13 +175,14 @@ class Observation:
     None when the rule has no clear expression; an evaluator may also leave it None
     while the alert is not firing, since it is read only then. `values` are the field
     values worth showing (kept by reference: do not mutate it afterwards); `render`
-    renders the annotations and is called only when the alert changes phase.
+    renders the annotations (`AlertRender`) and is called only when the alert changes
+    phase.
     """
 
     condition: Any
     clear: Any = None
     values: Mapping[str, Any] = field(default_factory=dict)
-    render: Callable[[], dict[str, str]] = _no_annotations
+    render: AlertRender = _no_annotations
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,13 +198,15 @@ class AlertEvent:
     venue_kind: str
     account: str
     labels: Mapping[str, str]
-    annotations: Mapping[str, str]
-    values: Mapping[str, str]
+    annotations: Mapping[str, str]  # rendered at `at`, with `values`
+    values: Mapping[str, str]  # at `at`; empty when the alert resolved for a `reason`
     starts_at: float  # the alert's active_at
     ends_at: float | None  # None when firing; the resolution time when resolved
     fingerprint: str
     #: Why an alert resolved other than by its condition (`REASON_*`); None otherwise.
     reason: str | None = None
+    #: The values the alert fired with (equal to `values` in a firing event).
+    firing_values: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (for an outbox); `AlertEvent.from_dict` reads it back."""
@@ -210,6 +226,7 @@ class AlertEvent:
             "ends_at": self.ends_at,
             "fingerprint": self.fingerprint,
             "reason": self.reason,
+            "firing_values": dict(self.firing_values),
         }
 
     @classmethod
@@ -241,6 +258,7 @@ class AlertEvent:
             ends_at=_opt_time(d, "ends_at", what),
             fingerprint=_str(d, "fingerprint", what),
             reason=reason,
+            firing_values=_strmap(d, "firing_values", what),
         )
 
 
@@ -266,6 +284,8 @@ class Alert:
     #: `values` gives them as strings.
     raw_values: Mapping[str, Any] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)  # rendered at the last transition
+    #: The field values of the evaluation that fired it, as strings; empty while pending.
+    firing_values: dict[str, str] = field(default_factory=dict)
 
     @property
     def values(self) -> dict[str, str]:
@@ -291,11 +311,15 @@ class Alert:
             "last_evaluated_at": self.last_evaluated_at,
             "values": self.values,
             "annotations": dict(self.annotations),
+            "firing_values": dict(self.firing_values),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Alert:
-        """Read `to_dict`'s output as it was; ValueError naming the field if malformed."""
+        """Read `to_dict`'s output as it was; ValueError naming the field if malformed.
+
+        State saved before `firing_values` existed has none: a firing alert's last
+        `values` stand in for them, as the values it was still firing with."""
         what = "alert state"
         phase = _str(d, "phase", what)
         try:
@@ -322,6 +346,10 @@ class Alert:
             raw_values=_strmap(d, "values", what),
             annotations=_strmap(d, "annotations", what),
         )
+        if "firing_values" in d:
+            alert.firing_values = _strmap(d, "firing_values", what)
+        elif alert_phase is _FIRING:
+            alert.firing_values = dict(alert.raw_values)
         if alert_phase is not _INACTIVE and alert.active_at is None:
             raise ValueError(f"{what}: a {phase} alert needs active_at")
         if alert_phase is _FIRING and alert.fired_at is None:
@@ -330,6 +358,7 @@ class Alert:
 
 
 def _event(alert: Alert, status: EventStatus, now: float, reason: str | None = None) -> AlertEvent:
+    values = _texts(alert.raw_values) if reason is None else {}
     return AlertEvent(
         status=status,
         at=now,
@@ -341,11 +370,12 @@ def _event(alert: Alert, status: EventStatus, now: float, reason: str | None = N
         account=alert.account,
         labels=dict(alert.labels),
         annotations=dict(alert.annotations),
-        values=_texts(alert.raw_values),
+        values=values,
         starts_at=now if alert.active_at is None else alert.active_at,
         ends_at=None if status == "firing" else now,
         fingerprint=alert.fingerprint,
         reason=reason,
+        firing_values=dict(alert.firing_values),
     )
 
 
@@ -355,6 +385,24 @@ def _resolve(alert: Alert, now: float, reason: str | None = None) -> AlertEvent:
     alert.resolved_at = now
     alert.keep_firing_since = None
     return _event(alert, "resolved", now, reason)
+
+
+def _unevaluated(alert: Alert, reason: str) -> dict[str, str]:
+    """The annotations of an alert resolved for `reason`, without an evaluation: the
+    text it fired with would claim the condition still holds, and one rendered from
+    its last values that it cleared; neither is known, so it says that."""
+    fired = ", ".join(f"{name} {value}" for name, value in alert.firing_values.items())
+    return {
+        **alert.annotations,
+        "summary": (
+            f"{alert.venue}/{alert.account} {alert.alertname} ended without a new "
+            f"evaluation: {reason}; no current values"
+        ),
+        "description": (
+            f"riskmon stopped evaluating this alert ({reason}), so whether its condition "
+            f"still holds is unknown. It fired with {fired or 'no field values'}."
+        ),
+    }
 
 
 def step(alert: Alert, rule: Rule, obs: Observation, now: float) -> AlertEvent | None:
@@ -387,9 +435,7 @@ def step(alert: Alert, rule: Rule, obs: Observation, now: float) -> AlertEvent |
             alert.keep_firing_since = since = now
         if now - since < rule.keep_firing_for:
             return None
-        # As Prometheus does: a resolved alert carries the annotations it fired with
-        # ("buying power 42000 below floor 50000"), not text rendered from the values that
-        # cleared it; the current values are in the event's `values`.
+        alert.annotations = obs.render(True, alert.firing_values)
         return _resolve(alert, now)
 
     condition = obs.condition
@@ -410,8 +456,9 @@ def step(alert: Alert, rule: Rule, obs: Observation, now: float) -> AlertEvent |
         alert.phase = _PENDING
         alert.active_at = now
         alert.fired_at = alert.resolved_at = alert.keep_firing_since = None
+        alert.firing_values = {}
         if rule.for_ > 0:
-            alert.annotations = obs.render()
+            alert.annotations = obs.render(False, alert.firing_values)
             return None
     else:
         active_at = alert.active_at
@@ -421,7 +468,8 @@ def step(alert: Alert, rule: Rule, obs: Observation, now: float) -> AlertEvent |
             return None
     alert.phase = _FIRING
     alert.fired_at = now
-    alert.annotations = obs.render()
+    alert.firing_values = _texts(obs.values)
+    alert.annotations = obs.render(False, alert.firing_values)
     return _event(alert, "firing", now)
 
 
@@ -556,6 +604,7 @@ class AlertBook:
             if doomed(alert):
                 self._remove(key)
                 if alert.phase is _FIRING:
+                    alert.annotations = _unevaluated(alert, reason)
                     events.append(_resolve(alert, now, reason))
         return events
 

@@ -2,7 +2,11 @@
 
 A template sees `render_context(snapshot, params)`: every top-level snapshot field (nested
 ones through their parents: `{{ margin_details.usage.used }}`), `venue`, `venue_kind`,
-`account`, `currency`, `labels` and `params`. Decimals print as their exact text
+`account`, `currency`, `labels` and `params`. Annotations see two names more
+(`alert_context`, `ALERT_FIELDS`): `resolved`, true when the text is rendered for a
+resolved event (with the values that resolved it), and `firing_values`, the values the
+alert fired with as text (`{{ firing_values.buying_power }}`; empty while pending), so
+one template can read true in both states. Decimals print as their exact text
 (`24000.00`, never `2.4E+4`), booleans as `true`/`false`, a missing field as
 `<missing: name>`.
 
@@ -47,13 +51,17 @@ from monitor.snapshot import Snapshot
 from monitor.yamlsource import Location, Problem, SourceError
 
 __all__ = [
+    "ALERT_FIELDS",
     "MAX_OUTPUT_CHARS",
     "CompiledTemplate",
+    "alert_context",
     "compile_template",
     "render_context",
     "template_failures",
 ]
 
+#: The names annotation templates see besides the snapshot's (`alert_context`).
+ALERT_FIELDS: Final = frozenset({"resolved", "firing_values"})
 #: Longest rendered text; longer output is cut and ends with "...".
 MAX_OUTPUT_CHARS: Final = 4096
 _MAX_LOGGED_ERRORS: Final = 8  # distinct failure messages logged per template
@@ -338,3 +346,9 @@ def render_context(snapshot: Snapshot, params: Mapping[str, Any]) -> dict[str, A
     context["labels"] = dict(snapshot.labels)
     context["params"] = dict(params)
     return context
+
+
+def alert_context(*, resolved: bool, firing_values: Mapping[str, str]) -> dict[str, Any]:
+    """What annotation templates see of the alert itself (`ALERT_FIELDS`), added to
+    `render_context`: whether it is resolving and the values it fired with."""
+    return {"resolved": resolved, "firing_values": dict(firing_values)}

@@ -26,6 +26,15 @@ bridge only adds its key and POSTs it. The PagerDuty `payload.timestamp` is the 
 the transition (firing or resolution). The summary is cut to 1024 characters and the
 body kept under 512 KB by shortening, then dropping, `custom_details`.
 
+A resolved event's annotations are rendered at resolve time, its `values` are those of
+the evaluation that resolved it (none when it resolved for a `reason`), and it adds
+`firing_values`, the values it fired with; a firing event's payload is as it always was
+(its `values` are the firing values). The resolve body for PagerDuty keeps its
+`payload`: the Events API needs only `dedup_key` to resolve, but takes a payload with
+it and keeps it in the alert's log, so the incident records how it recovered (the
+resolve-time summary, both sets of values in `custom_details`) instead of a bare
+"resolved".
+
 The retained alert message is the same JSON as the event while the alert fires; an
 empty payload clears it on resolve.
 """
@@ -140,6 +149,10 @@ def event_payload(event: AlertEvent, *, event_id: str, instance: str) -> dict[st
         "fingerprint": event.fingerprint,
         "instance": instance,
     }
+    resolved = event.status == "resolved"
+    firing_values = dict(event.firing_values)
+    if resolved:
+        payload["firing_values"] = firing_values
     if event.reason is not None:
         payload["reason"] = event.reason
     details: dict[str, Any] = {
@@ -155,6 +168,8 @@ def event_payload(event: AlertEvent, *, event_id: str, instance: str) -> dict[st
         "event_id": event_id,
         "instance": instance,
     }
+    if resolved:
+        details["firing_values"] = firing_values
     if event.reason is not None:
         details["reason"] = event.reason
     summary = annotations.get("summary") or f"{event.alertname} on {event.venue}/{event.account}"
@@ -266,7 +281,7 @@ def _fit(body: dict[str, Any]) -> dict[str, Any]:
     payload["custom_details"] = shortened
     if _size(body) <= _BODY_BUDGET:
         return body
-    for key in ("annotations", "labels", "values"):
+    for key in ("annotations", "labels", "firing_values", "values"):
         shortened.pop(key, None)
         if _size(body) <= _BODY_BUDGET:
             return body
