@@ -47,7 +47,7 @@ class Console:
         not live (the numbers move on every poll, the states do not)."""
         if self.live:
             self._erase()
-            self._table = self._fit(lines)
+            self._table = list(lines)
             self._draw()
             self.out.flush()
             return
@@ -67,11 +67,6 @@ class Console:
         self._drawn = 0
         self.out.flush()
 
-    def _fit(self, lines: Sequence[str]) -> list[str]:
-        """Lines cut to the terminal's width: a wrapped line would break the redraw."""
-        width = shutil.get_terminal_size().columns
-        return [line[: width - 1] for line in lines]
-
     def _erase(self) -> None:
         if self._drawn:
             self.out.write(_UP_AND_CLEAR.format(n=self._drawn))
@@ -80,4 +75,6 @@ class Console:
     def _draw(self) -> None:
         if self.live and self._table:
             self.out.write("".join(f"{line}\n" for line in self._table))
-            self._drawn = len(self._table)
+            # a line wider than the terminal wraps onto more rows, all of them to erase
+            width = max(shutil.get_terminal_size().columns, 1)
+            self._drawn = sum(max(1, -(-len(line) // width)) for line in self._table)

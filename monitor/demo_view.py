@@ -25,17 +25,19 @@ INDENT: Final = " " * 12
 
 def legend(stale_after: str) -> list[str]:
     """How to read the console, for someone who has never seen riskmon."""
+    near = int(NEAR_SHARE * 100)
     return [
         "How to read this:",
-        "  !! critical   ! error   ~ warning     an alert event's severity",
-        "  FIRING    an alert's condition held for as long as its rule asks (its `for`);",
-        "            below it: why (the alert's summary), the rule and the values it saw",
-        "  RESOLVED  the condition cleared; below it: the values now against those it fired with",
-        "  accounts  each account's watched value, its floor (the rule's threshold, or the",
-        "            account's own in riskmon.yaml), the distance to it and a state: ok,",
-        f"            near (within {int(NEAR_SHARE * 100)}% of the floor), BELOW (under it),"
-        f" STALE (no good data for {stale_after}),",
-        f"            {WAITING}; `firing`/`pending` name the account's alerts",
+        "  !! critical   ! error   ~ warning   (an alert event's severity)",
+        "  FIRING    an alert's condition held for as long as its rule asks (`for`);",
+        "            under it: why (its summary), the rule, the values it saw",
+        "  RESOLVED  the condition cleared; under it: the values now, and those it",
+        "            fired with",
+        "  accounts  each account's watched value, its floor (the rule's threshold or",
+        "            the account's own in riskmon.yaml), the distance to it, a state:",
+        f"            ok, near (within {near}% of the floor), BELOW (under it),",
+        f"            STALE (no good data for {stale_after}) or {WAITING};",
+        "            and the account's alerts, pending (waiting out `for`) or firing",
     ]
 
 
@@ -73,7 +75,7 @@ class AccountLine:
     state: str
 
 
-HEADER: Final = ("account", "watches", "value", "floor", "distance", "state", "alerts")
+HEADER: Final = ("account", "watches", "value", "floor", "distance", "state")
 
 
 def account_lines(
@@ -127,17 +129,20 @@ def account_lines(
 
 
 def table(title: str, lines: Sequence[AccountLine]) -> list[str]:
-    """The accounts table as text, its columns as wide as their widest cell."""
-    rows = [HEADER, *(line.cells for line in lines)]
+    """The accounts table as text, its columns as wide as their widest cell; an
+    account's alerts on a line of their own under it."""
+    rows = [HEADER, *(line.cells[: len(HEADER)] for line in lines)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
     right = {2, 3, 4}  # numbers
     out = [title]
-    for row in rows:
+    for row, alerts in zip(rows, ["", *(line.cells[len(HEADER)] for line in lines)], strict=True):
         cells = [
             cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
             for i, cell in enumerate(row)
         ]
         out.append(("  " + "  ".join(cells)).rstrip())
+        if alerts:
+            out.append(f"      alerts: {alerts}")
     return out
 
 
