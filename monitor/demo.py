@@ -131,7 +131,7 @@ def show_accounts(daemon: Daemon, console: Console) -> None:
     lines = account_lines(daemon.accounts(), daemon.evaluator.rules.rules_for, daemon.alerts())
     title = f"{time.strftime('%H:%M:%S')} accounts"
     console.show_table(
-        table(title, lines), tuple((ln.cells[0], ln.state, ln.cells[6]) for ln in lines)
+        table(title, lines), tuple((ln.cells[0], ln.state, ln.alerts) for ln in lines)
     )
 
 

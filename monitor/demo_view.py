@@ -71,8 +71,12 @@ def floors(rules: Iterable[Rule], account_params: Mapping[str, Any]) -> list[Flo
 class AccountLine:
     """One row of the accounts table: the cells and what is worth reprinting for."""
 
-    cells: tuple[str, ...]
+    cells: tuple[str, ...]  # HEADER's, then the account's alerts
     state: str
+
+    @property
+    def alerts(self) -> str:
+        return self.cells[len(HEADER)]
 
 
 HEADER: Final = ("account", "watches", "value", "floor", "distance", "state")
@@ -135,7 +139,7 @@ def table(title: str, lines: Sequence[AccountLine]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
     right = {2, 3, 4}  # numbers
     out = [title]
-    for row, alerts in zip(rows, ["", *(line.cells[len(HEADER)] for line in lines)], strict=True):
+    for row, alerts in zip(rows, ["", *(line.alerts for line in lines)], strict=True):
         cells = [
             cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
             for i, cell in enumerate(row)
