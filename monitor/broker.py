@@ -53,6 +53,7 @@ class EmbeddedBroker:
     """A Mosquitto child process; `url` once started."""
 
     def __init__(self, folder: Path, *, host: str = "127.0.0.1", port: int = 1883) -> None:
+        """`port` 0, or taken: a free one."""
         self.folder = folder
         self.host = host
         self.preferred_port = port
@@ -72,7 +73,7 @@ class EmbeddedBroker:
             )
         self.folder.mkdir(parents=True, exist_ok=True)
         port = self.preferred_port
-        if not port_is_free(self.host, port):
+        if not port or not port_is_free(self.host, port):
             port = free_port(self.host)
         self.port = port
         conf = self.folder / "mosquitto.conf"

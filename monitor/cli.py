@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from monitor import __version__, eventloop
+from monitor.durations import parse_duration
 from monitor.logs import configure_logging
 from monitor.shard import Shard
 from monitor.yamlsource import Problem, SourceError
@@ -35,11 +37,50 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "demo",
         help="simulator + daemon + MQTT broker + a console view of alerts, in one command",
         description="Run the venue simulator, the daemon and an embedded MQTT broker on a "
-        "built-in scenario, and show alert events as they arrive over MQTT.",
+        "built-in scenario that repeats every minute, and show the accounts and the alert "
+        "events as they arrive over MQTT. The logs go to a file.",
     )
     parser.add_argument(
-        "--duration", type=float, metavar="SECONDS", help="stop after this long (default: Ctrl-C)"
+        "--duration",
+        type=_duration_arg,
+        metavar="DURATION",
+        help="stop after this long, exit 0 (90s, 2m, or seconds; default: until Ctrl-C)",
     )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=9817,
+        metavar="PORT",
+        help="/metrics and the API (default 9817, or a free one when taken; 0: any free)",
+    )
+    parser.add_argument(
+        "--mqtt-port",
+        type=int,
+        default=1883,
+        metavar="PORT",
+        help="the embedded broker (default 1883, or a free one when taken; 0: any free)",
+    )
+    parser.add_argument(
+        "--log-file",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "riskmon-demo.log",
+        metavar="FILE",
+        help="where the logs go (default: riskmon-demo.log in the temp folder, replaced)",
+    )
+
+
+def _duration_arg(text: str) -> float:
+    """A duration (`90s`, `1m30s`) or a plain number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text!r}")
+    return seconds
 
 
 def _add_snapshot(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -202,10 +243,25 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from monitor.broker import BrokerUnavailable
-    from monitor.demo import run_demo
+    from monitor.demo import log_to_file, run_demo
 
     try:
-        eventloop.run(run_demo(duration=args.duration))
+        log_to_file(args.log_file, args.log_level or "info")
+    except OSError as exc:
+        print(
+            f"riskmon demo: cannot write the log to {args.log_file}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        eventloop.run(
+            run_demo(
+                duration=args.duration,
+                http_port=args.http_port,
+                mqtt_port=args.mqtt_port,
+                log_file=args.log_file,
+            )
+        )
     except KeyboardInterrupt:
         pass
     except BrokerUnavailable as exc:

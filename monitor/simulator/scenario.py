@@ -16,7 +16,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from monitor.durations import parse_duration
+from monitor.durations import format_duration, parse_duration
 from monitor.simulator.faults import Fault, FaultSpecError, parse_fault
 from monitor.simulator.templates import CS_TEMPLATES, PM_TEMPLATES, split_path
 from monitor.yamlsource import (
@@ -134,10 +134,16 @@ class PolymarketScenario:
 class Scenario:
     seed: int = 0
     source: str = "<scenario>"
+    #: The timeline repeats every `loop` seconds (None: it plays once).
+    loop: float | None = None
     clearstreet: ClearStreetScenario = field(default_factory=ClearStreetScenario)
     polymarket: PolymarketScenario = field(default_factory=PolymarketScenario)
     timeline: list[TimelineChange] = field(default_factory=list)
     faults: list[TimelineFault] = field(default_factory=list)
+
+    def timeline_time(self, elapsed: float) -> float:
+        """Where in its timeline the scenario is, `elapsed` seconds after the start."""
+        return elapsed % self.loop if self.loop else elapsed
 
     @classmethod
     def from_dict(
@@ -167,7 +173,7 @@ def default_scenario(base_dir: Path | str | None = None) -> Scenario:
     return Scenario.from_document(doc, base_dir)
 
 
-_TOP: Final = {"seed", "clearstreet", "polymarket", "timeline"}
+_TOP: Final = {"seed", "loop", "clearstreet", "polymarket", "timeline"}
 _CS: Final = {"api_keys", "api_key_files", "accounts", "last_page_token"}
 _CS_ACCOUNT: Final = {"id", "template", "status", "subtype", "full_name", "short_name", "type"}
 _CS_ACCOUNT_ALL: Final = _CS_ACCOUNT | {"set", "remove"}
@@ -251,6 +257,12 @@ class _Loader:
         except ValueError as exc:
             raise self.fail(path, str(exc)) from None
 
+    def loop_length(self, path: KeyPath, value: Any) -> float:
+        seconds = self.duration(path, value)
+        if seconds <= 0:
+            raise self.fail(path, "loop must be more than 0s")
+        return seconds
+
     def decimal(self, path: KeyPath, value: Any) -> Decimal:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise self.fail(path, 'expected a number (a decimal string such as "50.00")')
@@ -316,6 +328,8 @@ class _Loader:
         if "seed" in root:
             seed = self.entry(self.integer, ("seed",), root["seed"])
             scenario.seed = seed if seed is not None else 0
+        if "loop" in root:
+            scenario.loop = self.entry(self.loop_length, ("loop",), root["loop"])
         if root.get("clearstreet") is not None:
             self.entry(self.clearstreet, ("clearstreet",), root["clearstreet"])
             scenario.clearstreet = self._cs or scenario.clearstreet
@@ -328,6 +342,12 @@ class _Loader:
             timeline = []
         for path, item in timeline:
             result = self.entry(self.timeline_entry, path, item)
+            if result is not None and scenario.loop and result.at >= scenario.loop:
+                self.fail(
+                    (*path, "at"),
+                    f"at {format_duration(result.at)} is not within the loop of"
+                    f" {format_duration(scenario.loop)}: it would never happen",
+                )
             if isinstance(result, TimelineChange):
                 self.check_account(path, result)
                 scenario.timeline.append(result)

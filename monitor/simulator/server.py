@@ -224,6 +224,9 @@ class Simulator:
         self._jtis: dict[str, float] = {}
         self._pm_accounts: dict[str, Account] = {}
         self._timeline: dict[tuple[str, str], list[tuple[FieldPath, Event]]] = {}
+        # a looping scenario's timeline faults: the cycle they belong to, and its copies
+        self._fault_cycle = 0
+        self._cycle_faults: list[Fault] = []
         self._build()
 
     # --- construction ------------------------------------------------------------------
@@ -247,8 +250,7 @@ class Simulator:
             for name in pspec.names():
                 display = pspec.display_name or name.rsplit("/", 1)[-1]
                 self._put_pm(Account(name, template, "ACTIVE", {"display_name": display}, patch))
-        for tfault in scenario.faults:
-            self._faults.add(tfault.instance(), 0.0, start=tfault.at)
+        self._arm_timeline_faults(0)
 
     @staticmethod
     def _patch(
@@ -313,14 +315,31 @@ class Simulator:
         self._pm_accounts[account.id] = account
         self._attach(PM, account)
 
+    def _arm_timeline_faults(self, cycle: int) -> None:
+        """The timeline's faults for one cycle of the scenario (the only one, unless it loops)."""
+        for old in self._cycle_faults:
+            if old.until is None:  # open-ended: the new cycle's copy takes its place
+                self._faults.remove(old.id)
+        self._fault_cycle = cycle
+        self._cycle_faults = []
+        offset = cycle * (self.scenario.loop or 0.0)
+        for tfault in self.scenario.faults:
+            fault = tfault.instance()
+            self._faults.add(fault, 0.0, start=offset + tfault.at)
+            self._cycle_faults.append(fault)
+
     def _refresh_cs_keys(self) -> None:
         self._cs_keys = frozenset([*self._cs_literal_keys, *self._cs_key_files.values()])
 
     # --- lifecycle ---------------------------------------------------------------------
 
     def elapsed(self) -> float:
-        """Simulated seconds since start: the time the timeline runs on."""
+        """Simulated seconds since start (faults and the control API run on it)."""
         return self.clock() - self._t0
+
+    def timeline_time(self) -> float:
+        """Where the timeline is: `elapsed()`, modulo the scenario's `loop` when it has one."""
+        return self.scenario.timeline_time(self.elapsed())
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         app = self.app()
@@ -420,6 +439,11 @@ class Simulator:
         """Answer one venue request, spoiled by whatever fault matches, and log it."""
         fault: Fault | None = None
         response: web.StreamResponse
+        loop = self.scenario.loop
+        if loop and self.scenario.faults:
+            cycle = int(self.elapsed() // loop)
+            if cycle != self._fault_cycle:
+                self._arm_timeline_faults(cycle)
         if self._faults.active:
             delay, fault = self._faults.match(venue, endpoint, account, self.elapsed())
             if delay:
@@ -555,7 +579,7 @@ class Simulator:
         return dumps(self._cs_data(account, limit))
 
     def _cs_data(self, account: Account, limit: int | None) -> dict[str, Any]:
-        body = patched(account.template.body, account.patches_at(self.elapsed()))
+        body = patched(account.template.body, account.patches_at(self.timeline_time()))
         data = {"account_id": int(account.id), **body}
         details = data.get("margin_details")
         if isinstance(details, dict):
@@ -724,7 +748,7 @@ class Simulator:
         stamp = _rfc3339(self.clock())
         if account.pristine:
             return account.template.json_body[:-1] + ',"updateTime":"' + stamp + '"}'
-        patches = [(("updateTime",), stamp), *account.patches_at(self.elapsed())]
+        patches = [(("updateTime",), stamp), *account.patches_at(self.timeline_time())]
         return dumps(patched(account.template.body, patches))
 
     async def _h_pm_token(self, request: web.Request) -> web.StreamResponse:
@@ -881,7 +905,7 @@ class Simulator:
         """
         target = self._account(venue, account)
         kinds = CS_KINDS if venue == CS else PM_KINDS
-        now = self.elapsed()
+        now = self.timeline_time()
         changes = [(split_path(name), value) for name, value in (values or {}).items()]
         changes += [(split_path(name), MISSING) for name in remove]
         for path, value in changes:
