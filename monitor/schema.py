@@ -359,7 +359,7 @@ def http_url(text: str, *, name: str, show: Show = describe_value) -> str:
 
 MatchOp = Literal["=", "!=", "=~", "!~"]
 _MATCHER_HEAD: Final = re.compile(r"\s*(?P<name>[^\s=!~\"]*)\s*(?P<op>=~|!~|!=|=)\s*")
-_UNQUOTED_VALUE: Final = re.compile(r"[^\s\"',{}]*")
+_UNQUOTED_VALUE: Final = re.compile(r"[^\s\"',{}=!~]*")  # else: quote it
 _ESCAPES: Final = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
 _MATCHER_HINT: Final = 'such as severity="critical", team=~"risk|ops" or env!="test"'
 
