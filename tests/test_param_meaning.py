@@ -196,9 +196,7 @@ async def test_a_floor_written_as_text_in_riskmon_yaml_pages(
     simulator: Simulator,
     subscriber: MqttCollector,
 ) -> None:
-    accounts = [
-        {**account, "params": {"buying_power_floor": "25000"}} for account in CS_ACCOUNTS
-    ]
+    accounts = [{**account, "params": {"buying_power_floor": "25000"}} for account in CS_ACCOUNTS]
 
     def config(**settings: Any) -> tuple[Path, int]:
         return riskmon_config(**settings, cs_accounts=accounts)
