@@ -29,6 +29,7 @@ from monitor.yamlsource import Location
 
 __all__ = [
     "DECIMAL_TEXT",
+    "ENV_NAME",
     "LABEL_NAME",
     "LINE_BREAK",
     "MAX_DIGITS",
@@ -60,6 +61,8 @@ ParamValue = Decimal | str | bool
 
 #: A Prometheus label name; names starting with `__` are reserved and refused apart.
 LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+#: An environment variable's name (`${VAR}`, `routing_key_env`).
+ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: Line breaks as PyYAML counts lines (so line numbers agree with its marks).
 LINE_BREAK: Final = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
 #: Plain decimal text: sign, digits, point, exponent; `_` between digits as in YAML.

@@ -9,6 +9,7 @@ The bug this guards: `buying_power_floor: "25000"` in riskmon.yaml was text, pas
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -215,3 +216,15 @@ async def test_a_floor_written_as_text_in_riskmon_yaml_pages(
         assert metrics[(*failures, (("alertname", "BuyingPowerBelowFloor"),))] == 0
         assert "cannot compare" not in riskmon.log()
         assert json.loads(riskmon.log().splitlines()[0])  # the daemon logs JSON lines
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("params.floor=1e1001", "--set params.floor: number with an exponent beyond ±1000"),
+        ("params.1x=1", "--set params.1x: invalid parameter name '1x'"),
+    ],
+)
+def test_replay_set_refuses_what_the_config_refuses(item: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_overrides([item])

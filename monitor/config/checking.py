@@ -41,7 +41,6 @@ _MQTT_KEYS = (
     "tls",
 )
 _TLS_KEYS = ("ca_file", "cert_file", "key_file", "insecure")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MQTT = MqttConfig()  # the defaults (a slotted dataclass keeps none on the class)
 
 
@@ -131,7 +130,7 @@ class Checker:
             name, has_default, default = value[j + 2 : end].partition(":-")
             i = end + 1
             substituted = True
-            if not _ENV_NAME.fullmatch(name):
+            if not schema.ENV_NAME.fullmatch(name):
                 self.error(
                     path,
                     f"invalid environment variable name {name[:40]!r} in ${{...}}: "

@@ -6,6 +6,7 @@ tests:
   - name: floor breach pages after 30s
     venue_kind: clearstreet
     account: {venue: cs, id: "19816", params: {buying_power_floor: 25000}, labels: {}}
+                                       # id, labels, params: checked as in riskmon.yaml
     interval: 10s                      # time between samples (default 1m)
     fields: {equity: 100000}           # constant fields in every sample
     series:                            # one value per interval, promtool notation:
