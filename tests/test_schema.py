@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from monitor import schema
+from monitor.config.checking import Checker
 from monitor.schema import Invalid, ListenAddress
-from monitor.yamlsource import Location
+from monitor.yamlsource import Location, parse_yaml
 
 # -- params ------------------------------------------------------------------------------
 
@@ -368,3 +370,38 @@ def test_matcher_matches(text: str, labels: dict[str, str], matches: bool) -> No
 
 def test_invalid_is_a_value_error_for_callers_that_catch_those() -> None:
     assert issubclass(Invalid, ValueError)
+
+
+# -- in a config: placed at the character --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "environ", "expected"),
+    [
+        ('match: team=~"(risk"', {}, "c.yaml:1:14: match: invalid regular expression '(risk'"),
+        ("match: 'team=\"a\" b'", {}, "c.yaml:1:18: match: unexpected 'b' after the"),
+        ("match: &m 1team=x", {}, "c.yaml:1:11: match: invalid label name '1team'"),
+        (
+            "match: ${M}",
+            {"M": 'secret=~"(x"'},
+            "c.yaml:1:8: match: invalid label matcher '${M}' (from the environment)",
+        ),
+    ],
+)
+def test_a_config_matcher_problem_is_placed_at_its_character(
+    tmp_path: Path, line: str, environ: dict[str, str], expected: str
+) -> None:
+    checker = Checker(parse_yaml(line, "c.yaml"), line, tmp_path, environ)
+    assert checker.matcher(("match",), checker.value["match"]) is None
+    [problem] = checker.problems
+    assert str(problem).startswith(expected)
+    assert "secret" not in str(problem)
+
+
+def test_a_config_matcher() -> None:
+    text = 'match: "severity!=info"'
+    checker = Checker(parse_yaml(text, "c.yaml"), text, Path("."), {})
+    assert checker.matcher(("match",), checker.value["match"]) == schema.Matcher(
+        "severity", "!=", "info"
+    )
+    assert checker.problems == []

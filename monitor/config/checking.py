@@ -25,7 +25,7 @@ from monitor import schema
 from monitor.config.model import MqttConfig, TlsConfig
 from monitor.config.secret import Secret, header_value_problem
 from monitor.schema import describe_value, redact_userinfo, valid_host
-from monitor.yamlsource import KeyPath, Problem, YamlDocument
+from monitor.yamlsource import KeyPath, Location, Problem, YamlDocument
 
 __all__ = ["Checker", "Section", "describe_value", "key_name", "redact_userinfo", "valid_host"]
 
@@ -345,6 +345,36 @@ class Checker:
         except schema.Invalid as exc:
             self.error(path, str(exc))
             return None
+
+    def matcher(self, path: KeyPath, value: Any) -> schema.Matcher | None:
+        """An Alertmanager-style label matcher (`team=~"risk|ops"`); a problem is placed
+        at the character it is about when the value is written on its line as read."""
+        text = self.string(path, value)
+        if text is None:
+            return None
+        try:
+            return schema.parse_matcher(text)
+        except schema.Invalid as exc:
+            if path in self.from_env:  # the message would repeat parts of the value
+                self.error(path, f"{key_name(path)}: invalid label matcher {self.show(path, text)}")
+            else:
+                where = self._inside(path, text, exc.offset)
+                self.problems.append(Problem(where, f"{key_name(path)}: {exc}"))
+            return None
+
+    def _inside(self, path: KeyPath, text: str, offset: int) -> Location:
+        """Where character `offset` of the one-line scalar `text` at `path` stands."""
+        loc = self.doc.at(path)
+        if path not in self.doc._value_locs or not 0 < loc.line <= len(self.lines):
+            return loc
+        line = self.lines[loc.line - 1]
+        props = schema.PROPERTIES.match(line, loc.col - 1)
+        start = props.end() if props else loc.col - 1
+        if line[start : start + 1] in ("'", '"'):
+            start += 1
+        if line[start : start + offset] != text[:offset]:  # escapes, folding: the value
+            return loc
+        return Location(loc.file, loc.line, start + offset + 1)
 
     def _url_parts(
         self,
