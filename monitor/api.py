@@ -36,6 +36,7 @@ from typing import Any, Final, Protocol
 
 from aiohttp import web
 
+from monitor import schema
 from monitor.engine.lifecycle import Alert
 from monitor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from monitor.poller import AccountState
@@ -335,19 +336,17 @@ def create_app(source: ApiSource) -> web.Application:
 
 # -- serving --------------------------------------------------------------------------
 
-_LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]*):(?P<port>\d{1,5})")
-
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """`HOST:PORT` (IPv6 as `[::1]:PORT`) -> (host, port); an empty host is 127.0.0.1.
 
-    ValueError for anything else.
+    ValueError (`schema.Invalid`) for anything else: the config's own check.
     """
-    match = _LISTEN.fullmatch(listen.strip())
-    if match is None or int(match["port"]) > 65535:
-        raise ValueError(f"listen: expected HOST:PORT such as {DEFAULT_LISTEN}, got {listen!r}")
-    host = match["host"].strip("[]") or "127.0.0.1"
-    return host, int(match["port"])
+    try:
+        address = schema.listen_address(listen)
+    except schema.Invalid as exc:
+        raise schema.Invalid(f"listen: {exc}") from None
+    return address.host, address.port
 
 
 @dataclass(slots=True)

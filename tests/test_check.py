@@ -304,7 +304,8 @@ def test_check_a_broken_file_prints_each_error_and_exits_1(tmp_path: Path) -> No
     lines = result.stdout.splitlines()
     assert lines == [
         "broken.yaml:5:46: invalid expression: invalid syntax",  # after the dangling `and`
-        "broken.yaml:6:14: for: expected a duration such as 30s or 1m30s, got 30 (add a unit)",
+        "broken.yaml:6:14: for: expected a duration such as 500ms, 2s or 1m30s, got 30 "
+        "(add a unit)",
         "broken.yaml:7:19: severity: 'critcal' is not one of critical, error, warning, info; "
         "did you mean 'critical'?",
         "broken.yaml:9:15: expr must be a condition (true/false), but this is a number; "

@@ -120,7 +120,9 @@ def test_an_unbounded_expression_is_refused_with_its_place_in_the_file(
         ("{floor: 1e999999999}", 25, "params.floor: number with an exponent beyond ±1000"),
         ("{floor: -1e-1001}", 25, "params.floor: number with an exponent beyond ±1000"),
         ("{floor: " + "9" * 51 + "}", 25, "params.floor: number longer than 50 digits"),
-        ("{floor: '" + "9" * 51 + "'}", None, None),  # quoted: text, not a number
+        # quoted decimal text is a number too, held to the same bounds
+        ("{floor: '" + "9" * 51 + "'}", 25, "params.floor: number longer than 50 digits"),
+        ("{floor: '9 x'}", None, None),  # other text stays text
         ("{floor: 1e1000}", None, None),
     ],
 )

@@ -151,6 +151,7 @@ def test_params_are_exact_decimals_as_written() -> None:
             f: "0.1"
             g: true
             h: -3.
+            i: "desk 7"
         """
     )
     params = parse_rules(text, "r.yaml")[0].rules[0].params
@@ -160,9 +161,10 @@ def test_params_are_exact_decimals_as_written() -> None:
         "c": Decimal("1.10"),
         "d": Decimal("1e5"),
         "e": Decimal("2500.50"),
-        "f": "0.1",
+        "f": Decimal("0.1"),  # decimal text is a number wherever it is written
         "g": True,
         "h": Decimal("-3"),
+        "i": "desk 7",
     }
     assert str(params["a"]) == "0.1"
     assert str(params["c"]) == "1.10"
@@ -307,9 +309,9 @@ def test_bad_durations() -> None:
         """
     )
     assert _problems(text) == [
-        "r.yaml:6:14: for: invalid duration '30x': use a number and a unit "
-        "(ms, s, m, h, d, w, y), e.g. 500ms, 2s, 1m30s",
-        "r.yaml:7:26: keep_firing_for: expected a duration such as 30s or 1m30s, got 5 "
+        "r.yaml:6:14: for: invalid duration '30x': expected a number and a unit "
+        "(ms, s, m, h, d, w, y) such as 500ms, 2s or 1m30s",
+        "r.yaml:7:26: keep_firing_for: expected a duration such as 500ms, 2s or 1m30s, got 5 "
         "(add a unit)",
     ]
 
@@ -554,7 +556,9 @@ groups:
     messages = [p.message for p in exc.value.problems]
     assert places == [(6, 59), (7, 14), (8, 19), (11, 21), (13, 21), (14, 16), (15, 15), (16, 26)]
     assert messages[0] == "invalid expression: invalid syntax"
-    assert messages[1] == "for: expected a duration such as 30s or 1m30s, got 30 (add a unit)"
+    assert messages[1] == (
+        "for: expected a duration such as 500ms, 2s or 1m30s, got 30 (add a unit)"
+    )
     assert messages[2].endswith("did you mean 'critical'?")
     assert messages[3] == "on_missing: 'maybe' is not one of keep, resolve, fire"
     assert messages[4].startswith("invalid template")

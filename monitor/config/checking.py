@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import ipaddress
 import math
 import os
 import re
@@ -20,12 +19,13 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult
 
+from monitor import schema
 from monitor.config.model import MqttConfig, TlsConfig
 from monitor.config.secret import Secret, header_value_problem
-from monitor.durations import parse_duration
-from monitor.yamlsource import KeyPath, Problem, YamlDocument
+from monitor.schema import describe_value, redact_userinfo, valid_host
+from monitor.yamlsource import KeyPath, Location, Problem, YamlDocument
 
 __all__ = ["Checker", "Section", "describe_value", "key_name", "redact_userinfo", "valid_host"]
 
@@ -41,12 +41,6 @@ _MQTT_KEYS = (
     "tls",
 )
 _TLS_KEYS = ("ca_file", "cert_file", "key_file", "insecure")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_HOST = re.compile(
-    r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?"
-)
-_USERINFO = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*:)?/*(?P<userinfo>.*)@")
-_DURATION_HINT = "a duration such as 500ms, 2s or 1m30s"
 _MQTT = MqttConfig()  # the defaults (a slotted dataclass keeps none on the class)
 
 
@@ -67,16 +61,23 @@ class Section:
 
 class Checker:
     def __init__(
-        self, doc: YamlDocument, text: str, base_dir: Path, environ: Mapping[str, str]
+        self,
+        doc: YamlDocument,
+        text: str,
+        base_dir: Path,
+        environ: Mapping[str, str],
+        *,
+        expand_env: bool = True,
     ) -> None:
+        """`expand_env`: read `${VAR}` in text values (not in a rule test file)."""
         self.doc = doc
-        self.lines = text.split("\n")
+        self.lines = schema.split_lines(text)
         self.base_dir = base_dir
         self.environ = environ
         self.problems: list[Problem] = []
         self.from_env: dict[KeyPath, str] = {}  # value paths that took text from ${VAR}
         self.failed: set[KeyPath] = set()  # value paths already reported (unset variable)
-        self.value = self._expand(doc.value, ())
+        self.value = self._expand(doc.value, ()) if expand_env else doc.value
 
     # -- reporting -------------------------------------------------------------------
 
@@ -129,7 +130,7 @@ class Checker:
             name, has_default, default = value[j + 2 : end].partition(":-")
             i = end + 1
             substituted = True
-            if not _ENV_NAME.fullmatch(name):
+            if not schema.ENV_NAME.fullmatch(name):
                 self.error(
                     path,
                     f"invalid environment variable name {name[:40]!r} in ${{...}}: "
@@ -276,26 +277,12 @@ class Checker:
 
     def duration(self, path: KeyPath, value: Any) -> float | None:
         """A Prometheus-style duration greater than zero."""
-        name = key_name(path)
-        if not isinstance(value, str):
-            unit_hint = " (add a unit)" if isinstance(value, int | float) and value else ""
-            self.error(
-                path, f"{name}: expected {_DURATION_HINT}, got {self.show(path, value)}{unit_hint}"
-            )
-            return None
         try:
-            seconds = parse_duration(value)
-        except ValueError:
-            self.error(
-                path,
-                f"{name}: invalid duration {self.show(path, value)}: expected a number and a "
-                "unit (ms, s, m, h, d, w, y) such as 500ms, 2s or 1m30s",
-            )
+            return schema.duration(value, show=lambda v: self.show(path, v))
+        except schema.Invalid as exc:
+            sep = " " if exc.message.startswith("must") else ": "
+            self.error(path, f"{key_name(path)}{sep}{exc}")
             return None
-        if seconds <= 0:
-            self.error(path, f"{name} must be longer than 0, e.g. 2s")
-            return None
-        return seconds
 
     def path(self, path: KeyPath, value: Any) -> Path | None:
         text = self.string(path, value)
@@ -353,21 +340,41 @@ class Checker:
         text = self.string(path, value)
         if text is None:
             return None
-        name = key_name(path)
-        parts = self._url_parts(
-            path,
-            text,
-            ("http", "https"),
-            expected="expected an http:// or https:// URL such as https://api.example.com",
-            credentials=f"{name} must not hold credentials (user:password@)",
-            hint="",
-        )
-        if parts is None:
+        try:
+            return schema.http_url(text, name=key_name(path), show=lambda v: self.show(path, v))
+        except schema.Invalid as exc:
+            self.error(path, str(exc))
             return None
-        if parts.query or parts.fragment or text.endswith(("?", "#")):
-            self.error(path, f"{name} must not have a query (?) or fragment (#)")
+
+    def matcher(self, path: KeyPath, value: Any) -> schema.Matcher | None:
+        """An Alertmanager-style label matcher (`team=~"risk|ops"`); a problem is placed
+        at the character it is about when the value is written on its line as read."""
+        text = self.string(path, value)
+        if text is None:
             return None
-        return text
+        try:
+            return schema.parse_matcher(text)
+        except schema.Invalid as exc:
+            if path in self.from_env:  # the message would repeat parts of the value
+                self.error(path, f"{key_name(path)}: invalid label matcher {self.show(path, text)}")
+            else:
+                where = self._inside(path, text, exc.offset)
+                self.problems.append(Problem(where, f"{key_name(path)}: {exc}"))
+            return None
+
+    def _inside(self, path: KeyPath, text: str, offset: int) -> Location:
+        """Where character `offset` of the one-line scalar `text` at `path` stands."""
+        loc = self.doc.at(path)
+        if path not in self.doc._value_locs or not 0 < loc.line <= len(self.lines):
+            return loc
+        line = self.lines[loc.line - 1]
+        props = schema.PROPERTIES.match(line, loc.col - 1)
+        start = props.end() if props else loc.col - 1
+        if line[start : start + 1] in ("'", '"'):
+            start += 1
+        if line[start : start + offset] != text[:offset]:  # escapes, folding: the value
+            return loc
+        return Location(loc.file, loc.line, start + offset + 1)
 
     def _url_parts(
         self,
@@ -379,28 +386,20 @@ class Checker:
         credentials: str,
         hint: str,
     ) -> SplitResult | None:
-        """A URL's parts once it holds no credentials (`credentials` is the error
-        otherwise, never echoing them), has one of `schemes` and a valid host and port;
-        None after the error. `hint` ends the host and port errors."""
-        name = key_name(path)
-        parts = urlsplit(text)
-        if "@" in parts.netloc:  # never echo what may be a password
-            self.error(path, credentials)
-            return None
-        if parts.scheme not in schemes or any(c.isspace() for c in text):
-            self.error(path, f"{name}: {expected}, got {self.show_url(path, text)}")
-            return None
-        if not parts.hostname or not valid_host(parts.hostname):
-            self.error(path, f"{name}: no valid host in {self.show_url(path, text)}{hint}")
-            return None
+        """`schema.url_parts`, its problem reported at `path`; None after the error."""
         try:
-            port = parts.port
-        except ValueError:
-            port = 0
-        if port == 0:
-            self.error(path, f"{name}: invalid port in {self.show_url(path, text)}{hint}")
+            return schema.url_parts(
+                text,
+                schemes,
+                name=key_name(path),
+                expected=expected,
+                credentials=credentials,
+                hint=hint,
+                show=lambda v: self.show(path, v),
+            )
+        except schema.Invalid as exc:
+            self.error(path, str(exc))
             return None
-        return parts
 
     # -- the mqtt section (the same in both configs) ---------------------------------
 
@@ -504,29 +503,6 @@ def _resolve(base_dir: Path, text: str) -> Path:
     return Path(os.path.normpath(base_dir / Path(text).expanduser()))
 
 
-def redact_userinfo(url: str) -> str:
-    """The URL with everything between its scheme and its last @ masked
-    (`mqtt:/***@127.0.0.1:1883`): what may be a user and password.
-
-    Not only where urlsplit finds a user: a malformed URL (one slash, a # or ? in the
-    password) puts the credentials in its path or fragment, and those are shown too.
-    The user name goes as well: without a scheme, or with a colon in the password,
-    where it ends and the password starts is a guess.
-    """
-    match = _USERINFO.match(url)
-    if match is None:
-        return url
-    return url[: match.start("userinfo")] + "***" + url[match.end("userinfo") :]
-
-
-def valid_host(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return bool(_HOST.fullmatch(host)) and len(host) <= 253
-    return True
-
-
 def key_name(path: KeyPath) -> str:
     """The key a value stands under, for messages: `poll_interval`, `rules[2]`."""
     if not path:
@@ -549,21 +525,3 @@ def _kind_of(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return type(value).__name__
-
-
-def describe_value(value: Any) -> str:
-    """A value as a person would recognise it from the YAML."""
-    if value is None:
-        return "an empty value"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, str):
-        shown = value if len(value) <= 60 else value[:57] + "..."
-        return repr(shown)
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"{value} (a {type(value).__name__})"

@@ -15,17 +15,16 @@ text (`max_concurrency: ${CS_CONCURRENCY}` works).
 from __future__ import annotations
 
 import difflib
-import ipaddress
-import math
 import os
 import re
 import socket
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from monitor.config.checking import Checker, Section, describe_value, key_name, valid_host
+from monitor import schema
+from monitor.config.accounts import AccountChecker
+from monitor.config.checking import Section, describe_value
 from monitor.config.model import (
     AccountConfig,
     Config,
@@ -35,7 +34,6 @@ from monitor.config.model import (
     ParamValue,
     PolymarketAuthConfig,
     VenueConfig,
-    account_id_problem,
 )
 from monitor.config.secret import Secret
 from monitor.durations import format_duration
@@ -86,18 +84,12 @@ _KIND_HINTS = {
 }
 _AUTH_KEYS = ("token_url", "client_id", "private_key", "private_key_file", "participant_id")
 _AUTH_KEYS_ALL = (*_AUTH_KEYS, "audience")
-_ACCOUNT_KEYS = ("id", "labels", "params")
 _DISCOVER_KEYS = ("discover", "interval", "statuses", "labels", "params")
 
 _VENUE_NAME = re.compile(r"[A-Za-z0-9_-]+")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _PARTICIPANT = re.compile(r"firms/[^/\s]+/users/[^/\s]+")
 _INSTANCE = re.compile(r"[^\s/+#]+")
-_LISTEN = re.compile(r"(?P<host>\[[^\]]*\]|[^:\[\]]+):(?P<port>[0-9]{1,5})")
-_NUMBER_TOKEN = re.compile(r"[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?")
-_PLAIN_TOKEN = re.compile(r"[^\s,\]}#]+")
-_PROPERTIES = re.compile(r"(?:[&!]\S*\s+)+")
 # defaults, read from instances: slotted dataclasses keep no defaults on the class
 _HTTP = HttpConfig()
 _MQTT = MqttConfig()
@@ -144,7 +136,7 @@ def _build(
     return config
 
 
-class _ConfigChecker(Checker):
+class _ConfigChecker(AccountChecker):
     """The daemon's config: its own sections on top of the shared checks."""
 
     # -- sections ----------------------------------------------------------------------
@@ -214,22 +206,12 @@ class _ConfigChecker(Checker):
         text = self.string(path, value)
         if text is None:
             return None
-        expected = "expected HOST:PORT such as 127.0.0.1:9817, 0.0.0.0:9817 or [::1]:9817"
-        m = _LISTEN.fullmatch(text)
-        if m is None or int(m["port"]) > 65535:
-            self.error(path, f"listen: {expected}, got {self.show(path, text)}")
+        try:
+            address = schema.listen_address(text, show=lambda v: self.show(path, v))
+        except schema.Invalid as exc:
+            self.error(path, f"listen: {exc}")
             return None
-        host = m["host"]
-        if host.startswith("["):
-            try:
-                ipaddress.IPv6Address(host[1:-1])
-            except ValueError:
-                self.error(path, f"listen: invalid IPv6 address {host}")
-                return None
-        elif not valid_host(host):
-            self.error(path, f"listen: invalid host {host!r}; {expected}")
-            return None
-        return text
+        return str(address)
 
     # -- venues ------------------------------------------------------------------------
 
@@ -519,7 +501,7 @@ class _ConfigChecker(Checker):
                     discovery = found
                     discovery_at = self.doc.key_at((*item_path, "discover"))
                 continue
-            account = self.account(item_path, item, venue, kind)
+            account = self.account(item_path, item, venue.where, kind)
             if not account.id:  # missing or invalid, and reported
                 continue
             id_path = (*item_path, "id")
@@ -533,44 +515,6 @@ class _ConfigChecker(Checker):
             ids[account.id] = self.doc.at(id_path)
             accounts.append(account)
         return tuple(accounts), discovery
-
-    def account(
-        self, path: KeyPath, item: dict[str, Any], venue: Section, kind: str | None
-    ) -> AccountConfig:
-        raw_id = item.get("id")
-        where = f"accounts[{path[-1]}] of {venue.where}"
-        if (
-            isinstance(raw_id, str | int)
-            and not isinstance(raw_id, bool)
-            and (*path, "id") not in self.from_env
-        ):
-            where = f"account {str(raw_id)!r} of {venue.where}"
-        s = self.section(path, item, where, _ACCOUNT_KEYS)
-        account_id = self.field(
-            s, "id", "", lambda p, v: self.account_id(p, v, kind), required=True
-        )
-        labels: Mapping[str, str] = self.field(s, "labels", {}, self.labels)
-        params: Mapping[str, ParamValue] = self.field(s, "params", {}, self.params)
-        return AccountConfig(id=account_id, labels=labels, params=params)
-
-    def account_id(self, path: KeyPath, value: Any, kind: str | None) -> str | None:
-        if isinstance(value, int) and not isinstance(value, bool):
-            token = self._token(path, _PLAIN_TOKEN)
-            if token is not None and token != str(value):
-                self.error(
-                    path,
-                    f"id: YAML reads {token} as the number {value}; put the id in quotes",
-                )
-                return None
-            value = str(value)
-        text = self.string(path, value)
-        if text is None:
-            return None
-        problem = account_id_problem(kind, text)
-        if problem is not None:
-            self.error(path, f"{problem}, got {self.show(path, text)}")
-            return None
-        return text
 
     def discovery(
         self, path: KeyPath, item: dict[str, Any], venue: Section, kind: str | None
@@ -608,110 +552,6 @@ class _ConfigChecker(Checker):
             return None
         result = [self.string((*path, i), item) for i, item in enumerate(value)]
         return tuple(s.upper() for s in result if s is not None)
-
-    def labels(self, path: KeyPath, value: Any) -> dict[str, str] | None:
-        if not isinstance(value, dict):
-            self.error(
-                path,
-                f"labels: expected a mapping of name: value such as {{desk: equities}}, "
-                f"got {self.show(path, value)}",
-            )
-            return None
-        result: dict[str, str] = {}
-        for key, item in value.items():
-            item_path = (*path, key)
-            if not _LABEL_NAME.fullmatch(key) or key.startswith("__"):
-                self.error(
-                    item_path,
-                    f"invalid label name {key!r}: use letters, digits and _, not starting "
-                    "with a digit or __",
-                    key=True,
-                )
-                continue
-            if item_path in self.failed:
-                continue
-            if isinstance(item, int | Decimal) and not isinstance(item, bool):
-                item = str(item)
-            if not isinstance(item, str):
-                self.error(
-                    item_path,
-                    f"label {key}: expected text, got {self.show(item_path, item)}",
-                )
-                continue
-            result[key] = item
-        return result
-
-    def params(self, path: KeyPath, value: Any) -> dict[str, ParamValue] | None:
-        if not isinstance(value, dict):
-            self.error(
-                path,
-                "params: expected a mapping of name: value such as {buying_power_floor: 50000}, "
-                f"got {self.show(path, value)}",
-            )
-            return None
-        result: dict[str, ParamValue] = {}
-        for key, item in value.items():
-            item_path = (*path, key)
-            if not _LABEL_NAME.fullmatch(key):
-                self.error(
-                    item_path,
-                    f"invalid parameter name {key!r}: use letters, digits and _, "
-                    "not starting with a digit",
-                    key=True,
-                )
-                continue
-            if item_path in self.failed:
-                continue
-            param = self.param(item_path, item)
-            if param is not None:
-                result[key] = param
-        return result
-
-    def param(self, path: KeyPath, value: Any) -> ParamValue | None:
-        text = self._env_text(path, value)
-        if text is not None:  # from the environment: a number or true/false if it reads as one
-            lowered = text.strip().lower()
-            if lowered in ("true", "false"):
-                return lowered == "true"
-            try:
-                number = Decimal(text.strip())
-            except InvalidOperation:
-                return text
-            return number if number.is_finite() else text
-        if isinstance(value, bool | str):
-            return value
-        if isinstance(value, int):
-            return Decimal(value)
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                self.error(path, f"{key_name(path)}: expected a finite number, got {value}")
-                return None
-            return self._exact(path, value)
-        got = self.show(path, value)
-        self.error(path, f"{key_name(path)}: expected a number, text or true/false, got {got}")
-        return None
-
-    def _exact(self, path: KeyPath, value: float) -> Decimal:
-        """The decimal as written in the file (0.1 stays 0.1), else via str()."""
-        token = self._token(path, _NUMBER_TOKEN)
-        if token:
-            try:
-                written = Decimal(token.replace("_", ""))
-            except InvalidOperation:
-                written = None
-            if written is not None and float(written) == value:
-                return written
-        return Decimal(str(value))
-
-    def _token(self, path: KeyPath, pattern: re.Pattern[str]) -> str | None:
-        """The plain scalar text written at a value's location, if it can be found."""
-        loc = self.doc.at(path)
-        if path not in self.doc._value_locs or not 0 < loc.line <= len(self.lines):
-            return None
-        line = self.lines[loc.line - 1]
-        props = _PROPERTIES.match(line, loc.col - 1)  # skip an &anchor or !!tag
-        m = pattern.match(line, props.end() if props else loc.col - 1)
-        return m.group(0) if m and m.group(0) else None
 
 
 def _looks_like_pem(text: str) -> bool:

@@ -10,14 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from monitor.config.secret import Secret
+from monitor.schema import ParamValue as ParamValue  # re-exported: the config holds them
 from monitor.yamlsource import YamlDocument
-
-ParamValue = Decimal | str | bool
 
 _PMX_ACCOUNT = re.compile(r"firms/[^/\s]+/accounts/[^/\s]+")
 

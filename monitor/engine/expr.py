@@ -85,6 +85,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, NewType
 
+from monitor.schema import MAX_DIGITS, MAX_EXPONENT, number_problem
 from monitor.snapshot import Snapshot
 from monitor.yamlsource import Location, Problem, SourceError
 
@@ -105,8 +106,6 @@ __all__ = [
 
 MAX_SOURCE_CHARS: Final = 2000
 MAX_DEPTH: Final = 50
-MAX_DIGITS: Final = 50
-MAX_EXPONENT: Final = 1000
 MAX_STRING_CHARS: Final = 1000
 MAX_ROUND_PLACES: Final = 1000
 
@@ -595,19 +594,6 @@ def _parse_number(segment: str) -> tuple[Decimal | None, str]:
         return Decimal(text), ""
     except decimal.InvalidOperation:  # pragma: no cover - the parser admits valid text only
         return None, f"invalid number literal {segment!r}"
-
-
-def number_problem(value: Decimal) -> str | None:
-    """Why `value` is past the bounds of the language's number literals (a rule's
-    `params` are held to them too), or None."""
-    if not value.is_finite():
-        return "not a finite number"
-    _, digits, exponent = value.as_tuple()
-    if len(digits) > MAX_DIGITS:
-        return f"number longer than {MAX_DIGITS} digits"
-    if isinstance(exponent, int) and abs(exponent) > MAX_EXPONENT:
-        return f"number with an exponent beyond ±{MAX_EXPONENT}"
-    return None
 
 
 def _syntax_error_place(text: str, exc: SyntaxError) -> tuple[int, int]:

@@ -9,27 +9,29 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TextIO
 
+from monitor import schema
 from monitor.engine.evaluate import Evaluator
 from monitor.engine.lifecycle import AlertEvent
 from monitor.engine.model import RuleSet
 from monitor.recording import read_records
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`params.NAME=VALUE` items as a params mapping; ValueError for a bad one."""
-    params: dict[str, Any] = {}
+def parse_overrides(items: Sequence[str]) -> dict[str, schema.ParamValue]:
+    """`params.NAME=VALUE` items as a params mapping, each VALUE read as a param written
+    as text in riskmon.yaml would be (`monitor.schema`); ValueError for a bad one."""
+    params: dict[str, schema.ParamValue] = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("params.") or len(name) <= len("params."):
             raise ValueError(f"--set takes params.NAME=VALUE, got {item!r}")
         try:
-            params[name.removeprefix("params.")] = Decimal(value)
-        except InvalidOperation:
-            params[name.removeprefix("params.")] = {"true": True, "false": False}.get(value, value)
+            key = schema.param_name(name.removeprefix("params."))
+            params[key] = schema.param_value(value)
+        except schema.Invalid as exc:
+            raise ValueError(f"--set {name}: {exc}") from None
     return params
 
 

@@ -33,14 +33,14 @@ import math
 import os
 import re
 import tokenize
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from monitor.durations import parse_duration
-from monitor.engine.expr import CompiledExpr, compile_expression, number_problem
+from monitor import schema
+from monitor.engine.expr import CompiledExpr, compile_expression
 from monitor.engine.model import (
     ON_MISSING,
     SEVERITIES,
@@ -93,13 +93,6 @@ _RULE_KEYS: Final = (
     "annotations",
 )
 _ALERT_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_LINE_BREAK: Final = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # as PyYAML counts lines
-_PROPERTIES: Final = re.compile(r"(?:[&!]\S*[ \t]+)+")  # an &anchor or !!tag before a value
-_NUMBER_TOKEN: Final = re.compile(r"[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?")
-_DECIMAL_TEXT: Final = re.compile(
-    r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
-)
 _SKIPPABLE: Final = " \t\n\\'\""  # what may stand between a value's characters in the file
 _MAX_SKIP: Final = 256
 _T = TypeVar("_T", bound=str)
@@ -249,7 +242,7 @@ class _Placed:
         if not 0 <= li < len(lines):
             return
         line = lines[li]
-        props = None if at_text else _PROPERTIES.match(line, ci)
+        props = None if at_text else schema.PROPERTIES.match(line, ci)
         if props:
             ci = props.end()
         first = line[ci : ci + 1]
@@ -323,7 +316,7 @@ def place_in_text(lines: Sequence[str], where: Location, text: str, offset: int)
 
 def split_lines(text: str) -> list[str]:
     """A file's lines as YAML counts them (for `place_in_text`)."""
-    return _LINE_BREAK.split(text)
+    return schema.split_lines(text)
 
 
 def find_field(text: str, path: str) -> int:
@@ -392,7 +385,7 @@ class _Compiled:
 class _FileParser:
     def __init__(self, text: str, file: str) -> None:
         self.file = file
-        self.lines = _LINE_BREAK.split(text)
+        self.lines = schema.split_lines(text)
         self.doc: YamlDocument = parse_yaml(text, file)  # SourceError on invalid YAML
         self.errors: list[Problem] = []
         self.warnings: list[Problem] = []
@@ -663,18 +656,9 @@ class _FileParser:
         return compiled, _Compiled(value, placed)
 
     def duration(self, path: KeyPath, value: Any, key: str) -> float | None:
-        if isinstance(value, int) and not isinstance(value, bool) and value == 0:
-            return 0.0
-        if not isinstance(value, str):
-            unit = " (add a unit)" if isinstance(value, int | float) and value else ""
-            self.error(
-                path,
-                f"{key}: expected a duration such as 30s or 1m30s, got {_describe(value)}{unit}",
-            )
-            return None
         try:
-            return parse_duration(value)
-        except ValueError as exc:
+            return schema.duration(value, allow_zero=True)
+        except schema.Invalid as exc:
             self.error(path, f"{key}: {exc}")
             return None
 
@@ -690,7 +674,7 @@ class _FileParser:
         )
         return None
 
-    def params(self, path: KeyPath, value: Any) -> dict[str, Decimal | str | bool] | None:
+    def params(self, path: KeyPath, value: Any) -> dict[str, schema.ParamValue] | None:
         if not isinstance(value, dict):
             self.error(
                 path,
@@ -698,65 +682,29 @@ class _FileParser:
                 f"got {_describe(value)}",
             )
             return None
-        result: dict[str, Decimal | str | bool] = {}
+        result: dict[str, schema.ParamValue] = {}
         ok = True
         for key, item in value.items():
             item_path = (*path, key)
-            if not _LABEL_NAME.fullmatch(key):
-                self.error(
-                    item_path,
-                    f"invalid parameter name {key!r}: use letters, digits and _, "
-                    "not starting with a digit",
-                    key=True,
-                )
+            try:
+                schema.param_name(key)
+            except schema.Invalid as exc:
+                self.error(item_path, str(exc), key=True)
                 ok = False
                 continue
-            param = self.param(item_path, key, item)
-            problem = number_problem(param) if isinstance(param, Decimal) else None
-            if problem is not None:  # bounded as expression literals are
-                self.error(item_path, f"params.{key}: {problem}")
-            if param is None or problem is not None:
+            try:
+                result[key] = schema.param_value(item, written=self._written(item_path))
+            except schema.Invalid as exc:
+                self.error(item_path, f"params.{key}: {exc}")
                 ok = False
-            else:
-                result[key] = param
         return result if ok else None
-
-    def param(self, path: KeyPath, key: str, value: Any) -> Decimal | str | bool | None:
-        if isinstance(value, str):
-            # YAML 1.1 reads `1e5` and `1.0e5` as text; unquoted, they are meant as numbers
-            if _DECIMAL_TEXT.fullmatch(value) and self.placed(path, value).style == "plain":
-                return Decimal(value.replace("_", ""))
-            return value
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int):
-            return Decimal(value)
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                self.error(path, f"params.{key}: expected a finite number, got {value}")
-                return None
-            return self.exact(path, value)
-        self.error(
-            path,
-            f"params.{key}: expected a number, text or true/false, got {_describe(value)}",
-        )
-        return None
 
     def exact(self, path: KeyPath, value: float) -> Decimal:
         """The number as written in the file (0.1 stays 0.1), else via repr()."""
-        loc = self.doc.at(path)
-        if 0 < loc.line <= len(self.lines):
-            line = self.lines[loc.line - 1]
-            props = _PROPERTIES.match(line, loc.col - 1)
-            m = _NUMBER_TOKEN.match(line, props.end() if props else loc.col - 1)
-            if m and m.group(0):
-                try:
-                    written = Decimal(m.group(0).replace("_", ""))
-                except InvalidOperation:
-                    written = None
-                if written is not None and float(written) == value:
-                    return written
-        return Decimal(repr(value))
+        return schema.written_number(self.lines, self.doc.at(path), value)
+
+    def _written(self, path: KeyPath) -> Callable[[float], Decimal]:
+        return lambda value: self.exact(path, value)
 
     def labels(
         self, path: KeyPath, value: Any
@@ -807,13 +755,10 @@ class _FileParser:
         ok = True
         for name, item in value.items():
             item_path = (*path, name)
-            if not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
-                self.error(
-                    item_path,
-                    f"invalid {key[:-1]} name {name!r}: use letters, digits and _, not starting "
-                    "with a digit or __",
-                    key=True,
-                )
+            try:
+                schema.label_name(name, what=key[:-1])
+            except schema.Invalid as exc:
+                self.error(item_path, str(exc), key=True)
                 ok = False
                 continue
             text = self.template_text(item_path, name, item, key[:-1])

@@ -6,6 +6,7 @@ tests:
   - name: floor breach pages after 30s
     venue_kind: clearstreet
     account: {venue: cs, id: "19816", params: {buying_power_floor: 25000}, labels: {}}
+                                       # id, labels, params: checked as in riskmon.yaml
     interval: 10s                      # time between samples (default 1m)
     fields: {equity: 100000}           # constant fields in every sample
     series:                            # one value per interval, promtool notation:
@@ -35,13 +36,16 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TextIO
 
-from monitor.durations import parse_duration
+from monitor import schema
+from monitor.config.accounts import AccountChecker
+from monitor.config.loader import KINDS
+from monitor.config.model import AccountConfig
 from monitor.engine.evaluate import Evaluator
 from monitor.engine.lifecycle import Alert, AlertPhase
 from monitor.engine.model import RuleSet
 from monitor.engine.rulefile import load_rules
 from monitor.snapshot import FieldSchema, Snapshot, flatten
-from monitor.yamlsource import KeyPath, Problem, SourceError, YamlDocument, load_yaml
+from monitor.yamlsource import KeyPath, Problem, SourceError, YamlDocument, parse_yaml, read_source
 
 _MISSING = object()
 _TERM = re.compile(
@@ -52,7 +56,6 @@ _TERM = re.compile(
 _ANY = FieldSchema(types={})
 _FILE_KEYS = {"rule_files", "tests"}
 _TEST_KEYS = {"name", "venue_kind", "account", "interval", "fields", "series", "expect"}
-_ACCOUNT_KEYS = {"venue", "id", "params", "labels"}
 _EXPECT_KEYS = {"at", "firing", "pending", "alerts"}
 _ALERT_KEYS = {"alertname", "labels", "annotations", "state"}
 
@@ -122,7 +125,10 @@ class TestFile:
 
 
 def load_test_file(path: Path) -> TestFile:
-    doc = load_yaml(path)
+    text = read_source(path)
+    doc = parse_yaml(text, str(path))
+    # accounts are read by the config's own checker: a param means what it means there
+    accounts = AccountChecker(doc, text, path.parent.absolute(), {}, expand_env=False)
     problems: list[Problem] = []
     root = doc.value
     if not isinstance(root, dict):
@@ -145,7 +151,7 @@ def load_test_file(path: Path) -> TestFile:
         problems.append(doc.problem(("tests",), "tests must be a non-empty list"))
         raw_tests = []
     for index, raw in enumerate(raw_tests):
-        test = _parse_test(doc, ("tests", index), raw, problems)
+        test = _parse_test(doc, accounts, ("tests", index), raw, problems)
         if test is not None:
             tests.append(test)
     if problems:
@@ -170,9 +176,9 @@ def _unknown(
 
 def _duration(doc: YamlDocument, at: KeyPath, value: Any, problems: list[Problem]) -> float:
     try:
-        return parse_duration(str(value))
-    except ValueError as exc:
-        problems.append(doc.problem(at, str(exc)))
+        return schema.duration(value, allow_zero=True)
+    except schema.Invalid as exc:
+        problems.append(doc.problem(at, f"{at[-1]}: {exc}"))
         return 0.0
 
 
@@ -200,8 +206,26 @@ def _scalar(value: Any) -> Any:
     return value
 
 
+def _account(
+    accounts: AccountChecker, at: KeyPath, raw: Any, test: str, venue_kind: str
+) -> tuple[AccountConfig, str]:
+    """A test's account (`venue` beside the config's id, labels and params) and venue;
+    without `account:`, account "test" of a venue named like the kind."""
+    if raw is None:
+        return AccountConfig(id="test"), venue_kind
+    if not isinstance(raw, dict):
+        accounts.error(at, "account: expected a mapping {venue, id, labels, params}")
+        return AccountConfig(id="test"), venue_kind
+    kind = venue_kind if venue_kind in KINDS else None
+    account = accounts.account(at, raw, f"test {test!r}", kind, extra_keys=("venue",))
+    venue = venue_kind
+    if "venue" in raw:
+        venue = accounts.string((*at, "venue"), raw["venue"]) or venue_kind
+    return account, venue
+
+
 def _parse_test(
-    doc: YamlDocument, at: KeyPath, raw: Any, problems: list[Problem]
+    doc: YamlDocument, accounts: AccountChecker, at: KeyPath, raw: Any, problems: list[Problem]
 ) -> RuleTest | None:
     if not isinstance(raw, dict):
         problems.append(doc.problem(at, "a test is a mapping"))
@@ -209,15 +233,13 @@ def _parse_test(
     before = len(problems)
     _unknown(doc, at, raw, _TEST_KEYS, problems)
     name = str(raw.get("name") or f"test {at[-1]}")
-    account = raw.get("account") or {}
-    if not isinstance(account, dict):
-        problems.append(doc.problem((*at, "account"), "account is a mapping {venue, id, params}"))
-        account = {}
-    _unknown(doc, (*at, "account"), account, _ACCOUNT_KEYS, problems)
     venue_kind = raw.get("venue_kind")
     if not isinstance(venue_kind, str):
         problems.append(doc.problem(at, "venue_kind is required (clearstreet, polymarket)"))
         venue_kind = ""
+    account, venue = _account(accounts, (*at, "account"), raw.get("account"), name, venue_kind)
+    problems.extend(accounts.problems)
+    accounts.problems.clear()
     interval = _duration(doc, (*at, "interval"), raw.get("interval", "1m"), problems)
     if interval <= 0:
         problems.append(doc.problem((*at, "interval"), "interval must be positive"))
@@ -263,10 +285,10 @@ def _parse_test(
     return RuleTest(
         name=name,
         venue_kind=venue_kind,
-        venue=str(account.get("venue", venue_kind)),
-        account=str(account.get("id", "test")),
-        params={str(k): _scalar(v) for k, v in (account.get("params") or {}).items()},
-        labels={str(k): str(v) for k, v in (account.get("labels") or {}).items()},
+        venue=venue,
+        account=account.id,
+        params=account.params,
+        labels=account.labels,
         interval=interval,
         constants=constants,
         series=series,

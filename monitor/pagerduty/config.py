@@ -22,6 +22,7 @@ from typing import Any, Final
 from monitor.config.checking import Checker, Section
 from monitor.config.model import MqttConfig
 from monitor.config.secret import Secret
+from monitor.schema import ENV_NAME, LABEL_NAME
 from monitor.yamlsource import KeyPath, Location, SourceError, parse_yaml, read_source
 
 __all__ = [
@@ -57,8 +58,6 @@ _MATCH_KEYS: Final = ("severity", "labels")
 _RATE_KEYS: Final = ("events_per_minute", "burst")
 _BACKOFF_KEYS: Final = ("initial", "max")
 _ROUTE_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
-_LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NO_LITERAL_KEY: Final = {
     "routing_key": "routing_key: a routing key is not written in the config; use "
     "routing_key_file (re-read when it changes) or routing_key_env (an environment variable)",
@@ -335,7 +334,7 @@ def _env_key(c: Checker, path: KeyPath, value: Any, where: str) -> tuple[Secret,
     name = c.string(path, value)
     if name is None:
         return None
-    if not _ENV_NAME.fullmatch(name):
+    if not ENV_NAME.fullmatch(name):
         c.error(
             path,
             f"routing_key_env: expected the name of an environment variable such as "
@@ -403,7 +402,7 @@ def _labels(c: Checker, path: KeyPath, value: Any) -> dict[str, frozenset[str]] 
     result: dict[str, frozenset[str]] = {}
     for name, item in value.items():
         item_path = (*path, name)
-        if not _LABEL_NAME.fullmatch(name):
+        if not LABEL_NAME.fullmatch(name):
             c.error(item_path, f"invalid label name {name!r}", key=True)
             continue
         if item_path in c.failed:

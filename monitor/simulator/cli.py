@@ -21,12 +21,14 @@ DEFAULT_LISTEN = "127.0.0.1:8090"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """HOST:PORT (IPv6 as [::1]:PORT) -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
+    """HOST:PORT (IPv6 as [::1]:PORT) -> (host, port): the daemon's `listen` rule."""
+    from monitor.schema import Invalid, listen_address
+
+    try:
+        address = listen_address(text)
+    except Invalid as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return address.host, address.port
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
