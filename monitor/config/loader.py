@@ -25,6 +25,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from monitor.config.builtin_alerts import check_builtin_alerts
 from monitor.config.checking import Checker, Section, describe_value, key_name, valid_host
 from monitor.config.model import (
     AccountConfig,
@@ -61,6 +62,7 @@ _TOP_KEYS = (
     "stale_after",
     "venues",
     "record_snapshots",
+    "builtin_alerts",
 )
 _HTTP_KEYS = ("listen",)
 _VENUE_KEYS = (
@@ -168,6 +170,7 @@ class _ConfigChecker(Checker):
         record = self.field(top, "record_snapshots", None, self.path)
         http = self.http(top)
         mqtt = self.mqtt(top)
+        builtin_alerts = check_builtin_alerts(self, top, self.labels)
         venues: tuple[VenueConfig, ...] = ()
         if self.require(top, "venues"):
             venues = self.venues(top.at("venues"), top.data["venues"], stale_after)
@@ -182,6 +185,7 @@ class _ConfigChecker(Checker):
             venues=venues,
             document=self.doc,
             record_snapshots=record,
+            builtin_alerts=builtin_alerts,
         )
 
     def instance(self, path: KeyPath, value: Any) -> str | None:
