@@ -183,13 +183,14 @@ def builtin_rules(settings: BuiltinAlertsConfig | None = None) -> RuleSet:
 
 class StaleHold:
     """Which accounts' AccountDataStale is held back: those of a venue whose VenueDown
-    or VenueAuthFailed is pending, and, once it is no longer, each of them until its
-    next poll has answered or failed.
+    or VenueAuthFailed is pending, and, when it went back to inactive instead of
+    firing, each of them until its next poll has answered or failed.
 
     The second part is for the end of an outage shorter than VenueDown's `for`: the
     first account that answers again ends VenueDown's condition, while the others are
     still stale until their turn comes (within a poll interval); they must not page
-    for that moment.
+    for that moment. When the venue's alert fires, the outage is confirmed and the
+    hold ends at once.
     """
 
     __slots__ = ("_held",)
@@ -199,9 +200,11 @@ class StaleHold:
         #: being pending (None while it is)
         self._held: dict[tuple[str, str], int | None] = {}
 
-    def held(self, accounts: Iterable[AccountHealth], pending: Set[str]) -> set[tuple[str, str]]:
-        """The (venue, account) pairs held back now; `pending`: the venues whose
-        VenueDown or VenueAuthFailed is pending."""
+    def held(
+        self, accounts: Iterable[AccountHealth], pending: Set[str], firing: Set[str]
+    ) -> set[tuple[str, str]]:
+        """The (venue, account) pairs held back now; `pending`, `firing`: the venues
+        whose VenueDown or VenueAuthFailed is pending, or firing (and none pending)."""
         if not pending and not self._held:
             return set()
         before = self._held
@@ -210,7 +213,7 @@ class StaleHold:
             key = (health.venue, health.account)
             if health.venue in pending:
                 now_held[key] = None
-            elif key in before:
+            elif key in before and health.venue not in firing:
                 since = before[key]
                 if since is None:
                     now_held[key] = health.polls
@@ -235,14 +238,14 @@ def evaluate_health(
     for snapshot in venue_snapshots(accounts, now):
         events.extend(evaluator.evaluate(snapshot, now))
     book = evaluator.book
-    pending = {
-        venue
-        for venue in {health.venue for health in accounts}
-        for alert in _HOLDING_BACK
-        if (found := book.get(f"{GROUP}/{alert}", venue, VENUE_WIDE)) is not None
-        and found.phase is AlertPhase.PENDING
-    }
-    held = hold.held(accounts, pending)
+    pending: set[str] = set()
+    firing: set[str] = set()
+    for venue in {health.venue for health in accounts}:
+        for alert in _HOLDING_BACK:
+            found = book.get(f"{GROUP}/{alert}", venue, VENUE_WIDE)
+            if found is not None:
+                (pending if found.phase is AlertPhase.PENDING else firing).add(venue)
+    held = hold.held(accounts, pending, firing - pending)
     for snapshot in account_snapshots(accounts, now, held=held, skip=skip):
         events.extend(evaluator.evaluate(snapshot, now))
     return events
