@@ -79,6 +79,19 @@ builtin_alerts:
     assert settings.of("VenueAuthFailed") == BuiltinAlertSettings()
 
 
+def test_the_example_config_shows_builtin_alerts(tmp_path: Path) -> None:
+    text = (ROOT / "examples" / "riskmon.yaml").read_text()
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "clearstreet-api-key").write_text("demo-key\n")
+    (tmp_path / "secrets" / "pmx-demo.pem").write_text(
+        "-----BEGIN PRIVATE KEY-----\nMIIBdemo\n-----END PRIVATE KEY-----\n"
+    )
+    settings = parse_config(text, "riskmon.yaml", base_dir=tmp_path, environ={}).builtin_alerts
+    assert settings.runbook_url == "https://runbooks.example.com/riskmon/{{ alertname }}"
+    assert settings.of("VenueDown").for_ == 30.0
+    assert settings.of("AccountDataStale").labels == {"team": "risk"}
+
+
 def test_without_builtin_alerts_the_defaults_hold(tmp_path: Path) -> None:
     assert parse(tmp_path, "") == BuiltinAlertsConfig()
     rules = {rule.alert: rule for rule in builtin_rules().rules}
