@@ -34,9 +34,10 @@ from monitor.engine.builtin import (
     RISKMON,
     VENUE_WIDE,
     AccountHealth,
+    StaleHold,
     builtin_rules,
     could_be_stale,
-    health_snapshots,
+    evaluate_health,
     riskmon_snapshot,
 )
 from monitor.engine.evaluate import Evaluator
@@ -44,6 +45,7 @@ from monitor.engine.expr import CONTEXT, EvalError
 from monitor.engine.lifecycle import AlertBook, AlertEvent
 from monitor.engine.model import Rule, RuleSet
 from monitor.engine.reload import RuleSource
+from monitor.engine.runbook import runbook_template
 from monitor.errors import VenueAuthError, VenueError
 from monitor.health import HealthProblems
 from monitor.metrics import Metrics
@@ -106,10 +108,17 @@ class Daemon(PollListener):
         except StoreError as exc:
             self.store.close()
             raise self._startup_error(("state_dir",), f"state_dir: {exc}") from None
+        runbook_url = runbook_template(config.builtin_alerts.runbook_url)
         self.evaluator = Evaluator(
-            self.rule_source.rules, self.book, on_eval_failure=self._evaluation_failed
+            self.rule_source.rules,
+            self.book,
+            on_eval_failure=self._evaluation_failed,
+            runbook_url=runbook_url,
         )
-        self.health = Evaluator(builtin_rules(), self.book)
+        self.health = Evaluator(
+            builtin_rules(config.builtin_alerts), self.book, runbook_url=runbook_url
+        )
+        self.stale_hold = StaleHold()  # AccountDataStale waits while VenueDown is pending
         self.metrics = Metrics()
         self.problems = HealthProblems()  # what keeps riskmon from alerting: /healthz
         self.outbox = OutboxWriter(self.store, self.problems, notify=self._notify_publisher)
@@ -610,9 +619,7 @@ class Daemon(PollListener):
             # bench/latency.py).
             return not could_be_stale(health) and not book.holds_any(health.venue, health.account)
 
-        events: list[AlertEvent] = []
-        for snapshot in health_snapshots(healths, now, skip=settled):
-            events.extend(self.health.evaluate(snapshot, now))
+        events = evaluate_health(self.health, healths, now, hold=self.stale_hold, skip=settled)
         riskmon = riskmon_snapshot(self.store.dead_letters(), now, instance=self.config.instance)
         events.extend(self.health.evaluate(riskmon, now))
         self._emit(events)
@@ -656,6 +663,7 @@ class Daemon(PollListener):
                     last_error=str(error) if error else None,
                     auth_failed=isinstance(error, VenueAuthError),
                     labels=tuple(state.account.labels.items()),
+                    polls=state.polls,
                 )
 
     # -- reloads ----------------------------------------------------------------------------
@@ -741,6 +749,10 @@ class Daemon(PollListener):
         except StoreError as exc:
             log.error("reload: could not re-queue the dead letters", error=str(exc))
         self._forget_unmonitored(now)
+        runbook_url = runbook_template(new.builtin_alerts.runbook_url)
+        self.evaluator.runbook_url = self.health.runbook_url = runbook_url
+        builtins = builtin_rules(new.builtin_alerts)
+        self._emit(self.health.replace_rules(builtins, now, also_keep=self.evaluator.rules))
         self._emit(self.evaluator.replace_rules(rules, now, also_keep=self.health.rules))
         self._rules_loaded(rules)
         self.metrics.set_reload(True, now)

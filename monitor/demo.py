@@ -45,6 +45,8 @@ http: {{listen: "127.0.0.1:{http_port}"}}
 mqtt: {{url: "{mqtt}", topic_prefix: riskmon}}
 rules: ["{rules}/*.yaml"]
 stale_after: {stale_after}
+builtin_alerts:
+  VenueDown: {{for: 10s}}  # 30s by default; the scenario's outage lasts 33 s
 venues:
   - name: cs-demo
     kind: clearstreet

@@ -339,6 +339,10 @@ async def test_a_failing_venue_goes_stale_and_recovers(
     simulator: Simulator,
     subscriber: MqttCollector,
 ) -> None:
+    # VenueDown waits 30 s by default (tests/test_builtin_alerts.py); here, 1 s
+    riskmon.config.write_text(
+        riskmon.config.read_text() + "builtin_alerts:\n  VenueDown: {for: 1s}\n"
+    )
     riskmon.start()
     await riskmon.ready()
     fault = simulator.add_fault(

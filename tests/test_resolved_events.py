@@ -150,7 +150,13 @@ async def test_a_stale_account_reads_fresh_again_when_it_resolves(
     riskmon.start()
     await riskmon.ready()
     fault = simulator.add_fault(
-        {"venue": "polymarket", "endpoint": "balances", "kind": "status", "status": 503}
+        {
+            "venue": "polymarket",
+            "endpoint": "balances",
+            "account": "firms/ACME/accounts/main",  # the other account keeps VenueDown away
+            "kind": "status",
+            "status": 503,
+        }
     )
     stale = "riskmon/events/error/pmx/firms%2FACME%2Faccounts%2Fmain/AccountDataStale"
     await subscriber.wait_for(lambda _: bool(subscriber.on(stale)))

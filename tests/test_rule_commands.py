@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from monitor.config.model import BuiltinAlertsConfig, BuiltinAlertSettings
 from monitor.engine.builtin import (
     AccountHealth,
     builtin_rules,
@@ -187,7 +188,8 @@ def health(account: str, age: float, failures: int = 0, auth: bool = False) -> A
 
 
 def test_stale_accounts_and_venue_wide_alerts() -> None:
-    evaluator = Evaluator(builtin_rules(), AlertBook())
+    at_once = BuiltinAlertsConfig(alerts={"VenueDown": BuiltinAlertSettings(for_=0.0)})
+    evaluator = Evaluator(builtin_rules(at_once), AlertBook())
 
     def run(now: float, *accounts: AccountHealth) -> set[tuple[str, str, str]]:
         events = []

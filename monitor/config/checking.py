@@ -275,10 +275,10 @@ class Checker:
             return None
         return value
 
-    def duration(self, path: KeyPath, value: Any) -> float | None:
-        """A Prometheus-style duration greater than zero."""
+    def duration(self, path: KeyPath, value: Any, *, allow_zero: bool = False) -> float | None:
+        """A Prometheus-style duration greater than zero (or zero too, if `allow_zero`)."""
         try:
-            return schema.duration(value, show=lambda v: self.show(path, v))
+            return schema.duration(value, allow_zero=allow_zero, show=lambda v: self.show(path, v))
         except schema.Invalid as exc:
             sep = " " if exc.message.startswith("must") else ": "
             self.error(path, f"{key_name(path)}{sep}{exc}")

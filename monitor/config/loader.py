@@ -24,6 +24,7 @@ from typing import Any
 
 from monitor import schema
 from monitor.config.accounts import AccountChecker
+from monitor.config.builtin_alerts import check_builtin_alerts
 from monitor.config.checking import Section, describe_value
 from monitor.config.model import (
     AccountConfig,
@@ -59,6 +60,7 @@ _TOP_KEYS = (
     "stale_after",
     "venues",
     "record_snapshots",
+    "builtin_alerts",
 )
 _HTTP_KEYS = ("listen",)
 _VENUE_KEYS = (
@@ -160,6 +162,7 @@ class _ConfigChecker(AccountChecker):
         record = self.field(top, "record_snapshots", None, self.path)
         http = self.http(top)
         mqtt = self.mqtt(top)
+        builtin_alerts = check_builtin_alerts(self, top, self.labels)
         venues: tuple[VenueConfig, ...] = ()
         if self.require(top, "venues"):
             venues = self.venues(top.at("venues"), top.data["venues"], stale_after)
@@ -174,6 +177,7 @@ class _ConfigChecker(AccountChecker):
             venues=venues,
             document=self.doc,
             record_snapshots=record,
+            builtin_alerts=builtin_alerts,
         )
 
     def instance(self, path: KeyPath, value: Any) -> str | None:

@@ -100,6 +100,42 @@ class HttpConfig:
     listen: str = "127.0.0.1:9817"
 
 
+#: The built-in alerts `builtin_alerts` may tune (monitor/engine/builtin.py).
+BUILTIN_ALERTS: tuple[str, ...] = (
+    "VenueDown",
+    "AccountDataStale",
+    "VenueAuthFailed",
+    "EventsUndeliverable",
+)
+#: Every alert's runbook link until `builtin_alerts.runbook_url` names the real one:
+#: the built-ins' `runbook_url` and `{{ runbook_url }}` in rule annotations.
+DEFAULT_RUNBOOK_URL = "https://runbooks.example.com/riskmon/{{ alertname }}"
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltinAlertSettings:
+    """One built-in alert's `builtin_alerts` entry; None keeps the built-in default."""
+
+    for_: float | None = None  # seconds
+    severity: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)  # merged over the account's
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltinAlertsConfig:
+    """`builtin_alerts`: the runbook URL template of every alert, and per built-in
+    alert (by alertname) its `for`, severity and labels."""
+
+    runbook_url: str = DEFAULT_RUNBOOK_URL  # a template: `{{ alertname }}` and the alert's context
+    alerts: Mapping[str, BuiltinAlertSettings] = field(default_factory=dict)
+
+    def of(self, alertname: str) -> BuiltinAlertSettings:
+        return self.alerts.get(alertname) or _NO_SETTINGS
+
+
+_NO_SETTINGS = BuiltinAlertSettings()
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: Path  # the config file
@@ -112,6 +148,7 @@ class Config:
     venues: tuple[VenueConfig, ...]
     document: YamlDocument | None = field(default=None, compare=False, repr=False)
     record_snapshots: Path | None = None  # JSON lines of every snapshot, for `riskmon replay`
+    builtin_alerts: BuiltinAlertsConfig = field(default_factory=BuiltinAlertsConfig)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def venue(self, name: str) -> VenueConfig:

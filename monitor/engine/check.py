@@ -31,6 +31,7 @@ from monitor.engine.rulefile import (
     place_in_text,
     split_lines,
 )
+from monitor.engine.runbook import ALERT_CONTEXT
 from monitor.engine.templates import ALERT_FIELDS
 from monitor.snapshot import NORMALIZED_FIELDS, snake_case
 from monitor.yamlsource import Location, Problem, SourceError, YamlDocument
@@ -261,11 +262,13 @@ def _reads(rule: Rule) -> list[_Read]:
     for expr in (rule.expr, rule.clear):
         if expr is not None:
             reads.extend(_Read(p, expr.source, expr.where) for p in sorted(expr.fields))
-    for template in (*rule.labels.values(), *rule.annotations.values()):
+    templates = [(t, frozenset[str]()) for t in rule.labels.values()]
+    templates += [(t, ALERT_CONTEXT) for t in rule.annotations.values()]
+    for template, also_known in templates:
         where = getattr(template, "where", None)
         reads.extend(
             _Read(p, template.source, where if isinstance(where, Location) else None)
-            for p in sorted(template.fields)
+            for p in sorted(template.fields - also_known)
         )
     return [r for r in reads if not _always_known(r.path)]
 

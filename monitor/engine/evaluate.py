@@ -16,7 +16,8 @@ from typing import Any
 
 from monitor.engine.expr import MISSING, CompiledRules, EvalError, PreparedParams, compile_rules
 from monitor.engine.lifecycle import AlertBook, AlertEvent, AlertRender, Observation
-from monitor.engine.model import Rule, RuleSet
+from monitor.engine.model import Rule, RuleSet, Template
+from monitor.engine.runbook import add_alert_context, runbook_template
 from monitor.engine.templates import alert_context, render_context
 from monitor.snapshot import Snapshot
 
@@ -72,8 +73,11 @@ class Evaluator:
         book: AlertBook | None = None,
         *,
         on_eval_failure: EvalFailureHook | None = None,
+        runbook_url: Template | None = None,
     ) -> None:
         self.rules = rules
+        #: `{{ runbook_url }}` of the annotations (`builtin_alerts.runbook_url`)
+        self.runbook_url = runbook_url if runbook_url is not None else runbook_template()
         self.book = book if book is not None else AlertBook()
         self.on_eval_failure = on_eval_failure
         self.evaluation_failures = 0
@@ -178,7 +182,7 @@ class Evaluator:
                     condition=condition,
                     clear=clear,
                     values=_values(snapshot, program.value_fields[index]),
-                    render=_renderer(rule, snapshot),
+                    render=_renderer(rule, snapshot, self.runbook_url),
                 ),
                 now=now,
             )
@@ -223,12 +227,14 @@ def _values(snapshot: Snapshot, names: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _renderer(rule: Rule, snapshot: Snapshot) -> AlertRender:
+def _renderer(rule: Rule, snapshot: Snapshot, runbook_url: Template) -> AlertRender:
     def render(resolved: bool, firing_values: Mapping[str, str]) -> dict[str, str]:
         if not rule.annotations:
             return {}
         context = render_context(snapshot, merged_params(rule, snapshot.params))
         context.update(alert_context(resolved=resolved, firing_values=firing_values))
+        needed = any("runbook_url" in t.fields for t in rule.annotations.values())
+        add_alert_context(context, rule.alert, runbook_url, needed=needed)
         return {name: t.render(context) for name, t in rule.annotations.items()}
 
     return render
