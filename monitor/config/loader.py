@@ -91,6 +91,10 @@ _DISCOVER_KEYS = ("discover", "interval", "statuses", "labels", "params")
 
 _VENUE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# Account labels go on riskmon_account_info beside venue and account (the account
+# gauges also carry currency) and into alerts beside alertname, venue, account and
+# severity: the same name twice would be ambiguous or an invalid series.
+_RESERVED_ACCOUNT_LABELS = ("alertname", "venue", "account", "severity", "currency")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _PARTICIPANT = re.compile(r"firms/[^/\s]+/users/[^/\s]+")
 _INSTANCE = re.compile(r"[^\s/+#]+")
@@ -625,6 +629,14 @@ class _ConfigChecker(Checker):
                     item_path,
                     f"invalid label name {key!r}: use letters, digits and _, not starting "
                     "with a digit or __",
+                    key=True,
+                )
+                continue
+            if key in _RESERVED_ACCOUNT_LABELS:
+                self.error(
+                    item_path,
+                    f"label {key!r} is reserved: riskmon sets alertname, venue, account, "
+                    "severity and currency itself",
                     key=True,
                 )
                 continue
