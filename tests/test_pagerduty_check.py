@@ -107,11 +107,13 @@ def test_the_example_passes_with_its_routing_keys_present(tmp_path: Path) -> Non
 
 def test_riskmon_check_given_a_bridge_config_says_which_command_checks_it() -> None:
     done = riskmon("check", "-c", "examples/pagerduty.yaml", cwd=REPO)
+    lines = EXAMPLE.read_text().splitlines()
+    routes = next(n for n, line in enumerate(lines, 1) if line.startswith("routes:"))
     assert done.returncode == 1
     assert done.stdout.splitlines() == [
-        "examples/pagerduty.yaml:31:1: this looks like a PagerDuty bridge config (routes, no "
-        "venues), not riskmon's: check it with riskmon pagerduty -c examples/pagerduty.yaml "
-        "--check",
+        f"examples/pagerduty.yaml:{routes}:1: this looks like a PagerDuty bridge config "
+        "(routes, no venues), not riskmon's: check it with riskmon pagerduty -c "
+        "examples/pagerduty.yaml --check",
         "1 error, 0 warnings",
     ]
 
