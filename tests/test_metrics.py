@@ -642,7 +642,7 @@ def test_account_info_rerenders_only_for_another_mapping_and_shares_equal_label_
     metrics = Metrics()
     labels = {"desk": "equities"}
     metrics.set_account_info("cs-prod", "19816", labels)
-    labels["desk"] = "changed"  # the same object: taken as unchanged (the config's is frozen)
+    labels["desk"] = "changed"  # the same object: taken as unchanged (a config never changes)
     metrics.set_account_info("cs-prod", "19816", labels)
     assert info_series(metrics) == {("cs-prod", "19816"): {"desk": "equities"}}
     metrics.set_account_info("cs-prod", "19816", {"desk": "options"})  # a reload
