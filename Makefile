@@ -36,6 +36,13 @@ lint: install
 unit: install tools
 	$(BIN)/riskmon check rules/*.yaml
 	$(BIN)/riskmon test rules/tests/*.yaml
+	@# examples/pagerduty.yaml as the bridge would load it: --check, like `riskmon check`,
+	@# wants every routing key it names readable, so a scratch copy gets stand-in keys
+	@scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && \
+	  cp examples/pagerduty.yaml "$$scratch/" && mkdir "$$scratch/secrets" && \
+	  echo stand-in > "$$scratch/secrets/pagerduty-risk" && \
+	  PAGERDUTY_WARNINGS_KEY=stand-in PAGERDUTY_ROUTING_KEY=stand-in \
+	  $(BIN)/riskmon pagerduty -c "$$scratch/pagerduty.yaml" --check
 	$(BIN)/pytest -q
 
 test: lint unit

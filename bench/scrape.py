@@ -1,9 +1,9 @@
 """/metrics speed and memory: `Metrics.render()` against prometheus-client's stock Gauges.
 
 Run: `.venv/bin/python -m bench.scrape [--accounts N] [--runs R]`. Builds N (10,000)
-Clear Street accounts from the margin-account fixture, each with its own numbers, 26
-series each (24 field gauges + up + last success: 260,000 series), plus the venue
-and process families. Then:
+Clear Street accounts from the margin-account fixture, each with its own numbers and one
+of four desks as its label, 27 series each (24 field gauges + up + last success + info:
+270,000 series), plus the venue and process families. Then:
 
 - times `Metrics.render()` (best of R) and the same series held in prometheus-client
   Gauges, rendered by `generate_latest` on a `CollectorRegistry` (best of 2: it is slow);
@@ -41,6 +41,8 @@ TARGET_MS = 150.0
 TARGET_SPEEDUP = 10.0
 TARGET_BYTES_PER_ACCOUNT = 10 * 1024
 _FIXTURE_TEXT = FIXTURE.read_text()
+#: The accounts' labels: one mapping per desk, shared as the config's discovery labels are.
+DESKS = tuple({"desk": desk} for desk in ("equities", "options", "futures", "treasury"))
 
 
 def _payload(i: int) -> dict[str, Any]:
@@ -74,6 +76,7 @@ def snapshots(n: int, *, venue: str = "cs-prod", taken_at: float = 1.8e9) -> lis
             taken_at=taken_at + i / 1000,
             currency="USD",
             request_id=f"req-{i}",
+            labels=DESKS[i % len(DESKS)],
         )
         for i in range(n)
     ]
@@ -82,6 +85,7 @@ def snapshots(n: int, *, venue: str = "cs-prod", taken_at: float = 1.8e9) -> lis
 def fill(metrics: Metrics, snaps: list[Snapshot]) -> None:
     for snap in snaps:
         metrics.update_account(snap)
+        metrics.set_account_info(snap.venue, snap.account, snap.labels)
         metrics.observe_poll(snap.venue, "ok", 0.05)
     metrics.set_venue("cs-prod", True, len(snaps))
 
@@ -97,6 +101,7 @@ def stock_registry(snaps: list[Snapshot]) -> CollectorRegistry:
     last = Gauge(
         "riskmon_last_success_timestamp_seconds", "last", ["venue", "account"], registry=registry
     )
+    info = Gauge("riskmon_account_info", "info", ["venue", "account", "desk"], registry=registry)
     for snap in snaps:
         currency = snap.currency or ""
         for path, gauge in gauges:
@@ -105,6 +110,7 @@ def stock_registry(snaps: list[Snapshot]) -> CollectorRegistry:
                 gauge.labels(snap.venue, snap.account, currency).set(float(value))
         up.labels(snap.venue, snap.account).set(1)
         last.labels(snap.venue, snap.account).set(snap.taken_at)
+        info.labels(snap.venue, snap.account, snap.labels["desk"]).set(1)
     return registry
 
 

@@ -185,6 +185,13 @@ def _add_pagerduty(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         "and 5xx, under the per-key rate limit. SIGTERM and SIGINT stop it cleanly.",
     )
     parser.add_argument("-c", "--config", default="pagerduty.yaml", help="config file")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only validate the config, as `riskmon check` does: exit 0 when the bridge "
+        "would start with it, 1 with path:line:col: message lines (routing keys must be "
+        "readable; they are never printed)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,6 +314,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _pagerduty(args: argparse.Namespace) -> int:
+    if args.check:
+        from monitor.pagerduty.check import run_pagerduty_check
+
+        return run_pagerduty_check(args.config, sys.stdout)
     from monitor.pagerduty import run_bridge
 
     if args.log_level is None:  # a daemon: info by default, as `run`

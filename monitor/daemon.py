@@ -389,6 +389,7 @@ class Daemon(PollListener):
     def _take_snapshot(self, snapshot: Snapshot, duration: float) -> None:
         self.polls += 1
         self.metrics.update_account(snapshot)
+        self.metrics.set_account_info(snapshot.venue, snapshot.account, snapshot.labels)
         self.metrics.set_account_params(
             snapshot.venue, snapshot.account, self._rule_param_defaults(snapshot), snapshot.params
         )
@@ -423,6 +424,7 @@ class Daemon(PollListener):
         self.polls += 1
         self.metrics.observe_poll(state.venue, error.outcome, duration)
         self.metrics.account_failed(state.venue, state.id, error.outcome)
+        self.metrics.set_account_info(state.venue, state.id, state.account.labels)
 
     def on_skipped(self, state: AccountState, reason: str) -> None:
         self.metrics.count_poll(state.venue, f"skipped_{reason}")

@@ -17,6 +17,10 @@ How:
   changed (a Decimal as its own exact text: no float round trip to pay for);
 - `riskmon_account_param` lines are shared by the accounts that use the rules' default
   params, and get their account's labels at render time;
+- `riskmon_account_info` is written as `riskmon_account_info{desk="..",` (the account's
+  own labels, one text shared by the accounts whose labels are alike) followed by the
+  account's `venue="..",account=".."} ` and `1`: label order does not matter in the
+  format, so no line is kept per account;
 - `render` writes each family contiguously (the format requires it): `name{`, labels,
   value, newline for every account that has the value, chained from `map(itemgetter)`
   over the accounts' lists into one `bytes.join`: no Python-level loop per series.
@@ -34,6 +38,7 @@ account's currency):
 | `riskmon_account_up` (last poll succeeded: 1, failed: 0) | gauge | venue, account |
 | `riskmon_last_success_timestamp_seconds` | gauge | venue, account |
 | `riskmon_account_param` (rule params in effect) | gauge | venue, account, param |
+| `riskmon_account_info` (always 1) | gauge | venue, account, the account's labels |
 | `riskmon_alert_active` (1 per pending/firing alert) | gauge | alertname, venue, account, |
 | | | severity, state (pending, firing) |
 | `riskmon_poll_duration_seconds` | histogram | venue |
@@ -71,12 +76,22 @@ creates a rule's series at 0, so that `increase()` sees its first failure.
 `params` over the rules' defaults: `buying_power_floor`, `excess_capital_floor` ...), so
 that a dashboard draws each account's floors next to its values; `param` is bounded by
 the rule files and the config.
+`riskmon_account_info{venue, account, <labels>...} 1` carries each monitored account's
+`labels` from riskmon.yaml (its own, or its discovery entry's), the Prometheus
+info-metric convention: `riskmon_account_buying_power * on(venue, account)
+group_left(desk) riskmon_account_info` puts `desk` on another series. Every account that
+has been polled has one, labels or not (so such a join keeps accounts without labels),
+and it leaves with the account. Accounts may have different label sets. The config
+refuses the label names riskmon sets itself (`venue`, `account`, `currency`,
+`alertname`, `severity`, `__*`); names that would still collide with `venue` or
+`account` here are left out, so the series stays valid.
 """
 
 from __future__ import annotations
 
 import math
 import platform
+import re
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
@@ -270,7 +285,8 @@ _LAST_SUCCESS: Final = _N_FIELDS + 1  # entries[_LAST_SUCCESS]
 _N_FAMILIES: Final = _N_FIELDS + 2
 _LABELS: Final = _N_FAMILIES  # entries[_LABELS]: b'venue="..",account="..",currency=".."} '
 _LABELS_SHORT: Final = _N_FAMILIES + 1  # entries[_LABELS_SHORT]: without currency
-_N_ENTRIES: Final = _N_FAMILIES + 2
+_INFO: Final = _N_FAMILIES + 2  # entries[_INFO]: b'riskmon_account_info{desk="..",' or None
+_N_ENTRIES: Final = _N_FAMILIES + 3
 _UNSET: Final = object()  # no value rendered yet (None means "the snapshot lacks it")
 _NEVER_RENDERED: Final[list[object]] = [_UNSET] * _N_FIELDS  # read only
 _ACTIVE_PHASES: Final = (AlertPhase.PENDING, AlertPhase.FIRING)
@@ -376,6 +392,8 @@ _LABEL_GETTERS: Final = (
     itemgetter(_LABELS_SHORT),
     itemgetter(_LABELS_SHORT),
 )
+_INFO_GETTER: Final = itemgetter(_INFO)
+_SHORT_GETTER: Final = itemgetter(_LABELS_SHORT)
 _ALERT_ACTIVE: Final = _family(
     "riskmon_alert_active", "gauge", "1 for each pending or firing alert; state says which."
 )
@@ -385,6 +403,16 @@ _ACCOUNT_PARAM: Final = _family(
     "A numeric rule param in effect for the account (its params over the rules' defaults).",
 )
 _NO_PARAMS: Final[Mapping[str, Any]] = {}
+_ACCOUNT_INFO: Final = _family(
+    "riskmon_account_info",
+    "gauge",
+    "Always 1; the labels are the account's labels from the config, to join onto its other "
+    "series: * on(venue, account) group_left(desk) riskmon_account_info.",
+)
+#: Label names of riskmon_account_info that its own labels take.
+_INFO_OWN_LABELS: Final = frozenset({"venue", "account"})
+_LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_INFO_CACHE_LIMIT: Final = 4096  # distinct label sets kept for sharing (a cache)
 _TEMPLATE_FAILURES_HEADER: Final = _header(
     "riskmon_template_failures_total",
     "counter",
@@ -394,7 +422,7 @@ _TEMPLATE_FAILURES_HEADER: Final = _header(
 
 
 class _Account:
-    __slots__ = ("currency", "entries", "fields", "params", "params_from", "up")
+    __slots__ = ("currency", "entries", "fields", "info_from", "params", "params_from", "up")
 
     def __init__(self, venue: str, account: str, currency: str | None) -> None:
         self.currency = currency
@@ -402,6 +430,8 @@ class _Account:
         # lines (`,param="..."} value\n`), shared by the accounts that use the defaults
         self.params_from: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None
         self.params: tuple[bytes, ...] = ()
+        # riskmon_account_info: the labels mapping entries[_INFO] was rendered from
+        self.info_from: Mapping[str, str] | None = None
         # the fields of the snapshot the entries were rendered from (the poller holds
         # that snapshot too: no copy), to see which values changed at the next one
         self.fields: Mapping[str, object] | None = None
@@ -440,6 +470,8 @@ class Metrics:
         self._rule_failures: dict[str, int] = {}
         # id(defaults) -> (defaults, the ends of their riskmon_account_param lines)
         self._default_params: dict[int, tuple[Mapping[str, Any], tuple[bytes, ...]]] = {}
+        # riskmon_account_info heads, one object per distinct label set
+        self._info_heads: dict[bytes, bytes] = {}
         self._start_time = now
         self._reload_successful = True  # a daemon has metrics only once its config loaded
         self._reload_success_at = now
@@ -478,9 +510,11 @@ class Metrics:
                 snapshot.venue, snapshot.account, snapshot.currency
             )
             self._entries[key] = record.entries
-            if old_record is not None:  # params have no currency label: they stay
+            if old_record is not None:  # params and info have no currency label: they stay
                 record.params_from = old_record.params_from
                 record.params = old_record.params
+                record.info_from = old_record.info_from
+                record.entries[_INFO] = old_record.entries[_INFO]
         new = list(map(snapshot.fields.get, _PATHS))
         previous = record.fields
         old = _NEVER_RENDERED if previous is None else list(map(previous.get, _PATHS))
@@ -525,6 +559,39 @@ class Metrics:
                 self._default_params.clear()
             shared = self._default_params[id(defaults)] = (defaults, _param_ends(defaults))
         record.params = shared[1]
+
+    def set_account_info(self, venue: str, account: str, labels: Mapping[str, str]) -> None:
+        """`riskmon_account_info{venue, account, <labels>...} 1`: the account's labels
+        from the config (an empty mapping: the series with venue and account only).
+
+        Rendered again only when `labels` is another object than last time: pass the
+        account's config mapping (the snapshot's `labels` is that one), and a poll costs
+        one identity check.
+        """
+        record = self._account(venue, account, None)
+        if record.info_from is labels:
+            return
+        record.info_from = labels
+        record.entries[_INFO] = self._info_head(labels)
+
+    def _info_head(self, labels: Mapping[str, str]) -> bytes:
+        """`riskmon_account_info{name="value",` for `labels` (names sorted; a name that
+        is not a label name, or is venue or account, left out), shared between equal
+        label sets."""
+        own = {
+            name: labels[name]
+            for name in sorted(labels)
+            if name not in _INFO_OWN_LABELS
+            and not name.startswith("__")
+            and _LABEL_NAME.fullmatch(name)
+        }
+        if not own:
+            return _ACCOUNT_INFO.open
+        head = _ACCOUNT_INFO.open + _labels(**own) + b","
+        heads = self._info_heads
+        if len(heads) >= _INFO_CACHE_LIMIT:  # label sets reloaded away
+            heads.clear()
+        return heads.setdefault(head, head)
 
     def account_failed(self, venue: str, account: str, outcome: str | None = None) -> None:
         """A poll failed: `riskmon_account_up` 0; the last good values stay exported
@@ -692,6 +759,13 @@ class Metrics:
             if body:
                 add(family.header)
                 add(body)
+        # riskmon_account_info{<labels>, then venue="..",account=".."} 1\n
+        heads = map(_INFO_GETTER, entries)
+        labels = compress(map(_SHORT_GETTER, entries), map(_INFO_GETTER, entries))
+        body = b"".join(chain.from_iterable(zip(filter(None, heads), labels, repeat(b"1\n"))))
+        if body:
+            add(_ACCOUNT_INFO.header)
+            add(body)
         params = b"".join(
             _param_lines(record) for record in self._accounts.values() if record.params
         )

@@ -127,7 +127,7 @@ builtin_alerts:
         "riskmon.yaml:11:43: unknown key 'lables' in builtin_alerts VenueDown; did you mean "
         "'labels'?",
         "riskmon.yaml:12:31: label 'severity' is reserved: riskmon sets alertname, venue, "
-        "account and severity itself",
+        "account, severity and currency itself",
         "riskmon.yaml:13:26: for: invalid duration 'soon': expected a number and a unit "
         "(ms, s, m, h, d, w, y) such as 500ms, 2s or 1m30s",
         "riskmon.yaml:14:24: expected a mapping of builtin_alerts EventsUndeliverable "

@@ -576,6 +576,19 @@ def test_bad_labels_and_params(folder: Path) -> None:
     ]
 
 
+def test_label_names_riskmon_sets_itself_are_refused(folder: Path) -> None:
+    # riskmon_account_info carries venue and account, the account gauges currency, and
+    # alerts alertname, venue, account and severity: an account label must not shadow them
+    text = CS + "        labels: {desk: eq, venue: x, currency: y}\n      - discover: true\n"
+    text += "        labels: {severity: z}\n"
+    reserved = "riskmon sets alertname, venue, account, severity and currency itself"
+    assert errors(folder, text) == [
+        f"riskmon.yaml:8:28: label 'venue' is reserved: {reserved}",
+        f"riskmon.yaml:8:38: label 'currency' is reserved: {reserved}",
+        f"riskmon.yaml:10:18: label 'severity' is reserved: {reserved}",
+    ]
+
+
 # -- addresses, URLs and files -----------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from monitor import __version__
+from monitor import metrics as metrics_module
 from monitor.engine.lifecycle import Alert, AlertPhase
 from monitor.metrics import (
     ACCOUNT_FIELD_METRICS,
@@ -256,7 +257,9 @@ def busy_metrics() -> Metrics:
     )
     metrics.update_account(snap(WEIRD_ACCOUNT))
     metrics.set_account_params("cs-prod", WEIRD_ACCOUNT, {"buying_power_floor": 25000})
+    metrics.set_account_info("cs-prod", WEIRD_ACCOUNT, {"desk": "equities"})
     metrics.account_failed("cs-prod", "1")
+    metrics.set_account_info("cs-prod", "1", {})
     metrics.observe_poll("pmx", "ok", 0.2)
     metrics.observe_poll("pmx", "unavailable", 5.0)
     metrics.count_poll("pmx", "skipped_overrun")
@@ -324,6 +327,7 @@ def test_the_output_parses_and_names_every_required_family() -> None:
         "riskmon_account_up",
         "riskmon_last_success_timestamp_seconds",
         "riskmon_account_param",
+        "riskmon_account_info",
         "riskmon_alert_active",
         "riskmon_poll_duration_seconds",
         "riskmon_polls",
@@ -586,6 +590,83 @@ def test_account_params_survive_a_currency_change_and_leave_with_the_account() -
     assert param_series(metrics) == {("cs-prod", "19816", "buying_power_floor"): 25000}
     metrics.remove_account("cs-prod", "19816")
     assert "riskmon_account_param" not in metrics.render().decode()
+
+
+# -- account info ----------------------------------------------------------------------
+
+
+def info_series(metrics: Metrics) -> dict[tuple[str, str], dict[str, str]]:
+    """riskmon_account_info: (venue, account) -> its other labels (each value 1)."""
+    found = {}
+    for s in samples(metrics):
+        if s.name == "riskmon_account_info":
+            assert s.value == 1
+            labels = dict(s.labels)
+            found[labels.pop("venue"), labels.pop("account")] = labels
+    return found
+
+
+def test_account_info_carries_each_accounts_labels_escaped_and_bounded() -> None:
+    metrics = Metrics()
+    metrics.update_account(snap("19816"))
+    metrics.set_account_info("cs-prod", "19816", {"desk": "equities", "tier": "1"})
+    metrics.account_failed("cs-prod", "19817")  # never answered: its labels all the same
+    metrics.set_account_info("cs-prod", "19817", {"desk": 'a"b\\c\nd ü'})
+    metrics.update_account(snap("19818"))
+    metrics.set_account_info("cs-prod", "19818", {})  # no labels: venue and account only
+    metrics.update_account(snap("19819"))
+    metrics.set_account_info("cs-prod", "19819", {"team": "x" * 1000})
+    assert info_series(metrics) == {
+        ("cs-prod", "19816"): {"desk": "equities", "tier": "1"},
+        ("cs-prod", "19817"): {"desk": 'a"b\\c\nd ü'},
+        ("cs-prod", "19818"): {},
+        ("cs-prod", "19819"): {"team": "x" * 120 + "...(cut)"},
+    }
+    text = metrics.render().decode()
+    assert text.count("# TYPE riskmon_account_info gauge") == 1
+    assert 'riskmon_account_info{desk="equities",tier="1",venue="cs-prod",account="19816"} 1\n' in (
+        text
+    )
+
+
+def test_account_info_leaves_out_names_that_would_make_the_series_invalid() -> None:
+    metrics = Metrics()
+    metrics.update_account(snap())
+    # the config refuses these; given anyway, the series keeps one venue and one account
+    labels = {"venue": "x", "account": "y", "__name__": "z", "1bad": "w", "desk": "eq"}
+    metrics.set_account_info("cs-prod", "19816", labels)
+    assert info_series(metrics) == {("cs-prod", "19816"): {"desk": "eq"}}
+
+
+def test_account_info_rerenders_only_for_another_mapping_and_shares_equal_label_sets() -> None:
+    metrics = Metrics()
+    labels = {"desk": "equities"}
+    metrics.set_account_info("cs-prod", "19816", labels)
+    labels["desk"] = "changed"  # the same object: taken as unchanged (a config never changes)
+    metrics.set_account_info("cs-prod", "19816", labels)
+    assert info_series(metrics) == {("cs-prod", "19816"): {"desk": "equities"}}
+    metrics.set_account_info("cs-prod", "19816", {"desk": "options"})  # a reload
+    metrics.set_account_info("cs-prod", "19817", {"desk": "options"})
+    assert info_series(metrics) == {
+        ("cs-prod", "19816"): {"desk": "options"},
+        ("cs-prod", "19817"): {"desk": "options"},
+    }
+    heads = {id(entries[metrics_module._INFO]) for entries in metrics._entries.values()}
+    assert len(heads) == 1, "accounts with equal labels share one text"
+
+
+def test_account_info_survives_a_currency_change_and_leaves_with_the_account() -> None:
+    metrics = Metrics()
+    metrics.account_failed("cs-prod", "19816")
+    metrics.set_account_info("cs-prod", "19816", {"desk": "equities"})
+    metrics.update_account(snap(currency="USD"))  # the record is made again with a currency
+    metrics.update_account(snap(currency="EUR"))
+    assert info_series(metrics) == {("cs-prod", "19816"): {"desk": "equities"}}
+    metrics.set_account_info("pmx", "firms/ACME/accounts/main", {"desk": "prediction"})
+    metrics.remove_account("cs-prod", "19816")
+    assert info_series(metrics) == {("pmx", "firms/ACME/accounts/main"): {"desk": "prediction"}}
+    metrics.remove_venue("pmx")
+    assert "riskmon_account_info" not in metrics.render().decode()
 
 
 # -- alerts ----------------------------------------------------------------------------

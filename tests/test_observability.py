@@ -125,7 +125,7 @@ GRAFANA_BUILTINS = {
     "__range_s": "60",
     "__range_ms": "60000",
 }
-ALL = {"instance": ".*", "venue": ".*", "account": ".*"}
+ALL = {"instance": ".*", "venue": ".*", "account": ".*", "desk": ".*"}
 _VARIABLE = re.compile(r"\$\{(\w+)(?::[\w]+)?\}|\$(\w+)|\[\[(\w+)\]\]")
 
 
@@ -146,8 +146,8 @@ def substitute(expr: str, values: dict[str, str]) -> str:
 def test_substitute() -> None:
     expr = 'rate(x{venue=~"$venue",a=~"${account}",i=~"[[instance]]"}[$__rate_interval])'
     assert substitute(expr, ALL) == 'rate(x{venue=~".*",a=~".*",i=~".*"}[10s])'
-    with pytest.raises(AssertionError, match=r"\$desk"):
-        substitute('x{desk="$desk"}', ALL)
+    with pytest.raises(AssertionError, match=r"\$team"):
+        substitute('x{team="$team"}', ALL)
 
 
 # -- the dashboard's shape ----------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_dashboard_has_a_stable_uid_a_datasource_variable_and_recent_schema() ->
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    for name in ("instance", "venue", "account"):
+    for name in ("instance", "venue", "account", "desk"):
         assert variables[name]["type"] == "query"
         assert variables[name]["datasource"]["uid"] == "${datasource}"
         assert variables[name]["query"]["query"].startswith("label_values(")
@@ -210,6 +210,9 @@ def test_the_dashboard_shows_what_on_call_needs() -> None:
         'riskmon_alert_active{instance=~"$instance", venue=~"$venue", account=~"$account", '
         'state="firing"}',
         "time() - riskmon_last_success_timestamp_seconds",
+        # the accounts' labels from riskmon.yaml, joined on: the desk variable and column
+        "group_left (desk) riskmon_account_info",
+        'riskmon_account_info{instance=~"$instance", desk=~"$desk"}',
         "riskmon_poll_duration_seconds_bucket",
         "riskmon_polls_total",
         "riskmon_outbox_pending",
@@ -400,9 +403,9 @@ def riskmon(
         rules=f"{REPO / 'rules'}/*.yaml",
         stale_after="1s",
         cs_accounts=[
-            {"id": "19816", "params": {"buying_power_floor": 50000}},
+            {"id": "19816", "params": {"buying_power_floor": 50000}, "labels": {"desk": "eq"}},
             {"id": "19817"},
-            {"id": "19818"},
+            {"id": "19818", "labels": {"desk": "options"}},
         ],
         venue_settings={"max_requests_per_second": 1000},
     )
@@ -467,8 +470,24 @@ async def test_every_dashboard_query_returns_series_from_a_running_riskmon(
             problems.append(f"{title}: series named alike {sorted(map(str, names))}")
     assert not problems, "\n".join(problems)
 
+    # the desk label from riskmon.yaml, joined on: chosen, it filters; All keeps the rest
+    by_title = {title: target["expr"] for title, target in targets(board)}
+    rows = await prometheus.query(substitute(by_title["Firing alerts"], {**ALL, "desk": "options"}))
+    assert {(r["metric"]["account"], r["metric"].get("desk")) for r in rows} == {
+        ("19818", "options")
+    }
+    assert "MaintenanceMarginCall" in {r["metric"]["alertname"] for r in rows}
+    rows = await prometheus.query(substitute(by_title["Firing alerts by desk"], ALL))
+    desks = {r["metric"]["desk"] for r in rows}
+    assert {"options", "(no desk)"} <= desks, desks  # 19817 is stale, and has no desk
+
     # one account, one venue chosen: every query is still valid PromQL
-    chosen = {"instance": f"127.0.0.1:{riskmon.http_port}", "venue": "cs", "account": "19816"}
+    chosen = {
+        "instance": f"127.0.0.1:{riskmon.http_port}",
+        "venue": "cs",
+        "account": "19816",
+        "desk": "eq",
+    }
     for expr in exprs(board):
         await prometheus.query(substitute(expr, chosen))
 

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAIN = "firms/ACME/accounts/main"
 
-# seeds/001_9016daca124e95a6.txt: the two examples of AccountBalances.
+# Clear Street's API reference: the two examples of AccountBalances.
 SEED_CASH: dict[str, Any] = {
     "account_id": 19816,
     "buying_power": "45000.00",
@@ -104,7 +104,7 @@ SEED_MARGIN: dict[str, Any] = {
     "withdrawable_cash": "75000.00",
 }
 NEW_FIELDS = {"daily_change", "daily_pnl", "unrealized_pnl"}
-# seeds/000: GetAccountBalanceResponse and SecurityEntry properties.
+# Polymarket's Positions API reference: GetAccountBalanceResponse and SecurityEntry properties.
 PM_FIELDS = {
     "balance",
     "capitalRequirement",

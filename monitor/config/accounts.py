@@ -18,6 +18,13 @@ from monitor.yamlsource import KeyPath
 
 __all__ = ["ACCOUNT_KEYS", "AccountChecker"]
 
+# Account labels go on riskmon_account_info beside venue and account (the account
+# gauges also carry currency) and into alerts beside alertname, venue, account and
+# severity: the same name twice would be ambiguous or an invalid series.
+RESERVED_ACCOUNT_LABELS: Final = frozenset(
+    {"alertname", "venue", "account", "severity", "currency"}
+)
+
 ACCOUNT_KEYS: Final = ("id", "labels", "params")
 _PLAIN_TOKEN: Final = re.compile(r"[^\s,\]}#]+")
 
@@ -88,6 +95,14 @@ class AccountChecker(Checker):
                 schema.label_name(key)
             except schema.Invalid as exc:
                 self.error(item_path, str(exc), key=True)
+                continue
+            if key in RESERVED_ACCOUNT_LABELS:
+                self.error(
+                    item_path,
+                    f"label {key!r} is reserved: riskmon sets alertname, venue, account, "
+                    "severity and currency itself",
+                    key=True,
+                )
                 continue
             if item_path in self.failed:
                 continue

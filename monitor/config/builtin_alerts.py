@@ -26,7 +26,6 @@ from monitor.config.model import (
     BuiltinAlertSettings,
 )
 from monitor.engine.model import SEVERITIES
-from monitor.engine.rulefile import RESERVED_LABELS
 from monitor.engine.templates import compile_template
 from monitor.yamlsource import KeyPath, Location, SourceError
 
@@ -57,18 +56,7 @@ def _alert(
     s = checker.section(parent.at(name), parent.data[name], f"builtin_alerts {name}", _ALERT_KEYS)
     for_ = checker.field(s, "for", None, lambda p, v: _for(checker, p, v))
     severity = checker.field(s, "severity", None, lambda p, v: _severity(checker, p, v))
-    found: dict[str, str] = checker.field(s, "labels", {}, labels)
-    kept: dict[str, str] = {}
-    for label, value in found.items():
-        if label in RESERVED_LABELS:
-            checker.error(
-                (*s.at("labels"), label),
-                f"label {label!r} is reserved: riskmon sets alertname, venue, account and "
-                "severity itself",
-                key=True,
-            )
-        else:
-            kept[label] = value
+    kept: dict[str, str] = checker.field(s, "labels", {}, labels)  # reserved names refused
     return BuiltinAlertSettings(for_=for_, severity=severity, labels=kept)
 
 

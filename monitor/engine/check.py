@@ -318,7 +318,10 @@ def run_check(config_path: str | None, rule_files: Sequence[str], out: TextIO, e
         try:
             config = load_config(path)
         except SourceError as exc:
-            problems.extend(exc.problems)
+            from monitor.pagerduty.check import pagerduty_config_hint
+
+            hint = pagerduty_config_hint(path)  # its errors would all be beside the point
+            problems.extend(exc.problems if hint is None else [hint])
         else:
             venues = [(venue.name, venue.kind) for venue in config.venues]
             if not rule_files:

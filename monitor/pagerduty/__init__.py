@@ -13,7 +13,8 @@ PagerDuty's limit. Routing keys come from files (re-read when they change) or th
 environment, and never appear in logs or errors. How: `bridge.py`.
 
 The config (`examples/pagerduty.yaml`; `path:line:col` errors, `${VAR}`, durations
-and relative paths as in the daemon's config):
+and relative paths as in the daemon's config; `riskmon pagerduty -c FILE --check`
+validates it without starting, `check.py`):
 
     mqtt:                            # as the daemon's mqtt section
       url: mqtt://127.0.0.1:1883     # or mqtts:// with tls: {ca_file, cert_file, key_file}

@@ -1,4 +1,5 @@
-"""Default account bodies, taken from the venues' published examples (see /seeds).
+"""Default account bodies, taken from the examples in the venues' API references (Clear
+Street's AccountBalances, Polymarket Exchange's GetAccountBalanceResponse).
 
 Each template is a plain nested dict that is never mutated: an account stores only its
 overrides, and a response body is the template with those overrides patched in along
@@ -51,7 +52,8 @@ CS_DEPRECATED_FIELDS: Final = (
 
 # --- Clear Street ----------------------------------------------------------------------
 
-# seeds/001: the REG_T example, exactly (top_contributors are added on request only).
+# Clear Street's API reference: the REG_T example, exactly (top_contributors are added on
+# request only).
 _CS_LEGACY_PDT: dict[str, Any] = {
     "buying_power": "90000.00",
     "currency": "USD",
@@ -134,7 +136,8 @@ _CS_MARGIN: dict[str, Any] = {
     "withdrawable_cash": "75000.00",
 }
 
-# seeds/001: the NONE (cash) example, current API: no margin_details, no daily_total_pnl.
+# Clear Street's API reference: the NONE (cash) example, current API: no margin_details,
+# no daily_total_pnl.
 _CS_CASH: dict[str, Any] = {
     "buying_power": "45000.00",
     "currency": "USD",
@@ -187,7 +190,7 @@ CS_TOP_CONTRIBUTORS: Final = _contributors()
 
 # --- Polymarket ------------------------------------------------------------------------
 
-# seeds/000 GetAccountBalanceResponse, fields in the schema's order (updateTime is added
+# Polymarket's GetAccountBalanceResponse example, fields in the schema's order (updateTime is added
 # per response). excessCapital = balance + totalSecurityAvailableValue - capitalRequirement.
 _PM_DEFAULT: dict[str, Any] = {
     "balance": "25000.00",
