@@ -34,7 +34,7 @@ lint: install
 	$(BIN)/mypy
 
 unit: install tools
-	$(BIN)/riskmon check rules/*.yaml
+	$(BIN)/riskmon check --strict rules/*.yaml
 	$(BIN)/riskmon test rules/tests/*.yaml
 	$(BIN)/pytest -q
 
