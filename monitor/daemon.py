@@ -865,6 +865,7 @@ def rule_check(config: Config, document: YamlDocument | None) -> Validate:
     """The check of a rule set against `config` that `riskmon check` makes: lints
     against its venues and its accounts' params (errors refuse the set). `document`
     places the params' problems; without it the file is read again when one needs it."""
+    config = dataclasses.replace(config, document=None)  # kept by the reloads: not its nodes
     places = ParamPlaces(config, document)
 
     def validate(rules: RuleSet, warnings: list[Problem]) -> list[Problem]:

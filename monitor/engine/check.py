@@ -1,14 +1,19 @@
 """`riskmon check`: validate a config and its rule files, and lint rules against venues.
 
-Errors (a file that would not load) make the exit status 1; lints are warnings:
+Errors (a file that would not load; against a config, the account params that
+`params_check` refuses) make the exit status 1, and with `--strict` warnings do too.
+Lints are warnings:
 - a rule reads a field that a venue kind its group selects never sends (a typo, or a
   rule meant for another venue kind), with a "did you mean";
 - a rule reads a field the venue kind has deprecated (Clear Street's pattern-day-trader
   fields since 2026-06-04): where the venue no longer sends it the field is missing, and
-  the rule's `on_missing` decides;
+  the rule's `on_missing` decides; not where the rule tests the field with `present()`
+  or `coalesce()` itself;
 - a rule can never fire on a venue kind (every field its `expr` needs is unknown there
   and `on_missing` is not `fire`);
 - a group's `venues` entry that is neither a venue kind nor a configured venue.
+
+The daemon runs the same checks at start and at every reload (`config_problems`).
 """
 
 from __future__ import annotations

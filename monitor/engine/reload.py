@@ -1,14 +1,15 @@
 """Rule files that reload themselves: on demand (SIGHUP) and when a file changes.
 
-A new rule set is taken whole or not at all: if any file has an error, the running
-rules stay, the reload is reported failed (with every problem's location) and
+A new rule set is taken whole or not at all: if any file has an error (or the daemon's
+`validate`, the checks against its config, finds one), the running rules stay, the
+reload is reported failed (with every problem's location) and
 `riskmon_config_last_reload_successful` drops to 0 until a good set loads.
 
 Reading and compiling rule files takes long with many rules (YAML, expressions, Jinja2
 templates): a running daemon does it in a thread (`reload_in_thread`), so that polls
 and /healthz go on meanwhile. The thread only reads files and builds a new, unshared
 rule set; what it found is taken in (the RuleSource's own state changed) back on the
-event loop.
+event loop. Every warning is logged (`check warning`) each time a set is taken in.
 """
 
 from __future__ import annotations

@@ -18,9 +18,11 @@
               summary: "{{ account }} buying power {{ buying_power }} below floor"
 
 `load_rules` reads files into a `RuleSet` and raises one SourceError listing every
-error of every file; warnings (a `params.x` without a default, a glob matching nothing)
-never stop a load and are returned beside it. Every message points at the line and
-column of the offending text, inside expressions and templates too.
+error of every file (a param default that is not a number where the rule uses it as
+one, too); warnings (a `params.x` without a default, with the default it may have
+meant; a glob matching nothing) never stop a load and are returned beside it. Every
+message points at the line and column of the offending text, inside expressions and
+templates too.
 """
 
 from __future__ import annotations
