@@ -141,8 +141,10 @@ def check_account_params(
                     problems.append(_not_a_number(venue, entry, name, numeric[0], places))
         for name, name_reads in reads.items():
             readers = [read.rule for read in name_reads if not read.has_default]
+            if not readers:
+                continue
             lacking = [(entry, params) for entry, params in entries if name not in params]
-            if readers and lacking:
+            if lacking:
                 problems.append(_lacking(venue, name, readers, lacking, places))
     return problems
 
