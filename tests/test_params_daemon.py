@@ -6,6 +6,7 @@ the real daemon, Mosquitto and the simulator."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,13 @@ def place(path: Path, text: str) -> str:
     at = content.index(text)
     line = content.count("\n", 0, at) + 1
     return f"{path}:{line}:{at - (content.rfind(chr(10), 0, at) + 1) + 1}"
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write a watched file at once: the rule watch never reads it half written."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def log_lines(riskmon: RiskmonProcess, event: str) -> list[dict[str, Any]]:
@@ -104,7 +112,7 @@ async def test_warnings_are_logged_at_start_and_each_reload_and_listed_in_status
 
         # a changed rule file reloads by itself: its warnings are logged and listed too
         # (its "rules loaded" line said "warnings": [] for what check warns about)
-        rules.write_text(LINTED.replace("power {{ buying_power }}", "power {{ buying_powr }}"))
+        replace_file(rules, LINTED.replace("power {{ buying_power }}", "power {{ buying_powr }}"))
 
         async def two_warnings() -> bool:
             return await metric(riskmon, "riskmon_config_warnings") == 2
@@ -176,10 +184,11 @@ async def test_a_reload_with_a_param_error_keeps_the_running_config_and_rules(
 
         await riskmon.until(reloaded, "a good reload")
         rules = tmp_path / "rules" / "capital.yaml"
-        rules.write_text(
+        replace_file(
+            rules,
             RULES.replace("params.buying_power_floor", "params.buying_power_floor_usd").replace(
                 "{buying_power_floor: 25000}", "{buying_power_floor_usd: 25000}"
-            )
+            ),
         )
         await riskmon.until(reload_failed, "a refused reload (rule file watch)")
         [refused] = log_lines(riskmon, "rule reload failed; the running rules stay")
