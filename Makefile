@@ -34,7 +34,7 @@ lint: install
 	$(BIN)/mypy
 
 unit: install tools
-	$(BIN)/riskmon check rules/*.yaml
+	$(BIN)/riskmon check --strict rules/*.yaml
 	$(BIN)/riskmon test rules/tests/*.yaml
 	@# examples/pagerduty.yaml as the bridge would load it: --check, like `riskmon check`,
 	@# wants every routing key it names readable, so a scratch copy gets stand-in keys

@@ -1,4 +1,4 @@
-"""The HTTP side: /metrics, /healthz, /readyz, /api/v1/alerts, /api/v1/accounts.
+"""The HTTP side: /metrics, /healthz, /readyz, /api/v1/alerts, /accounts and /status.
 
 Served by aiohttp.web (already a dependency for venue HTTP and the simulator) on the
 daemon's own event loop: no second thread, no hand-written HTTP. The daemon implements
@@ -15,6 +15,8 @@ daemon's own event loop: no second thread, no hand-written HTTP. The daemon impl
   `?state=firing|pending`;
 - `GET /api/v1/accounts`: `{"accounts": [account_json...]}`; filters `?venue=`,
   `?account=`;
+- `GET /api/v1/status`: `status_json`: the config and rules in force, the last reload
+  (when, whether it worked, and why not) and the warnings `riskmon check` would print;
 - `GET /`: a plain-text list of the above.
 
 JSON bodies carry money as exact decimal strings (`"24000.00"`) and times as ISO 8601
@@ -28,7 +30,7 @@ import asyncio
 import json
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -38,8 +40,10 @@ from aiohttp import web
 
 from monitor import schema
 from monitor.engine.lifecycle import Alert
+from monitor.engine.model import RuleSet
 from monitor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from monitor.poller import AccountState
+from monitor.yamlsource import Problem
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -51,6 +55,7 @@ __all__ = [
     "create_app",
     "parse_listen",
     "start_http",
+    "status_json",
 ]
 
 DEFAULT_LISTEN: Final = "127.0.0.1:9817"
@@ -93,6 +98,10 @@ class ApiSource(Protocol):
 
     def accounts(self) -> list[dict[str, Any]]:
         """Every monitored account (`account_json`)."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """The config and rules in force and the last reload (`status_json`)."""
         ...
 
 
@@ -186,6 +195,42 @@ def alert_json(alert: Alert) -> dict[str, Any]:
         "fingerprint": alert.fingerprint,
         "rule": alert.rule_key,
     }
+
+
+def status_json(
+    *,
+    config: str,
+    started_at: float,
+    last_reload_at: float,
+    last_reload_successful: bool,
+    last_reload_problems: Sequence[Problem],
+    last_success_at: float | None,
+    rules: RuleSet,
+    warnings: Sequence[Problem],
+) -> dict[str, Any]:
+    """/api/v1/status: what runs, and what the last (re)load said about it. The last
+    reload is the start until a SIGHUP or a changed rule file; `problems` are its errors
+    when it failed (the running config and rules stayed); `warnings` are those of the
+    running config and rules. Problems are `path:line:col: message` strings."""
+    return {
+        "config": {"path": config, "started_at": iso_time(started_at)},
+        "rules": {
+            "files": list(rules.files),
+            "groups": len(rules.groups),
+            "rules": len(rules.rules),
+            "loaded_at": iso_time(last_success_at),
+        },
+        "last_reload": {
+            "at": iso_time(last_reload_at),
+            "successful": last_reload_successful,
+            "problems": [_problem_text(p) for p in last_reload_problems],
+        },
+        "warnings": [_problem_text(p) for p in warnings],
+    }
+
+
+def _problem_text(problem: Problem) -> str:
+    return f"{problem.location}: {problem.message}"
 
 
 def _json_default(value: Any) -> Any:
@@ -306,6 +351,10 @@ async def _accounts(request: web.Request) -> web.Response:
     return await _json(request, {"accounts": accounts})
 
 
+async def _status(request: web.Request) -> web.Response:
+    return await _json(request, _source(request).status())
+
+
 _INDEX: Final = (
     b"riskmon\n\n/metrics            Prometheus metrics\n"
     b"/healthz            503 with the reasons while riskmon cannot alert\n"
@@ -313,6 +362,7 @@ _INDEX: Final = (
     b"/readyz             readiness (JSON)\n"
     b"/api/v1/alerts      pending and firing alerts (?venue= &account= &state=)\n"
     b"/api/v1/accounts    accounts, staleness and latest snapshot (?venue= &account=)\n"
+    b"/api/v1/status      config and rules in force, last reload, warnings\n"
 )
 
 
@@ -331,6 +381,7 @@ def create_app(source: ApiSource) -> web.Application:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/api/v1/alerts", _alerts)
     app.router.add_get("/api/v1/accounts", _accounts)
+    app.router.add_get("/api/v1/status", _status)
     return app
 
 

@@ -120,8 +120,12 @@ def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="validate the config and its rule files, or just the rule files given",
         description="Validate the config and its rule files, or just the rule files given, "
         "and warn where a rule reads a field its venue kind does not send or has "
-        "deprecated. Prints path:line:col: message; exit 0 when clean (warnings allowed), "
-        "1 on errors.",
+        "deprecated, and check the config's account params against the rules that read "
+        "them. Prints path:line:col: message; exit 0 when clean (warnings allowed), "
+        "1 on errors (with --strict, on warnings too).",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 on warnings too (for CI and deploys)"
     )
     parser.add_argument(
         "-c",
@@ -150,9 +154,16 @@ def _add_replay(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "alert transitions that would have happened. --set overrides a parameter for every "
         "account: threshold what-ifs.",
     )
-    parser.add_argument("files", nargs="+", metavar="FILE.jsonl")
+    parser.add_argument("files", nargs="*", metavar="FILE.jsonl")
     parser.add_argument(
-        "-r", "--rules", nargs="+", required=True, metavar="RULEFILE", help="rule files"
+        "-r",
+        "--rules",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="RULEFILE",
+        help="rule files or globs (.yaml, .yml; -r may be repeated); the recordings may "
+        "come before or after them",
     )
     parser.add_argument(
         "--set",
@@ -238,7 +249,7 @@ def _snapshot(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from monitor.engine.check import run_check
 
-    return run_check(args.config, args.rule_files, sys.stdout, sys.stderr)
+    return run_check(args.config, args.rule_files, sys.stdout, sys.stderr, strict=args.strict)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -283,8 +294,19 @@ def _test(args: argparse.Namespace) -> int:
     return run_test_files(args.test_files, sys.stdout)
 
 
+def _replay_arguments(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The rule files and the recordings: `-r` takes every argument after it, so what
+    follows its first that is not a YAML file is a recording (`-r rules.yaml FILE`)."""
+    rules = args.rules[:1]
+    recordings = list(args.files)
+    for item in args.rules[1:]:
+        (rules if item.endswith((".yaml", ".yml")) else recordings).append(item)
+    return rules, recordings
+
+
 def _replay(args: argparse.Namespace) -> int:
-    from monitor.engine.replay import parse_overrides, run_replay
+    from monitor.engine.param_usage import params_read
+    from monitor.engine.replay import override_problems, parse_overrides, run_replay
     from monitor.engine.rulefile import expand_rule_globs, load_rules
 
     try:
@@ -292,8 +314,12 @@ def _replay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"riskmon replay: {exc}", file=sys.stderr)
         return 2
+    rule_args, recordings = _replay_arguments(args)
+    if not recordings:
+        print("riskmon replay: no recording given (FILE.jsonl)", file=sys.stderr)
+        return 2
     unmatched: list[Problem] = []
-    paths = expand_rule_globs(args.rules, warnings=unmatched)
+    paths = expand_rule_globs(rule_args, warnings=unmatched)
     if unmatched:  # a typo must not read as "0 transitions": all clear
         for problem in unmatched:
             print(f"riskmon replay: -r: {problem.message}", file=sys.stderr)
@@ -301,7 +327,12 @@ def _replay(args: argparse.Namespace) -> int:
     rules, warnings = load_rules(paths)
     for warning in warnings:
         print(warning, file=sys.stderr)
-    return run_replay(args.files, rules, overrides, sys.stdout)
+    refused = override_problems(overrides, params_read(rules.rules))
+    if refused:  # a what-if on a param no rule reads would read as "never fires"
+        for message in refused:
+            print(f"riskmon replay: --set {message}", file=sys.stderr)
+        return 1
+    return run_replay(recordings, rules, overrides, sys.stdout)
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -27,7 +27,14 @@ from typing import Any, TextIO
 import structlog
 
 from monitor import __version__
-from monitor.api import AsyncHttpServer, account_json, alert_json, create_app, start_http
+from monitor.api import (
+    AsyncHttpServer,
+    account_json,
+    alert_json,
+    create_app,
+    start_http,
+    status_json,
+)
 from monitor.broker import BrokerUnavailable, EmbeddedBroker
 from monitor.config import Config, VenueConfig, load_config
 from monitor.engine.builtin import (
@@ -40,11 +47,14 @@ from monitor.engine.builtin import (
     evaluate_health,
     riskmon_snapshot,
 )
+from monitor.engine.check import config_problems
 from monitor.engine.evaluate import Evaluator
 from monitor.engine.expr import CONTEXT, EvalError
 from monitor.engine.lifecycle import AlertBook, AlertEvent
 from monitor.engine.model import Rule, RuleSet
-from monitor.engine.reload import RuleSource
+from monitor.engine.param_usage import params_read
+from monitor.engine.params_check import ParamPlaces
+from monitor.engine.reload import RuleSource, Validate
 from monitor.engine.runbook import runbook_template
 from monitor.errors import VenueAuthError, VenueError
 from monitor.health import HealthProblems
@@ -61,7 +71,7 @@ from monitor.store import Store, StoreError
 from monitor.supervise import Supervisor
 from monitor.venues.base import create_adapter
 from monitor.venues.http import HttpClient
-from monitor.yamlsource import KeyPath, Location, Problem, SourceError
+from monitor.yamlsource import KeyPath, Location, Problem, SourceError, YamlDocument
 
 log = structlog.get_logger("riskmon.daemon")
 
@@ -97,8 +107,11 @@ class Daemon(PollListener):
         self.config = config = dataclasses.replace(config, document=None)
         self.shard = shard
         self.started_at = time.time()
-        self.rule_source = RuleSource(config.rules)
+        # the rules are checked against the config (params, venue kinds) as `check` does
+        self.rule_source = RuleSource(config.rules, validate=rule_check(config, document))
         self.rule_source.load()  # a broken rule set at start is fatal: SourceError
+        self.rule_source.validate = rule_check(config, None)  # the document is not kept
+        self._last_reload: tuple[float, bool, list[Problem]] = (self.started_at, True, [])
         try:
             self.store = Store(config.state_dir / "riskmon.db")
         except StoreError as exc:
@@ -132,6 +145,7 @@ class Daemon(PollListener):
         self._failing_evaluations: set[tuple[str, str]] = set()
         self._rules_loaded(self.rule_source.rules)
         self.metrics.set_reload(True, self.started_at)
+        self.metrics.set_config_warnings(len(self.rule_source.status.warnings))
         self.http = HttpClient()
         self.pollers: dict[str, VenuePoller] = {}
         self.poller_tasks: dict[str, asyncio.Task[None]] = {}
@@ -148,8 +162,12 @@ class Daemon(PollListener):
         # one reload at a time (the rule watch, SIGHUP): each compiles in a thread
         self._reloading = asyncio.Lock()
         self._recording: TextIO | None = None
-        # the rules' param defaults per (venue, venue kind), for riskmon_account_param
-        self._param_defaults: dict[tuple[str, str], Mapping[str, Any]] = {}
+        # per (venue, venue kind): the params its rules read and their defaults, and
+        # accounts' params cut to those (by venue and id of the mapping), for
+        # riskmon_account_param
+        self._param_defaults: dict[tuple[str, str], tuple[Mapping[str, Any], frozenset[str]]] = {}
+        self._param_overrides: dict[tuple[str, int], tuple[Mapping[str, Any], Mapping[str, Any]]]
+        self._param_overrides = {}
         self._param_defaults_of: RuleSet | None = None
         self._unsettled: set[str] = set()  # venues whose discovery has not answered yet
         try:
@@ -391,34 +409,46 @@ class Daemon(PollListener):
         self.metrics.update_account(snapshot)
         self.metrics.set_account_info(snapshot.venue, snapshot.account, snapshot.labels)
         self.metrics.set_account_params(
-            snapshot.venue, snapshot.account, self._rule_param_defaults(snapshot), snapshot.params
+            snapshot.venue, snapshot.account, *self._params_read(snapshot)
         )
         self.metrics.observe_poll(snapshot.venue, "ok", duration)
         if self._recording is not None:
             write_record(snapshot, self._recording)
         self._emit(self.evaluator.evaluate(snapshot, time.time()), answered_at=snapshot.taken_at)
 
-    def _rule_param_defaults(self, snapshot: Snapshot) -> Mapping[str, Any]:
-        """The param defaults of the rules that apply to the snapshot's venue, one
-        mapping per venue and rule set; a param whose rules disagree on its default has
-        none (it is exported only where an account sets it)."""
+    def _params_read(self, snapshot: Snapshot) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        """The params of the snapshot's account that its rules read: the rules' defaults
+        (one mapping per venue and rule set; a param whose rules disagree on its default
+        has none, and is exported only where an account sets it) and the account's own
+        (the same mapping while the config does not change, unless it holds a param no
+        rule reads, which checks at start and reload refuse)."""
         rules = self.evaluator.rules
         if rules is not self._param_defaults_of:
             self._param_defaults.clear()
+            self._param_overrides.clear()
             self._param_defaults_of = rules
         key = (snapshot.venue, snapshot.venue_kind)
-        defaults = self._param_defaults.get(key)
-        if defaults is None:
+        entry = self._param_defaults.get(key)
+        if entry is None:
+            applying = rules.rules_for(*key)
+            read = frozenset(params_read(applying))
             found: dict[str, Any] = {}
             conflicting: set[str] = set()
-            for rule in rules.rules_for(*key):
+            for rule in applying:
                 for name, value in rule.params.items():
-                    if found.setdefault(name, value) != value:
+                    if name in read and found.setdefault(name, value) != value:
                         conflicting.add(name)
-            defaults = self._param_defaults[key] = {
-                k: v for k, v in found.items() if k not in conflicting
-            }
-        return defaults
+            shared = {k: v for k, v in found.items() if k not in conflicting}
+            entry = self._param_defaults[key] = (shared, read)
+        defaults, read = entry
+        own = snapshot.params
+        if own and not own.keys() <= read:
+            cut = self._param_overrides.get((snapshot.venue, id(own)))
+            if cut is None or cut[0] is not own:
+                cut = (own, {k: v for k, v in own.items() if k in read})
+                self._param_overrides[(snapshot.venue, id(own))] = cut
+            own = cut[1]
+        return defaults, own
 
     def on_failure(self, state: AccountState, error: VenueError, duration: float) -> None:
         self.polls += 1
@@ -679,13 +709,19 @@ class Daemon(PollListener):
 
     def _apply_rules(self, rules: Any) -> bool:
         if rules is None:
-            self.metrics.set_reload(False, time.time())
+            self._reloaded(False, time.time(), self.rule_source.status.problems)
             return False
         self._emit(self.evaluator.replace_rules(rules, time.time(), also_keep=self.health.rules))
         self._rules_loaded(rules)
-        self.metrics.set_reload(True, time.time())
+        self._reloaded(True, time.time())
         settle_heap()
         return True
+
+    def _reloaded(self, successful: bool, at: float, problems: list[Problem] | None = None) -> None:
+        """A reload (SIGHUP, or of changed rule files) ended: metrics and /api/v1/status."""
+        self._last_reload = (at, successful, list(problems or []))
+        self.metrics.set_reload(successful, at)
+        self.metrics.set_config_warnings(len(self.rule_source.status.warnings))
 
     async def _reload_on_request(self) -> None:
         while True:
@@ -703,15 +739,16 @@ class Daemon(PollListener):
         try:
             # off the loop: reading and compiling many rules would stall polls meanwhile
             new = await asyncio.to_thread(load_config, self.config.source)
-            source = RuleSource(new.rules)
+            source = RuleSource(new.rules, validate=rule_check(new, new.document))
             rules = await source.load_in_thread()
         except SourceError as exc:
             log.error(
                 "reload failed; the running config and rules stay",
                 problems=[str(p) for p in exc.problems],
             )
-            self.metrics.set_reload(False, time.time())
+            self._reloaded(False, time.time(), exc.problems)
             return False
+        source.validate = rule_check(new, None)  # the document is not kept
         unchanged_needs_restart = [
             name
             for name, old, fresh in (
@@ -757,7 +794,7 @@ class Daemon(PollListener):
         self._emit(self.health.replace_rules(builtins, now, also_keep=self.evaluator.rules))
         self._emit(self.evaluator.replace_rules(rules, now, also_keep=self.health.rules))
         self._rules_loaded(rules)
-        self.metrics.set_reload(True, now)
+        self._reloaded(True, now)
         settle_heap()
         log.info("reloaded", venues=list(new_venues), rules=len(rules.rules))
         return True
@@ -815,6 +852,20 @@ class Daemon(PollListener):
     def alerts(self) -> list[dict[str, Any]]:
         return [alert_json(alert) for alert in self.book.active()]
 
+    def status(self) -> dict[str, Any]:
+        at, successful, problems = self._last_reload
+        running = self.rule_source
+        return status_json(
+            config=str(self.config.source),
+            started_at=self.started_at,
+            last_reload_at=at,
+            last_reload_successful=successful,
+            last_reload_problems=problems,
+            last_success_at=running.status.last_success,
+            rules=running.rules,
+            warnings=running.status.warnings,
+        )
+
     def accounts(self) -> list[dict[str, Any]]:
         now = time.time()
         return [
@@ -822,6 +873,19 @@ class Daemon(PollListener):
             for poller in self.pollers.values()
             for state in poller.accounts.values()
         ]
+
+
+def rule_check(config: Config, document: YamlDocument | None) -> Validate:
+    """The check of a rule set against `config` that `riskmon check` makes: lints
+    against its venues and its accounts' params (errors refuse the set). `document`
+    places the params' problems; without it the file is read again when one needs it."""
+    config = dataclasses.replace(config, document=None)  # kept by the reloads: not its nodes
+    places = ParamPlaces(config, document)
+
+    def validate(rules: RuleSet, warnings: list[Problem]) -> list[Problem]:
+        return config_problems(config, rules, warnings, places)
+
+    return validate
 
 
 def settle_heap() -> None:

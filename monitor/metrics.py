@@ -48,6 +48,7 @@ account's currency):
 | `riskmon_template_failures_total` (renders that failed or went past a bound) | counter | |
 | `riskmon_config_last_reload_successful` | gauge | |
 | `riskmon_config_last_reload_success_timestamp_seconds` | gauge | |
+| `riskmon_config_warnings` (of the running config and rules: `riskmon check`'s) | gauge | |
 | `riskmon_mqtt_connected`, `riskmon_outbox_pending` | gauge | |
 | `riskmon_events_published_total` | counter | |
 | `riskmon_asyncio_tasks` (tasks alive on the event loop, when last set) | gauge | |
@@ -72,7 +73,7 @@ series is left out entirely (no HELP/TYPE either). `riskmon_polls_total` outcome
 `riskmon_rule_evaluation_failures_total` is labelled by `alertname` (bounded by the rule
 files) so that on-call sees which rule fails; `inc_rule_evaluation_failures(name, 0)`
 creates a rule's series at 0, so that `increase()` sees its first failure.
-`riskmon_account_param` carries the numeric rule params an account's rules use (its own
+`riskmon_account_param` carries the numeric rule params an account's rules read (its own
 `params` over the rules' defaults: `buying_power_floor`, `excess_capital_floor` ...), so
 that a dashboard draws each account's floors next to its values; `param` is bounded by
 the rule files and the config.
@@ -475,6 +476,7 @@ class Metrics:
         self._start_time = now
         self._reload_successful = True  # a daemon has metrics only once its config loaded
         self._reload_success_at = now
+        self._config_warnings = 0
         self._mqtt_connected = False
         self._outbox_pending = 0
         self._asyncio_tasks: int | None = None
@@ -704,6 +706,10 @@ class Metrics:
         if successful:
             self._reload_success_at = at
 
+    def set_config_warnings(self, count: int) -> None:
+        """How many warnings the running config and rules have (`riskmon check`'s)."""
+        self._config_warnings = count
+
     def set_mqtt(self, connected: bool) -> None:
         self._mqtt_connected = connected
 
@@ -860,6 +866,15 @@ class Metrics:
             b"riskmon_config_last_reload_success_timestamp_seconds %s\n"
             % _float_text(self._reload_success_at)
         )
+        add(
+            _header(
+                "riskmon_config_warnings",
+                "gauge",
+                "Warnings of the running config and rules, as riskmon check prints them "
+                "(listed by /api/v1/status).",
+            )
+        )
+        add(b"riskmon_config_warnings %d\n" % self._config_warnings)
         add(_header("riskmon_mqtt_connected", "gauge", "1 while connected to the MQTT broker."))
         add(b"riskmon_mqtt_connected %d\n" % self._mqtt_connected)
         add(

@@ -41,6 +41,7 @@ __all__ = [
     "ParamValue",
     "describe_value",
     "duration",
+    "is_number",
     "label_name",
     "label_value",
     "listen_address",
@@ -174,6 +175,20 @@ def param_from_text(text: str) -> ParamValue:
     if DECIMAL_TEXT.fullmatch(stripped):
         return Decimal(stripped.replace("_", ""))
     return text
+
+
+def is_number(value: Any) -> bool:
+    """Whether a param's value is a number as rules compare it: a finite Decimal or int,
+    or text that `param_from_text` reads as one; true/false never is."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str):
+        value = param_from_text(value)
+    if isinstance(value, Decimal):
+        return value.is_finite()
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int)
 
 
 def param_value(value: Any, *, written: Callable[[float], Decimal] | None = None) -> ParamValue:

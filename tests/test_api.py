@@ -21,13 +21,16 @@ from monitor.api import (
     create_app,
     parse_listen,
     start_http,
+    status_json,
 )
 from monitor.config import AccountConfig
 from monitor.engine.lifecycle import Alert, AlertPhase
+from monitor.engine.model import RuleSet
 from monitor.errors import AccountNotFound
 from monitor.metrics import Metrics
 from monitor.poller import AccountState
 from monitor.snapshot import Snapshot
+from monitor.yamlsource import Location, Problem
 
 NOW = 1_790_000_100.0
 
@@ -93,6 +96,16 @@ class FakeSource:
             alert_json(make_alert("DailyLoss", AlertPhase.PENDING)),
             alert_json(make_alert("DailyLoss", AlertPhase.FIRING, venue="pmx", account="main")),
         ]
+        self.status_body = status_json(
+            config="/etc/riskmon/riskmon.yaml",
+            started_at=NOW - 60,
+            last_reload_at=NOW,
+            last_reload_successful=False,
+            last_reload_problems=[Problem(Location("riskmon.yaml", 9, 18), "params.x: bad")],
+            last_success_at=NOW - 60,
+            rules=RuleSet(files=("rules/capital.yaml",)),
+            warnings=[Problem(Location("rules/capital.yaml", 6, 15), "never sends y", "warning")],
+        )
         self.account_list = [
             account_json(make_state("19816"), NOW, 30.0),
             account_json(make_state("20000"), NOW, 30.0),
@@ -116,6 +129,9 @@ class FakeSource:
 
     def accounts(self) -> list[dict[str, Any]]:
         return self.account_list
+
+    def status(self) -> dict[str, Any]:
+        return self.status_body
 
 
 @pytest.fixture
@@ -378,6 +394,29 @@ async def test_accounts_shape_and_filters(
     assert [a["account"] for a in json.loads(raw)["accounts"]] == ["main"]
     _, _, raw = await get(client, server, "/api/v1/accounts?venue=cs-prod&account=20000")
     assert [a["account"] for a in json.loads(raw)["accounts"]] == ["20000"]
+
+
+async def test_status_shape(server: AsyncHttpServer, client: aiohttp.ClientSession) -> None:
+    status, headers, raw = await get(client, server, "/api/v1/status")
+    assert status == 200
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert json.loads(raw) == {
+        "config": {"path": "/etc/riskmon/riskmon.yaml", "started_at": "2026-09-21T14:14:00.000Z"},
+        "rules": {
+            "files": ["rules/capital.yaml"],
+            "groups": 0,
+            "rules": 0,
+            "loaded_at": "2026-09-21T14:14:00.000Z",
+        },
+        "last_reload": {
+            "at": "2026-09-21T14:15:00.000Z",
+            "successful": False,
+            "problems": ["riskmon.yaml:9:18: params.x: bad"],
+        },
+        "warnings": ["rules/capital.yaml:6:15: never sends y"],
+    }
+    _, _, index = await get(client, server, "/")
+    assert b"/api/v1/status" in index
 
 
 async def test_large_json_is_gzipped_when_accepted(

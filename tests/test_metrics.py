@@ -336,6 +336,7 @@ def test_the_output_parses_and_names_every_required_family() -> None:
         "riskmon_rule_evaluation_failures",
         "riskmon_config_last_reload_successful",
         "riskmon_config_last_reload_success_timestamp_seconds",
+        "riskmon_config_warnings",
         "riskmon_mqtt_connected",
         "riskmon_outbox_pending",
         "riskmon_events_published",
@@ -472,6 +473,13 @@ def test_reload_outcome() -> None:
     metrics.set_reload(False, 300.0)
     assert series(metrics, "riskmon_config_last_reload_successful") == {(): 0}
     assert series(metrics, "riskmon_config_last_reload_success_timestamp_seconds") == {(): 200.0}
+
+
+def test_config_warnings_count() -> None:
+    metrics = Metrics(start_time=100.0)
+    assert series(metrics, "riskmon_config_warnings") == {(): 0}
+    metrics.set_config_warnings(3)
+    assert series(metrics, "riskmon_config_warnings") == {(): 3}
 
 
 def test_asyncio_tasks_is_a_gauge_once_set() -> None:

@@ -1,14 +1,19 @@
 """`riskmon check`: validate a config and its rule files, and lint rules against venues.
 
-Errors (a file that would not load) make the exit status 1; lints are warnings:
+Errors (a file that would not load; against a config, the account params that
+`params_check` refuses) make the exit status 1, and with `--strict` warnings do too.
+Lints are warnings:
 - a rule reads a field that a venue kind its group selects never sends (a typo, or a
   rule meant for another venue kind), with a "did you mean";
 - a rule reads a field the venue kind has deprecated (Clear Street's pattern-day-trader
   fields since 2026-06-04): where the venue no longer sends it the field is missing, and
-  the rule's `on_missing` decides;
+  the rule's `on_missing` decides; not where the rule tests the field with `present()`
+  or `coalesce()` itself;
 - a rule can never fire on a venue kind (every field its `expr` needs is unknown there
   and `on_missing` is not `fire`);
 - a group's `venues` entry that is neither a venue kind nor a configured venue.
+
+The daemon runs the same checks at start and at every reload (`config_problems`).
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
 
-from monitor.engine.expr import CompiledExpr
+from monitor.engine.expr import CompiledExpr, guarded_paths
 from monitor.engine.model import Rule, RuleSet
+from monitor.engine.params_check import ParamPlaces, check_account_params
 from monitor.engine.rulefile import (
     IDENTITY_FIELDS,
+    NoDefaultWarning,
     expand_rule_globs,
     find_field,
     load_rules_partial,
@@ -36,7 +43,17 @@ from monitor.engine.templates import ALERT_FIELDS
 from monitor.snapshot import NORMALIZED_FIELDS, snake_case
 from monitor.yamlsource import Location, Problem, SourceError, YamlDocument
 
-__all__ = ["DEFAULT_CONFIG", "KindFields", "kind_fields", "lint_rules", "run_check"]
+if TYPE_CHECKING:
+    from monitor.config.model import Config
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "KindFields",
+    "config_problems",
+    "kind_fields",
+    "lint_rules",
+    "run_check",
+]
 
 DEFAULT_CONFIG: Final = "riskmon.yaml"
 _INTRADAY: Final = "margin_details.intraday_details.buying_power"
@@ -200,6 +217,9 @@ class _Linter:
 
     def lint_rule(self, rule: Rule) -> None:
         reads = _reads(rule)
+        # a field the rule tests with present() or coalesce(): it has said what its
+        # absence means, so a deprecation (the field going missing) needs no warning
+        guarded = {p for e in (rule.expr, rule.clear) if e is not None for p in guarded_paths(e)}
         for kind in self.kinds_for(rule):
             known = kind_fields(kind)
             reported: set[str] = set()
@@ -211,7 +231,7 @@ class _Linter:
                     self.unknown(rule, read, kind, known)
                     continue
                 source = known.deprecation(read.path)
-                if source is not None:
+                if source is not None and read.path not in guarded:
                     reported.add(read.path)
                     self.deprecated(rule, read, kind, source)
             self.never_fires(rule, kind, known)
@@ -300,16 +320,45 @@ def lint_rules(rules: RuleSet, venues: Sequence[tuple[str, str]] | None = None) 
 # ------------------------------------------------------------------------- the command
 
 
-def run_check(config_path: str | None, rule_files: Sequence[str], out: TextIO, err: TextIO) -> int:
-    """`riskmon check [-c FILE] [RULEFILE...]`: 0 clean or warnings only, 1 on errors.
+def config_problems(
+    config: Config,
+    rules: RuleSet,
+    rule_warnings: Sequence[Problem],
+    places: ParamPlaces,
+    *,
+    unread: bool = True,
+) -> list[Problem]:
+    """What checking `rules` against `config` finds beside the errors of loading them:
+    the rule files' warnings, the lints against the config's venues, and the errors of
+    the account params (`params_check`). A param without a default is no warning here:
+    the accounts that lack it are errors, and where every account sets it all is well.
+    `unread`: see `check_account_params`."""
+    venues = [(venue.name, venue.kind) for venue in config.venues]
+    problems = [w for w in rule_warnings if not isinstance(w, NoDefaultWarning)]
+    problems += lint_rules(rules, venues)
+    problems += check_account_params(config, rules, places, unread=unread)
+    return problems
 
-    With rule files, checks just those (against the config's venues when `-c` is given
-    too); otherwise loads the config (default riskmon.yaml) and checks its rule files.
+
+def run_check(
+    config_path: str | None,
+    rule_files: Sequence[str],
+    out: TextIO,
+    err: TextIO,
+    *,
+    strict: bool = False,
+) -> int:
+    """`riskmon check [-c FILE] [--strict] [RULEFILE...]`: 0 clean or warnings only (with
+    `strict`: clean only), 1 otherwise.
+
+    With rule files, checks just those (against the config's venues and accounts when
+    `-c` is given too); otherwise loads the config (default riskmon.yaml) and checks its
+    rule files and its account params against them.
     """
     from monitor.config import load_config
 
     problems: list[Problem] = []
-    venues: list[tuple[str, str]] | None = None
+    config: Config | None = None
     files: list[str | Path] = []
     order: list[str] = []
     if config_path is not None or not rule_files:
@@ -323,7 +372,6 @@ def run_check(config_path: str | None, rule_files: Sequence[str], out: TextIO, e
             hint = pagerduty_config_hint(path)  # its errors would all be beside the point
             problems.extend(exc.problems if hint is None else [hint])
         else:
-            venues = [(venue.name, venue.kind) for venue in config.venues]
             if not rule_files:
                 files.extend(_config_rule_files(config.rules, config.document, problems))
     for name in rule_files:
@@ -333,8 +381,16 @@ def run_check(config_path: str | None, rule_files: Sequence[str], out: TextIO, e
             files.append(name)
     loaded = load_rules_partial(files)
     problems.extend(loaded.errors)
-    problems.extend(loaded.warnings)
-    problems.extend(lint_rules(loaded.rules, venues))
+    if config is None:
+        problems.extend(loaded.warnings)
+        problems.extend(lint_rules(loaded.rules, None))
+    else:
+        # "no rule reads it" needs every rule of the config, loaded
+        whole = not rule_files and not loaded.errors
+        places = ParamPlaces(config, config.document)
+        problems.extend(
+            config_problems(config, loaded.rules, loaded.warnings, places, unread=whole)
+        )
     order.extend(str(f) for f in files)
     rank = {name: i for i, name in reversed(list(enumerate(order)))}
     problems = sorted(
@@ -356,7 +412,9 @@ def run_check(config_path: str | None, rule_files: Sequence[str], out: TextIO, e
             "or the rule files to check",
             file=err,
         )
-    return 1 if errors else 0
+    if strict and warnings and not errors:
+        print("riskmon check: --strict: warnings count as errors", file=err)
+    return 1 if errors or (strict and warnings) else 0
 
 
 def _config_rule_files(

@@ -101,7 +101,9 @@ __all__ = [
     "compile_expression",
     "compile_rules",
     "decimal_error_text",
+    "guarded_paths",
     "number_problem",
+    "param_uses",
 ]
 
 MAX_SOURCE_CHARS: Final = 2000
@@ -1862,6 +1864,76 @@ def _invariant_evaluator(tree: _Node) -> Callable[[Snapshot, Mapping[str, Any]],
 
 def _param_value(params: Mapping[str, Any], path: str) -> Any:
     return params if path == "params" else _norm(_dig(params, path[7:]))
+
+
+# --------------------------------------------------------------------------- static analysis
+
+#: Paths that always hold text: a comparison of a param with one is not numeric.
+_TEXT_PATHS: Final = ("venue", "venue_kind", "account", "currency")
+
+
+def param_uses(expr: CompiledExpr) -> dict[str, bool]:
+    """The params an expression reads, by name (`params.floor` -> `floor`), each with
+    whether it is used as a number somewhere: an operand of arithmetic or of
+    `abs/min/max/round`, of an ordering (`<` ...) whose other side is not text, or of
+    `==`/`!=` against a number. `coalesce` and `x if c else y` hand their use on to
+    their operands. A param used so must hold a number, or the rule fails at every
+    evaluation."""
+    uses: dict[str, bool] = {}
+    _param_uses(expr._tree, False, uses)
+    return uses
+
+
+def guarded_paths(expr: CompiledExpr) -> frozenset[str]:
+    """The field paths whose absence the expression handles itself: the arguments of
+    `present(...)` and `coalesce(...)`."""
+    return frozenset(_optional_paths(expr._tree, set()))
+
+
+def _operand_kind(node: _Node) -> str:
+    if isinstance(node, _Field):
+        head = node.path.partition(".")[0]
+        if node.path in _TEXT_PATHS or head == "labels":
+            return "string"
+        return "any"
+    return _static_kind(node)
+
+
+def _param_uses(node: _Node, numeric: bool, out: dict[str, bool]) -> None:
+    if isinstance(node, _Field):
+        if node.path.startswith("params."):
+            name = node.path[len("params.") :].partition(".")[0]
+            out[name] = out.get(name, False) or numeric
+        return
+    if isinstance(node, _Compare):
+        operands = (node.left, *node.rights)
+        flags = [False] * len(operands)
+        for i, op in enumerate(node.ops):
+            kinds = (_operand_kind(operands[i]), _operand_kind(operands[i + 1]))
+            if op in _ORDER:
+                used = not any(k in ("string", "bool", "none") for k in kinds)
+            elif op in ("==", "!="):
+                used = "number" in kinds
+            else:
+                used = False
+            flags[i] = flags[i] or used
+            flags[i + 1] = flags[i + 1] or used
+        for operand, flag in zip(operands, flags, strict=True):
+            _param_uses(operand, flag, out)
+        return
+    if _is_arith(node) or (isinstance(node, _Call) and node.name == "round"):
+        child_numeric = True
+    elif isinstance(node, _Call) and node.name == "coalesce":
+        child_numeric = numeric
+    elif isinstance(node, _Cond):
+        _param_uses(node.test, False, out)
+        _param_uses(node.body, numeric, out)
+        _param_uses(node.orelse, numeric, out)
+        return
+    else:
+        child_numeric = False
+    for child in _children(node):
+        _param_uses(child, child_numeric, out)
 
 
 def compile_expression(text: str, *, where: Location | None = None) -> CompiledExpr:

@@ -1,14 +1,15 @@
 """Rule files that reload themselves: on demand (SIGHUP) and when a file changes.
 
-A new rule set is taken whole or not at all: if any file has an error, the running
-rules stay, the reload is reported failed (with every problem's location) and
+A new rule set is taken whole or not at all: if any file has an error (or the daemon's
+`validate`, the checks against its config, finds one), the running rules stay, the
+reload is reported failed (with every problem's location) and
 `riskmon_config_last_reload_successful` drops to 0 until a good set loads.
 
 Reading and compiling rule files takes long with many rules (YAML, expressions, Jinja2
 templates): a running daemon does it in a thread (`reload_in_thread`), so that polls
 and /healthz go on meanwhile. The thread only reads files and builds a new, unshared
 rule set; what it found is taken in (the RuleSource's own state changed) back on the
-event loop.
+event loop. Every warning is logged (`check warning`) each time a set is taken in.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from monitor.yamlsource import Problem, SourceError
 log = structlog.get_logger("riskmon.rules")
 
 Stamp = tuple[int, int, int]  # inode, size, mtime in ns
+#: Checks a loaded rule set against what it runs on (the daemon's config): given the
+#: rules and the rule files' warnings, every problem (warnings, and errors that refuse
+#: the set). Runs where the files are compiled: in a thread while the daemon runs.
+Validate = Callable[[RuleSet, list[Problem]], list[Problem]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +58,16 @@ class ReloadStatus:
 class RuleSource:
     """The rule files a set of glob patterns names, and whether they changed on disk."""
 
-    def __init__(self, patterns: Sequence[str], *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        patterns: Sequence[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        validate: Validate | None = None,
+    ) -> None:
         self.patterns = tuple(patterns)
         self.clock = clock
+        self.validate = validate
         self.rules = RuleSet()
         self.status = ReloadStatus()
         self._stamps: dict[Path, Stamp] = {}
@@ -82,7 +94,13 @@ class RuleSource:
             rules, warnings = load_rules(expand_rule_globs(self.patterns, warnings=unmatched))
         except SourceError as exc:
             return _Compiled(stamps, None, [], exc.problems)
-        return _Compiled(stamps, rules, unmatched + warnings, [])
+        problems = unmatched + warnings
+        if self.validate is not None:
+            problems = self.validate(rules, problems)
+            errors = [p for p in problems if p.severity != "warning"]
+            if errors:
+                return _Compiled(stamps, None, [], errors)
+        return _Compiled(stamps, rules, problems, [])
 
     def load(self) -> RuleSet:
         """Load every file now; raise SourceError (and keep the old set) on any error."""
@@ -108,6 +126,8 @@ class RuleSource:
             last_success=attempted,
             warnings=compiled.warnings,
         )
+        for warning in self.status.warnings:  # at start and at every reload, as check does
+            log.warning("check warning", problem=str(warning))
         if not rules.rules:
             # Allowed (a shard may have only the built-in alerts), but far more often a
             # wrong glob: say so loudly, at start and at every reload.

@@ -16,6 +16,7 @@ from monitor import schema
 from monitor.engine.evaluate import Evaluator
 from monitor.engine.lifecycle import AlertEvent
 from monitor.engine.model import RuleSet
+from monitor.engine.param_usage import ParamRead, closest
 from monitor.recording import read_records
 
 
@@ -33,6 +34,30 @@ def parse_overrides(items: Sequence[str]) -> dict[str, schema.ParamValue]:
         except schema.Invalid as exc:
             raise ValueError(f"--set {name}: {exc}") from None
     return params
+
+
+def override_problems(
+    overrides: Mapping[str, Any], reads: Mapping[str, Sequence[ParamRead]]
+) -> list[str]:
+    """Why `--set` overrides cannot mean what they say, given the params the rules read
+    (`param_usage.params_read`): a NAME no rule reads (a typo would replay the defaults
+    and report "nothing fired"), or a value that is not a number where a rule uses one."""
+    problems = []
+    for name, value in overrides.items():
+        if name not in reads:
+            meant = closest(name, reads)
+            hint = f"; did you mean params.{meant}?" if meant else ""
+            known = f" (they read {', '.join(sorted(reads))})" if reads and not meant else ""
+            problems.append(f"params.{name}: no rule of the rule files reads it{hint}{known}")
+            continue
+        numeric = [read for read in reads[name] if read.numeric]
+        if numeric and not schema.is_number(value):
+            rule = numeric[0].rule
+            problems.append(
+                f"params.{name}={value}: not a number, but {rule.alert} ({rule.location}) "
+                "compares it with a number or computes with it"
+            )
+    return problems
 
 
 class Replay:

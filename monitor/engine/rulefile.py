@@ -18,9 +18,11 @@
               summary: "{{ account }} buying power {{ buying_power }} below floor"
 
 `load_rules` reads files into a `RuleSet` and raises one SourceError listing every
-error of every file; warnings (a `params.x` without a default, a glob matching nothing)
-never stop a load and are returned beside it. Every message points at the line and
-column of the offending text, inside expressions and templates too.
+error of every file (a param default that is not a number where the rule uses it as
+one, too); warnings (a `params.x` without a default, with the default it may have
+meant; a glob matching nothing) never stop a load and are returned beside it. Every
+message points at the line and column of the offending text, inside expressions and
+templates too.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from monitor import schema
-from monitor.engine.expr import CompiledExpr, compile_expression
+from monitor.engine.expr import CompiledExpr, compile_expression, param_uses
 from monitor.engine.model import (
     ON_MISSING,
     SEVERITIES,
@@ -63,6 +65,7 @@ __all__ = [
     "IDENTITY_FIELDS",
     "RESERVED_LABELS",
     "LoadedRules",
+    "NoDefaultWarning",
     "expand_rule_globs",
     "find_field",
     "load_rules",
@@ -564,7 +567,7 @@ class _FileParser:
         labels = self.labels((*path, "labels"), data.get("labels", {}))
         annotations = self.annotations((*path, "annotations"), data.get("annotations", {}))
         if params is not None:
-            self.check_params(params, expr, clear, labels, annotations)
+            self.check_params((*path, "params"), params, expr, clear, labels, annotations)
         if (
             len(self.errors) > before
             or alert is None
@@ -789,33 +792,69 @@ class _FileParser:
 
     def check_params(
         self,
+        path: KeyPath,
         params: Mapping[str, Any],
         expr: tuple[CompiledExpr, _Compiled] | None,
         clear: tuple[CompiledExpr, _Compiled] | None,
         labels: Mapping[str, tuple[CompiledTemplate, _Compiled]] | None,
         annotations: Mapping[str, tuple[CompiledTemplate, _Compiled]] | None,
     ) -> None:
-        """Warn where a rule reads `params.x` that has no default in its `params`."""
+        """Warn where a rule reads `params.x` that has no default in its `params` (with
+        the default it may have meant); refuse a default that is not a number where the
+        rule uses the param as one."""
         reads: list[tuple[frozenset[str], _Compiled]] = []
+        numeric: set[str] = set()
         for compiled in (expr, clear):
             if compiled is not None:
                 reads.append((compiled[0].fields, compiled[1]))
+                numeric.update(name for name, used in param_uses(compiled[0]).items() if used)
         for templates in (labels, annotations):
             for template, text in (templates or {}).values():
                 reads.append((template.fields, text))
+        read_names = {
+            field.partition(".")[2].partition(".")[0]
+            for fields, _ in reads
+            for field in fields
+            if field.startswith("params.")
+        }
         warned: set[str] = set()
         for fields, text in reads:
-            for path in sorted(fields):
-                head, _, rest = path.partition(".")
+            for field_path in sorted(fields):
+                head, _, rest = field_path.partition(".")
                 name = rest.partition(".")[0]
                 if head != "params" or not name or name in params or name in warned:
                     continue
                 warned.add(name)
-                self.warn_at(
-                    text.placed.at(find_field(text.text, path)),
-                    f"params.{name} has no default; accounts must set it "
-                    f"(or add params: {{{name}: ...}} to the rule)",
+                unread = [default for default in params if default not in read_names]
+                close = difflib.get_close_matches(name, unread, n=1, cutoff=0.7)
+                hint = (
+                    f"did you mean params.{close[0]}, a default of this rule? If not, accounts "
+                    "must set it"
+                    if close
+                    else "accounts must set it"
                 )
+                self.warnings.append(
+                    NoDefaultWarning(
+                        text.placed.at(find_field(text.text, field_path)),
+                        f"params.{name} has no default; {hint} "
+                        f"(or add params: {{{name}: ...}} to the rule)",
+                        "warning",
+                    )
+                )
+        for name in sorted(numeric & params.keys()):
+            value = params[name]
+            if not schema.is_number(value):
+                self.error(
+                    (*path, name),
+                    f"params.{name}: {_describe(value)} is not a number, but this rule "
+                    "compares it with a number or computes with it",
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class NoDefaultWarning(Problem):
+    """A rule reads `params.x` that has no default: a warning in a check of rule files
+    alone; a check against a config replaces it by what the accounts set."""
 
 
 def _hiding_comment(text: str, placed: _Placed) -> int | None:

@@ -29,6 +29,7 @@ expectation `at` T sees the state after the last sample at or before T.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -154,9 +155,24 @@ def load_test_file(path: Path) -> TestFile:
         test = _parse_test(doc, accounts, ("tests", index), raw, problems)
         if test is not None:
             tests.append(test)
+            if rules.rules and not rules.rules_for(test.venue, test.venue_kind):
+                problems.append(_matches_no_group(doc, ("tests", index), test, rules))
     if problems:
         raise SourceError(problems)
     return TestFile(path, rules, tests)
+
+
+def _matches_no_group(doc: YamlDocument, at: KeyPath, test: RuleTest, rules: RuleSet) -> Problem:
+    """A test whose account no rule applies to would pass while testing nothing."""
+    selected = sorted({venue for rule in rules.rules for venue in rule.venues})
+    close = difflib.get_close_matches(test.venue_kind, selected, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    venue = f" (venue {test.venue!r})" if test.venue != test.venue_kind else ""
+    return doc.problem(
+        (*at, "venue_kind"),
+        f"venue_kind {test.venue_kind!r}{venue} matches no group of the rule files (their "
+        f"groups are for venues: {', '.join(selected)}){hint}",
+    )
 
 
 def _unknown(
