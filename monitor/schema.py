@@ -15,10 +15,11 @@ as written in the file (`0.1` is `Decimal("0.1")`), read back from the source li
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Literal
@@ -40,6 +41,7 @@ __all__ = [
     "Matcher",
     "ParamValue",
     "describe_value",
+    "did_you_mean",
     "duration",
     "is_number",
     "label_name",
@@ -99,6 +101,12 @@ class Invalid(ValueError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str:
+    """`; did you mean 'x'?` with the choice closest to `word`, or "" when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def describe_value(value: Any) -> str:

@@ -122,7 +122,13 @@ def test_an_unbounded_expression_is_refused_with_its_place_in_the_file(
         ("{floor: " + "9" * 51 + "}", 25, "params.floor: number longer than 50 digits"),
         # quoted decimal text is a number too, held to the same bounds
         ("{floor: '" + "9" * 51 + "'}", 25, "params.floor: number longer than 50 digits"),
-        ("{floor: '9 x'}", None, None),  # other text stays text
+        # other text stays text, which a rule comparing it with a number refuses
+        (
+            "{floor: '9 x'}",
+            25,
+            "params.floor: '9 x' is not a number, but this rule compares it with a number "
+            "or computes with it",
+        ),
         ("{floor: 1e1000}", None, None),
     ],
 )

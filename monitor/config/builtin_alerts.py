@@ -14,10 +14,10 @@ and not at the first page.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Any
 
+from monitor import schema
 from monitor.config.checking import Checker, Section, key_name
 from monitor.config.model import (
     BUILTIN_ALERTS,
@@ -70,8 +70,7 @@ def _severity(checker: Checker, path: KeyPath, value: Any) -> str | None:
     if text is None:
         return None
     if text not in SEVERITIES:
-        close = difflib.get_close_matches(text, SEVERITIES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = schema.did_you_mean(text, SEVERITIES)
         checker.error(
             path,
             f"{key_name(path)}: expected one of {', '.join(SEVERITIES)}, got "

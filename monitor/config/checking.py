@@ -11,7 +11,6 @@ configs share. `Section` is a mapping already checked for unknown keys.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import math
 import os
 import re
@@ -176,10 +175,7 @@ class Checker:
             if foreign and key in foreign:
                 self.error((*path, key), foreign[key], key=True)
                 continue
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = (
-                f"; did you mean {close[0]!r}?" if close else f" (known keys: {', '.join(known)})"
-            )
+            hint = schema.did_you_mean(key, known) or f" (known keys: {', '.join(known)})"
             self.error((*path, key), f"unknown key {key!r} in {where}{hint}", key=True)
         return Section(path, {k: v for k, v in value.items() if k in known}, where)
 

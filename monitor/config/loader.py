@@ -14,7 +14,6 @@ text (`max_concurrency: ${CS_CONCURRENCY}` works).
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import socket
@@ -253,8 +252,7 @@ class _ConfigChecker(AccountChecker):
         if text is None:
             return None
         if text not in KINDS:
-            close = difflib.get_close_matches(text, KINDS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = schema.did_you_mean(text, KINDS)
             self.error(
                 path,
                 f"unknown venue kind {self.show(path, text)}{hint} "

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
+from monitor import schema
 from monitor.engine.expr import CompiledExpr, guarded_paths
 from monitor.engine.model import Rule, RuleSet
 from monitor.engine.params_check import ParamPlaces, check_account_params
@@ -207,8 +208,7 @@ class _Linter:
         for entry in entries:
             if entry in self.kinds or entry in names:
                 continue
-            close = difflib.get_close_matches(entry, [*self.kinds, *names], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = schema.did_you_mean(entry, [*self.kinds, *names])
             self.warn(
                 where,
                 f"venues: {entry!r} is neither a venue kind ({', '.join(self.kinds)}) "

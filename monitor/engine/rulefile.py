@@ -370,8 +370,7 @@ def _describe(value: Any) -> str:
 
 
 def _suggest(word: str, choices: Collection[str]) -> str:
-    close = difflib.get_close_matches(word.lower(), list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return schema.did_you_mean(word.lower(), choices)
 
 
 # ------------------------------------------------------------------------- the parser
@@ -426,10 +425,7 @@ class _FileParser:
         for key in value:
             if key in known:
                 continue
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = (
-                f"; did you mean {close[0]!r}?" if close else f" (known keys: {', '.join(known)})"
-            )
+            hint = schema.did_you_mean(key, known) or f" (known keys: {', '.join(known)})"
             self.error((*path, key), f"unknown key {key!r} in {where}{hint}", key=True)
         for key in required:
             if key not in value:

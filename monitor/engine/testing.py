@@ -29,7 +29,6 @@ expectation `at` T sees the state after the last sample at or before T.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,8 +164,7 @@ def load_test_file(path: Path) -> TestFile:
 def _matches_no_group(doc: YamlDocument, at: KeyPath, test: RuleTest, rules: RuleSet) -> Problem:
     """A test whose account no rule applies to would pass while testing nothing."""
     selected = sorted({venue for rule in rules.rules for venue in rule.venues})
-    close = difflib.get_close_matches(test.venue_kind, selected, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = schema.did_you_mean(test.venue_kind, selected)
     venue = f" (venue {test.venue!r})" if test.venue != test.venue_kind else ""
     return doc.problem(
         (*at, "venue_kind"),
