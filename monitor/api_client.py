@@ -17,8 +17,8 @@
 - a client certificate (`http.tls.client_ca_file` asks for one): `RISKMON_API_CERT_FILE`
   and `RISKMON_API_KEY_FILE`.
 
-`ApiError` says what failed (unreachable, TLS, refused, not JSON) in words, naming the
-URL and never the token.
+`ApiError` says what failed (unreachable, TLS, an unreadable token file) in words,
+naming the URL and never the token; an answer, 401 or 403 included, is returned.
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ async def call_api_async(
     target: ApiTarget, method: str, path: str, body: Any = None
 ) -> tuple[int, Any]:
     """`method path` with an optional JSON `body`: the status and the decoded JSON
-    answer (None for an empty one). ApiError when there is no answer."""
+    answer (its text when it is not JSON; None when empty). ApiError when there is no
+    answer."""
     url = target.url + path
     timeout = aiohttp.ClientTimeout(total=TIMEOUT)
     headers = target.headers()
@@ -133,7 +134,7 @@ async def call_api_async(
     try:
         return status, json.loads(text)
     except ValueError:
-        raise ApiError(f"{method} {url}: answered {status} with a body that is not JSON") from None
+        return status, text  # /metrics, the index, a proxy's error page
 
 
 def call_api(target: ApiTarget, method: str, path: str, body: Any = None) -> tuple[int, Any]:
