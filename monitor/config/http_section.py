@@ -71,7 +71,7 @@ def _tls(checker: Checker, http: Section) -> HttpTlsConfig | None:
         else:
             checker.error(
                 s.at("cert_file"),
-                f"cert_file {cert} and key_file {key} are not a PEM certificate and its "
+                f"cert_file {cert} and key_file {key} are not a matching PEM certificate and "
                 f"private key ({exc.reason})",
             )
         return None
