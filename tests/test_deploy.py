@@ -46,6 +46,8 @@ COMPOSE = DEPLOY / "compose.yaml"
 COMPOSE_CONFIG = DEPLOY / "compose" / "riskmon.yaml"
 COMPOSE_SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
 RULES_CONFIGMAP = KUBERNETES / "configmap-rules.yaml"
+# Where Prometheus and Grafana read riskmon's API token in deploy/compose.yaml
+PROMETHEUS_TOKEN_FILE = "/etc/riskmon-api/riskmon-api-token"
 BIN = Path(sys.executable).parent
 
 # Kubernetes versions the manifests are validated against: 1.28 is the first to label
@@ -451,11 +453,18 @@ def test_compose_wires_riskmon_simulator_broker_prometheus_and_grafana(
         assert (DEPLOY / "grafana" / "dashboards" / home[len(dashboards_at) + 1 :]).is_file()
 
 
-def test_prometheus_config_passes_promtool() -> None:
+def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed (make tools: Debian's prometheus)")
-    config = DEPLOY / "prometheus" / "prometheus.yml"
+    source = DEPLOY / "prometheus" / "prometheus.yml"
+    # promtool checks that the token file exists: the one the container mounts, here
+    # a copy of the config beside its rule files naming a token file that does.
+    shutil.copytree(source.parent, tmp_path / "prometheus")
+    config = tmp_path / "prometheus" / "prometheus.yml"
+    token = tmp_path / "riskmon-api-token"
+    token.write_text("demo-token")
+    config.write_text(source.read_text().replace(PROMETHEUS_TOKEN_FILE, str(token)))
     rule_files = _yaml_file(config).get("rule_files", [])
     complete = all((config.parent / name).exists() for name in rule_files)
     # The alert rules are another file's: without them, check the syntax only.
