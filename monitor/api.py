@@ -3,7 +3,9 @@
 Served by aiohttp.web (already a dependency for venue HTTP and the simulator) on the
 daemon's own event loop: no second thread, no hand-written HTTP. The daemon implements
 `ApiSource`; this module only turns its answers into HTTP responses. Bound to
-127.0.0.1:9817 unless the config's `http.listen` says otherwise.
+127.0.0.1:9817 unless the config's `http.listen` says otherwise; HTTPS with `http.tls`
+(`monitor.api_tls`); the bearer token and the rule on writes are a middleware over
+every route (`monitor.api_auth`).
 
 - `GET /metrics`: `ApiSource.metrics_text()`, text format 0.0.4; gzip when the client
   accepts it and the body is 1 KiB or more;
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ from typing import Any, Final, Protocol
 from aiohttp import web
 
 from monitor import schema
+from monitor.api_auth import ApiAuth, auth_middleware
 from monitor.engine.lifecycle import Alert
 from monitor.engine.model import RuleSet
 from monitor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -370,9 +374,10 @@ async def _index(request: web.Request) -> web.Response:
     return web.Response(body=_INDEX, content_type="text/plain", charset="utf-8")
 
 
-def create_app(source: ApiSource) -> web.Application:
-    """The aiohttp application of every endpoint, answering from `source`."""
-    app = web.Application()
+def create_app(source: ApiSource, auth: ApiAuth | None = None) -> web.Application:
+    """The aiohttp application of every endpoint, answering from `source`; `auth`
+    guards every route, those added to the app later too (`monitor.api_auth`)."""
+    app = web.Application(middlewares=[] if auth is None else [auth_middleware(auth)])
     app[_SOURCE_KEY] = source
     app.router.add_get("/", _index)
     app.router.add_get("/metrics", _metrics)
@@ -407,24 +412,28 @@ class AsyncHttpServer:
     host: str
     port: int
     _runner: web.AppRunner
+    tls: bool = False
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     async def stop(self) -> None:
         """Stop listening and end open connections (waiting at most ~1 s)."""
         await self._runner.cleanup()
 
 
-async def start_http(app: web.Application, listen: str = DEFAULT_LISTEN) -> AsyncHttpServer:
-    """Serve `app` on the running loop at `listen` ("HOST:PORT"; port 0: a free port)."""
+async def start_http(
+    app: web.Application, listen: str = DEFAULT_LISTEN, ssl_context: ssl.SSLContext | None = None
+) -> AsyncHttpServer:
+    """Serve `app` on the running loop at `listen` ("HOST:PORT"; port 0: a free port);
+    HTTPS with `ssl_context`."""
     host, port = parse_listen(listen)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
     except BaseException:
         await runner.cleanup()
@@ -434,4 +443,4 @@ async def start_http(app: web.Application, listen: str = DEFAULT_LISTEN) -> Asyn
         if isinstance(address, tuple) and len(address) >= 2:
             bound = int(address[1])
             break
-    return AsyncHttpServer(host, bound, runner)
+    return AsyncHttpServer(host, bound, runner, tls=ssl_context is not None)

@@ -19,6 +19,7 @@ import os
 import platform
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -35,8 +36,11 @@ from monitor.api import (
     start_http,
     status_json,
 )
+from monitor.api_auth import ApiAuth, is_loopback_listen
+from monitor.api_tls import server_ssl_context
 from monitor.broker import BrokerUnavailable, EmbeddedBroker
 from monitor.config import Config, VenueConfig, load_config
+from monitor.config.http_section import token_file_exposure
 from monitor.engine.builtin import (
     RISKMON,
     VENUE_WIDE,
@@ -87,6 +91,7 @@ LOOP_LAG_BOUND = 5.0  # seconds: a tick this late means the loop stalls; /health
 _STARTUP_SETTINGS: tuple[KeyPath, ...] = (
     ("state_dir",),
     ("http", "listen"),
+    ("http", "tls"),
     ("mqtt", "url"),
     ("record_snapshots",),
 )
@@ -280,9 +285,18 @@ class Daemon(PollListener):
             on_refused=self.outbox_metrics.count_refused,
             on_store_error=lambda _operation, exc: self.outbox.acknowledged(exc, time.time()),
         )
-        listen = self.config.http.listen
+        http = self.config.http
+        listen = http.listen
+        auth = ApiAuth(http.bearer_token, loopback=is_loopback_listen(listen))
+        exposure = token_file_exposure(http.bearer_token)
+        if exposure is not None:
+            log.warning(exposure)
         try:
-            server = await start_http(create_app(self), listen)
+            tls = None if http.tls is None else server_ssl_context(http.tls)
+        except (OSError, ssl.SSLError) as exc:
+            raise self._startup_error(("http", "tls"), f"http.tls: {exc}") from None
+        try:
+            server = await start_http(create_app(self, auth), listen, tls)
         except OSError as exc:
             raise self._startup_error(
                 ("http", "listen"), f"http.listen {listen}: {_reason(exc)}"

@@ -380,7 +380,7 @@ def test_unknown_mqtt_key_suggests_the_closest(folder: Path) -> None:
 
 def test_unknown_key_without_a_close_one_lists_the_known(folder: Path) -> None:
     assert error(folder, "http: {port: 9817}\n" + CS) == (
-        "riskmon.yaml:1:8: unknown key 'port' in http (known keys: listen)"
+        "riskmon.yaml:1:8: unknown key 'port' in http (known keys: listen, tls, bearer_token_file)"
     )
 
 

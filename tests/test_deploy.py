@@ -36,7 +36,7 @@ import yaml
 from monitor import __version__
 from monitor.cli import build_parser
 from monitor.shard import Shard
-from monitor.simulator.keys import ensure_demo_credentials
+from monitor.simulator.keys import API_TOKEN_FILE, ensure_demo_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -46,6 +46,8 @@ COMPOSE = DEPLOY / "compose.yaml"
 COMPOSE_CONFIG = DEPLOY / "compose" / "riskmon.yaml"
 COMPOSE_SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
 RULES_CONFIGMAP = KUBERNETES / "configmap-rules.yaml"
+# Where Prometheus and Grafana read riskmon's API token in deploy/compose.yaml
+PROMETHEUS_TOKEN_FILE = "/etc/riskmon-api/riskmon-api-token"
 BIN = Path(sys.executable).parent
 
 # Kubernetes versions the manifests are validated against: 1.28 is the first to label
@@ -451,11 +453,50 @@ def test_compose_wires_riskmon_simulator_broker_prometheus_and_grafana(
         assert (DEPLOY / "grafana" / "dashboards" / home[len(dashboards_at) + 1 :]).is_file()
 
 
-def test_prometheus_config_passes_promtool() -> None:
+def test_compose_passes_the_api_token_to_prometheus_and_grafana(
+    compose: dict[str, Any],
+) -> None:
+    """riskmon's API needs a token (every path but the probes): the demo credentials
+    hold it, riskmon's config names it, and the scrapers read that same file."""
+    services = compose["services"]
+    config = _yaml_file(COMPOSE_CONFIG)
+    token_file = config["http"]["bearer_token_file"]
+    assert token_file == f"secrets/{API_TOKEN_FILE}"  # /etc/riskmon/secrets: demo-credentials
+    credentials = " ".join(services["credentials"]["command"])
+    assert f"chmod 0640 /credentials/{API_TOKEN_FILE}" in credentials  # group 10001 reads it
+    scrape = _yaml_file(DEPLOY / "prometheus" / "prometheus.yml")
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    authorization = jobs["riskmon"]["authorization"]
+    assert authorization == {"type": "Bearer", "credentials_file": PROMETHEUS_TOKEN_FILE}
+    token_dir = str(Path(PROMETHEUS_TOKEN_FILE).parent)
+    assert PROMETHEUS_TOKEN_FILE.endswith(f"/{API_TOKEN_FILE}")
+    for name in ("prometheus", "grafana"):
+        assert _mounts(services[name])[token_dir] == "demo-credentials", name
+        assert services[name]["group_add"] == ["10001"], name
+    [riskmon_source] = [
+        source
+        for source_file in (DEPLOY / "grafana" / "provisioning" / "datasources").glob("*.yaml")
+        for source in _yaml_file(source_file).get("datasources", [])
+        if source["url"] == "http://riskmon:9817"
+    ]
+    assert riskmon_source["jsonData"]["httpHeaderName1"] == "Authorization"
+    assert riskmon_source["secureJsonData"]["httpHeaderValue1"] == "Bearer ${RISKMON_API_TOKEN}"
+    start = " ".join(services["grafana"]["entrypoint"])
+    assert f'RISKMON_API_TOKEN="$$(cat {PROMETHEUS_TOKEN_FILE})"' in start
+
+
+def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed (make tools: Debian's prometheus)")
-    config = DEPLOY / "prometheus" / "prometheus.yml"
+    source = DEPLOY / "prometheus" / "prometheus.yml"
+    # promtool checks that the token file exists: the one the container mounts, here
+    # a copy of the config beside its rule files naming a token file that does.
+    shutil.copytree(source.parent, tmp_path / "prometheus")
+    config = tmp_path / "prometheus" / "prometheus.yml"
+    token = tmp_path / "riskmon-api-token"
+    token.write_text("demo-token")
+    config.write_text(source.read_text().replace(PROMETHEUS_TOKEN_FILE, str(token)))
     rule_files = _yaml_file(config).get("rule_files", [])
     complete = all((config.parent / name).exists() for name in rule_files)
     # The alert rules are another file's: without them, check the syntax only.
@@ -527,12 +568,22 @@ def test_service_monitor_scrapes_the_service(
     port_names = {p["name"] for p in service["spec"]["ports"]}
     assert spec["endpoints"]
     allowed = {"port", "path", "interval", "scrapeTimeout", "relabelings", "scheme"}
+    allowed.add("authorization")
+    # riskmon's config asks for a token: the scrape sends the Secret's key that the
+    # daemon reads it from (both in the riskmon namespace).
+    config = yaml.safe_load(manifests[("ConfigMap", "riskmon-config")]["data"]["riskmon.yaml"])
+    token_key = Path(config["http"]["bearer_token_file"]).name
     for endpoint in spec["endpoints"]:
         assert set(endpoint) <= allowed, endpoint
         assert endpoint["port"] in port_names
         assert endpoint.get("path", "/metrics") == "/metrics"
         for relabel in endpoint.get("relabelings", []):
             assert set(relabel) <= {"sourceLabels", "targetLabel", "action", "regex"}
+        assert endpoint["authorization"] == {
+            "type": "Bearer",
+            "credentials": {"name": "riskmon-credentials", "key": token_key},
+        }
+    assert token_key in manifests[("Secret", "riskmon-credentials")]["stringData"]
     # Prometheus' job label is the Service's name: the alerts in deploy/prometheus
     # select job="riskmon".
     assert "jobLabel" not in spec
@@ -658,7 +709,7 @@ def test_statefulset_mounts_probes_and_resources(
     assert config["rules"] == [f"{mounts['rules']['mountPath']}/*.yaml"]
     assert volumes["rules"]["configMap"]["name"] == "riskmon-rules"
     secret = manifests[("Secret", volumes["credentials"]["secret"]["secretName"])]
-    files = [config["mqtt"]["password_file"]]
+    files = [config["mqtt"]["password_file"], config["http"]["bearer_token_file"]]
     for venue in config["venues"]:
         files.append(venue.get("api_key_file") or venue["auth"]["private_key_file"])
     for path in files:
@@ -668,6 +719,26 @@ def test_statefulset_mounts_probes_and_resources(
     claims = {c["metadata"]["name"] for c in spec["volumeClaimTemplates"]}
     assert mounts["state"]["mountPath"] == config["state_dir"]
     assert "state" in claims
+
+
+def test_network_policy_admits_only_prometheus_and_api_clients_to_riskmon(
+    statefulset: dict[str, Any], manifests: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    policy = manifests[("NetworkPolicy", "riskmon")]["spec"]
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["policyTypes"] == ["Ingress"]  # egress: venues and the broker
+    [rule] = policy["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    peers = rule["from"]
+    # every peer is a pod selector (no ipBlock, no bare namespace: nothing cluster-wide)
+    assert all(set(peer) == {"namespaceSelector", "podSelector"} for peer in peers)
+    assert all(peer["podSelector"]["matchLabels"] for peer in peers)
+    names = [peer["podSelector"]["matchLabels"] for peer in peers]
+    assert {"app.kubernetes.io/name": "prometheus"} in names
+    assert {"riskmon.io/api-client": "true"} in names
+    kustomization = _yaml_file(KUBERNETES / "kustomization.yaml")
+    assert "networkpolicy.yaml" in kustomization["resources"]
 
 
 def test_kubernetes_config_and_rules_pass_riskmon_check(

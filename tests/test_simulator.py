@@ -1169,13 +1169,14 @@ def test_demo_credentials_are_created_once(
 
     folder = tmp_path / "secrets"
     ensure_demo_credentials(folder)
-    names = ["clearstreet-api-key", "pmx-demo.pem", "pmx-demo.pub.pem"]
+    names = ["clearstreet-api-key", "pmx-demo.pem", "pmx-demo.pub.pem", "riskmon-api-token"]
     first = {n: (folder / n).read_bytes() for n in names}
     ensure_demo_credentials(folder)
     assert {n: (folder / n).read_bytes() for n in names} == first
-    for name in ("clearstreet-api-key", "pmx-demo.pem"):
+    for name in ("clearstreet-api-key", "pmx-demo.pem", "riskmon-api-token"):
         assert stat.S_IMODE(os.stat(folder / name).st_mode) == 0o600
     assert len(first["clearstreet-api-key"].strip()) >= 32
+    assert len(first["riskmon-api-token"].strip()) >= 32
     private = serialization.load_pem_private_key(first["pmx-demo.pem"], password=None)
     assert isinstance(private, rsa.RSAPrivateKey)
     assert private.key_size == 2048

@@ -25,6 +25,7 @@ from monitor import schema
 from monitor.config.accounts import AccountChecker
 from monitor.config.builtin_alerts import check_builtin_alerts
 from monitor.config.checking import Section, describe_value
+from monitor.config.http_section import check_http
 from monitor.config.model import (
     AccountConfig,
     Config,
@@ -61,7 +62,6 @@ _TOP_KEYS = (
     "record_snapshots",
     "builtin_alerts",
 )
-_HTTP_KEYS = ("listen",)
 _VENUE_KEYS = (
     "name",
     "kind",
@@ -202,8 +202,7 @@ class _ConfigChecker(AccountChecker):
         return tuple(str(p) for p in patterns if p is not None)
 
     def http(self, top: Section) -> HttpConfig:
-        s = self.section(top.at("http"), top.data.get("http"), "http", _HTTP_KEYS)
-        return HttpConfig(listen=self.field(s, "listen", _HTTP.listen, self.listen))
+        return check_http(self, top, self.listen)
 
     def listen(self, path: KeyPath, value: Any) -> str | None:
         text = self.string(path, value)

@@ -96,8 +96,20 @@ class MqttConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpTlsConfig:
+    """`http.tls`: serve HTTPS; with `client_ca_file`, only to clients whose certificate
+    that CA signed."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig:
     listen: str = "127.0.0.1:9817"
+    tls: HttpTlsConfig | None = None
+    bearer_token: Secret | None = None  # `bearer_token_file`: re-read when it changes
 
 
 #: The built-in alerts `builtin_alerts` may tune (monitor/engine/builtin.py).

@@ -7,6 +7,7 @@ creates, only where missing (so it is safe to run every time):
     DIR/clearstreet-api-key   a random Clear Street API key (mode 0600)
     DIR/pmx-demo.pem          an RSA-2048 private key, PKCS#8 PEM (mode 0600)
     DIR/pmx-demo.pub.pem      its public key (given to the simulator's client riskmon-demo)
+    DIR/riskmon-api-token     a random bearer token for riskmon's own API (mode 0600)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 API_KEY_FILE = "clearstreet-api-key"
 PRIVATE_KEY_FILE = "pmx-demo.pem"
 PUBLIC_KEY_FILE = "pmx-demo.pub.pem"
+API_TOKEN_FILE = "riskmon-api-token"
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -53,6 +55,9 @@ def ensure_demo_credentials(directory: Path) -> None:
     api_key = directory / API_KEY_FILE
     if not api_key.exists():
         _write(api_key, secrets.token_urlsafe(32).encode(), 0o600)
+    api_token = directory / API_TOKEN_FILE
+    if not api_token.exists():
+        _write(api_token, secrets.token_urlsafe(32).encode(), 0o600)
     private_path = directory / PRIVATE_KEY_FILE
     public_path = directory / PUBLIC_KEY_FILE
     private: rsa.RSAPrivateKey | None = None

@@ -1,0 +1,359 @@
+"""The authenticated, encrypted API: `http.bearer_token_file`, `http.tls` (with client
+certificates) and writes only with a token or on loopback, against a real daemon over
+real HTTPS, with certificates made here by a test CA."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from test_api import FakeSource
+from test_daemon import RiskmonProcess, riskmon_process
+
+from monitor.api import create_app, start_http
+from monitor.api_auth import ApiAuth, is_loopback_listen
+from monitor.api_client import ApiError, api_target, call_api_async
+from monitor.config import load_config
+from monitor.config.secret import Secret
+from monitor.simulator import Simulator
+
+TOKEN = "s3cr3t-token-of-the-test-0123456789"
+NEW_TOKEN = "rotated-token-of-the-test-9876543210"
+
+# -- certificates -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def make_pki(folder: Path) -> Pki:
+    """A test CA, a server certificate for 127.0.0.1 and localhost, and a client
+    certificate, all signed by the CA."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "riskmon test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(
+        name: str, usage: x509.ObjectIdentifier, san: list[x509.GeneralName]
+    ) -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+    server_cert, server_key = leaf(
+        "riskmon",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    client_cert, client_key = leaf(
+        "prometheus", ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName("prometheus")]
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
+        "server.crt": server_cert,
+        "server.key": server_key,
+        "client.crt": client_cert,
+        "client.key": client_key,
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        (folder / name).chmod(0o600)
+    return Pki(*(folder / name for name in files))
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return make_pki(tmp_path / "tls")
+
+
+def write_token(path: Path, token: str) -> None:
+    """As a Kubernetes Secret rotates: a new file swapped in whole."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_text(token + "\n")
+    fresh.chmod(0o600)
+    os.replace(fresh, path)
+
+
+def secure_config(config: Path, http: str) -> None:
+    """Replace the `http:` line of a config written by `riskmon_config`."""
+    lines = config.read_text().splitlines(keepends=True)
+    [at] = [i for i, line in enumerate(lines) if line.startswith("http:")]
+    lines[at] = http + "\n"
+    config.write_text("".join(lines))
+
+
+# -- a real daemon over HTTPS -----------------------------------------------------------
+
+
+class HttpsClient:
+    """Requests to the daemon over HTTPS, trusting the test CA."""
+
+    def __init__(self, process: RiskmonProcess, pki: Pki, *, client_cert: bool = False) -> None:
+        self.url = f"https://127.0.0.1:{process.http_port}"
+        self.context = ssl.create_default_context(cafile=pki.ca)
+        if client_cert:
+            self.context.load_cert_chain(pki.client_cert, pki.client_key)
+
+    async def get(
+        self, path: str, token: str | None = None, method: str = "GET"
+    ) -> tuple[int, dict[str, str], str]:
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, self.url + path, headers=headers, ssl=self.context) as resp,
+        ):
+            return resp.status, dict(resp.headers), await resp.text()
+
+
+async def wait_ready(process: RiskmonProcess, client: HttpsClient) -> None:
+    async def ready() -> bool:
+        status, _, _ = await client.get("/readyz")
+        return status == 200
+
+    await process.until(ready, "readiness over HTTPS")
+
+
+@pytest.fixture
+def secured(
+    tmp_path: Path, riskmon_config: Callable[..., tuple[Path, int]], pki: Pki
+) -> Iterator[RiskmonProcess]:
+    """A daemon serving HTTPS with the test server certificate and a token file."""
+    with riskmon_process(tmp_path, riskmon_config) as process:
+        write_token(tmp_path / "api-token", TOKEN)
+        secure_config(
+            process.config,
+            f'http: {{listen: "127.0.0.1:{process.http_port}", bearer_token_file: api-token, '
+            f"tls: {{cert_file: {pki.server_cert}, key_file: {pki.server_key}}}}}",
+        )
+        yield process
+
+
+async def test_the_api_answers_401_without_the_token_and_the_probes_stay_open(
+    secured: RiskmonProcess, pki: Pki, simulator: Simulator
+) -> None:
+    secured.start()
+    client = HttpsClient(secured, pki)
+    await wait_ready(secured, client)
+    for probe in ("/healthz", "/readyz", "/livez"):
+        status, _, _ = await client.get(probe)
+        assert status == 200, probe
+    for path in ("/metrics", "/api/v1/alerts", "/api/v1/accounts", "/api/v1/status", "/", "/nope"):
+        status, headers, body = await client.get(path)
+        assert status == 401, path
+        assert headers["WWW-Authenticate"].startswith("Bearer"), path
+        status, headers, body = await client.get(path, token="wrong")
+        assert status == 401, path
+        assert 'error="invalid_token"' in headers["WWW-Authenticate"]
+    status, _, body = await client.get("/metrics", token=TOKEN)
+    assert status == 200
+    assert "riskmon_" in body
+    status, _, body = await client.get("/api/v1/accounts", token=TOKEN)
+    assert status == 200
+    assert "19816" in body
+    # a write passes the token check (and is then not a route: 405)
+    status, _, _ = await client.get("/api/v1/alerts", token=TOKEN, method="POST")
+    assert status == 405
+    status, _, _ = await client.get("/api/v1/alerts", method="POST")
+    assert status == 401
+    # plain HTTP gets no answer from an HTTPS listener
+    with pytest.raises(aiohttp.ClientError):
+        async with aiohttp.ClientSession() as session:
+            await session.get(f"http://127.0.0.1:{secured.http_port}/healthz")
+    assert TOKEN not in secured.log()
+
+
+async def test_a_rotated_token_file_takes_effect_without_a_restart(
+    secured: RiskmonProcess, pki: Pki, tmp_path: Path, simulator: Simulator
+) -> None:
+    secured.start()
+    client = HttpsClient(secured, pki)
+    await wait_ready(secured, client)
+    assert (await client.get("/api/v1/alerts", token=TOKEN))[0] == 200
+    write_token(tmp_path / "api-token", NEW_TOKEN)
+    assert (await client.get("/api/v1/alerts", token=NEW_TOKEN))[0] == 200
+    assert (await client.get("/api/v1/alerts", token=TOKEN))[0] == 401
+    # an unreadable token file refuses everyone, and says so in the log (not the token)
+    (tmp_path / "api-token").unlink()
+    assert (await client.get("/api/v1/alerts", token=NEW_TOKEN))[0] == 401
+    assert (await client.get("/healthz"))[0] == 200
+    write_token(tmp_path / "api-token", TOKEN)
+    assert (await client.get("/api/v1/alerts", token=TOKEN))[0] == 200
+    log = secured.log()
+    assert "the API token cannot be read" in log
+    assert TOKEN not in log
+    assert NEW_TOKEN not in log
+
+
+async def test_the_cli_client_finds_the_api_and_its_token_in_the_config(
+    secured: RiskmonProcess, pki: Pki, simulator: Simulator
+) -> None:
+    secured.start()
+    await wait_ready(secured, HttpsClient(secured, pki))
+    target = api_target(load_config(secured.config), environ={})
+    assert target.url == f"https://127.0.0.1:{secured.http_port}"
+    status, body = await call_api_async(target, "GET", "/api/v1/alerts")
+    assert status == 200
+    assert body == {"alerts": []}
+    # trusting the test CA instead of the pinned certificate works too
+    environ = {"RISKMON_API_CA_FILE": str(pki.ca)}
+    status, _ = await call_api_async(api_target(load_config(secured.config), environ), "GET", "/")
+    assert status == 200
+    # a server it cannot trust: a clear error, no token in it
+    other = make_pki(secured.folder / "other")
+    environ = {"RISKMON_API_CA_FILE": str(other.ca)}
+    with pytest.raises(ApiError) as refused:
+        await call_api_async(api_target(load_config(secured.config), environ), "GET", "/")
+    assert "TLS" in str(refused.value) or "certificate" in str(refused.value)
+    assert TOKEN not in str(refused.value)
+
+
+async def test_client_ca_file_refuses_the_handshake_without_a_client_certificate(
+    tmp_path: Path,
+    riskmon_config: Callable[..., tuple[Path, int]],
+    pki: Pki,
+    simulator: Simulator,
+) -> None:
+    with riskmon_process(tmp_path, riskmon_config) as process:
+        secure_config(
+            process.config,
+            f'http: {{listen: "127.0.0.1:{process.http_port}", tls: {{cert_file: '
+            f"{pki.server_cert}, key_file: {pki.server_key}, client_ca_file: {pki.ca}}}}}",
+        )
+        process.start()
+        with_cert = HttpsClient(process, pki, client_cert=True)
+        await wait_ready(process, with_cert)
+        assert (await with_cert.get("/api/v1/alerts"))[0] == 200
+        with pytest.raises(aiohttp.ClientError):  # the handshake fails, probes included
+            await HttpsClient(process, pki).get("/healthz")
+        environ = {"RISKMON_API_CERT_FILE": str(pki.client_cert)}
+        environ["RISKMON_API_KEY_FILE"] = str(pki.client_key)
+        status, _ = await call_api_async(
+            api_target(load_config(process.config), environ), "GET", "/api/v1/alerts"
+        )
+        assert status == 200
+
+
+# -- writes and the listener ------------------------------------------------------------
+
+
+async def _answer(request: aiohttp.web.Request) -> aiohttp.web.Response:
+    return aiohttp.web.json_response({"ok": True})
+
+
+@pytest.mark.parametrize(
+    ("listen", "token", "write_status"),
+    [
+        ("127.0.0.1:0", False, 200),  # loopback: only this host can write
+        ("0.0.0.0:0", False, 403),  # every interface, no token: no writes
+        ("0.0.0.0:0", True, 200),  # with the token
+    ],
+)
+async def test_writes_need_a_token_unless_the_listener_is_loopback(
+    tmp_path: Path, listen: str, token: bool, write_status: int
+) -> None:
+    secret = None
+    if token:
+        write_token(tmp_path / "token", TOKEN)
+        secret = Secret.file("http bearer_token_file", tmp_path / "token")
+    app = create_app(FakeSource(), ApiAuth(secret, loopback=is_loopback_listen(listen)))
+    # a route added after create_app, as the silences API is: covered all the same
+    app.router.add_post("/api/v2/silences", _answer)
+    app.router.add_delete("/api/v2/silence/{id}", _answer)
+    server = await start_http(app, listen)
+    headers = {"Authorization": f"Bearer {TOKEN}"} if token else {}
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        async with aiohttp.ClientSession(headers=headers) as session:
+            async with session.post(f"{url}/api/v2/silences", json={}) as resp:
+                assert resp.status == write_status
+                if write_status == 403:
+                    assert "bearer_token_file" in (await resp.json())["error"]
+            async with session.delete(f"{url}/api/v2/silence/x") as resp:
+                assert resp.status == write_status
+            async with session.get(f"{url}/api/v1/alerts") as resp:
+                assert resp.status == 200  # reads stay open without a token file
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("listen", "loopback"),
+    [
+        ("127.0.0.1:9817", True),
+        ("127.0.0.2:9817", True),
+        ("[::1]:9817", True),
+        ("localhost:9817", True),
+        ("0.0.0.0:9817", False),
+        ("[::]:9817", False),
+        ("10.0.0.5:9817", False),
+        ("riskmon.internal:9817", False),
+    ],
+)
+def test_is_loopback_listen(listen: str, loopback: bool) -> None:
+    assert is_loopback_listen(listen) is loopback
