@@ -17,6 +17,11 @@ daemon's own event loop: no second thread, no hand-written HTTP. The daemon impl
   `?account=`;
 - `GET /api/v1/status`: `status_json`: the config and rules in force, the last reload
   (when, whether it worked, and why not) and the warnings `riskmon check` would print;
+- `GET /api/v1/history`: the journal (monitor/history), oldest first, a page at a time:
+  `{"records": [...], "next_after": seq or null}`; filters `?since=` (RFC 3339 or a
+  duration ago: `2h`), `?venue=`, `?account=`, `?kind=event|reload|silence|gap`,
+  `?after=SEQ` (the previous page's `next_after`), `?limit=` (default 100, at most
+  1,000); read from the database in a thread, on a connection of its own;
 - `GET /`: a plain-text list of the above.
 
 JSON bodies carry money as exact decimal strings (`"24000.00"`) and times as ISO 8601
@@ -34,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from aiohttp import web
@@ -41,6 +47,8 @@ from aiohttp import web
 from monitor import schema
 from monitor.engine.lifecycle import Alert
 from monitor.engine.model import RuleSet
+from monitor.history.command import parse_since
+from monitor.history.reader import MAX_PAGE, HistoryError, Query, open_journal, read_page
 from monitor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from monitor.poller import AccountState
 from monitor.yamlsource import Problem
@@ -63,6 +71,9 @@ GZIP_MIN_BYTES: Final = 1024  # smaller bodies are sent as they are
 _GZIP_IN_THREAD_BYTES: Final = 256 * 1024  # larger ones are compressed off the loop
 _ALERT_STATES: Final = frozenset({"firing", "pending"})
 _SOURCE_KEY: Final = web.AppKey["ApiSource"]("riskmon_api_source")
+_HISTORY_KEY: Final = web.AppKey[Path]("riskmon_history_file")
+HISTORY_PAGE: Final = 100  # records in a page of /api/v1/history unless ?limit= says
+_HISTORY_KINDS: Final = frozenset({"event", "reload", "silence", "gap"})
 
 
 class ApiSource(Protocol):
@@ -355,6 +366,73 @@ async def _status(request: web.Request) -> web.Response:
     return await _json(request, _source(request).status())
 
 
+def _history_query(request: web.Request) -> Query | str:
+    """The query of a /api/v1/history request, or why it is refused."""
+    params = request.query
+    since = params.get("since")
+    if since is not None:
+        try:
+            since = parse_since(since)
+        except ValueError as exc:
+            return f"since: {exc}"
+    kind = params.get("kind")
+    if kind is not None and kind not in _HISTORY_KINDS:
+        return f"kind must be one of {', '.join(sorted(_HISTORY_KINDS))}, not {kind!r}"
+    numbers: dict[str, int] = {}
+    for name, default, low, high in (
+        ("after", 0, 0, None),
+        ("limit", HISTORY_PAGE, 1, MAX_PAGE),
+    ):
+        text = params.get(name)
+        try:
+            number = default if text is None else int(text)
+        except ValueError:
+            return f"{name} must be a whole number, not {text!r}"
+        if number < low or (high is not None and number > high):
+            bound = f"from {low} to {high:,}" if high is not None else f"at least {low}"
+            return f"{name} must be {bound}, not {number}"
+        numbers[name] = number
+    return Query(
+        since=since,
+        venue=params.get("venue"),
+        account=params.get("account"),
+        kind=kind,
+        after=numbers["after"],
+        limit=numbers["limit"],
+    )
+
+
+def _read_history(path: Path, query: Query) -> dict[str, Any]:
+    """A page of the journal, `limit` records and whether more follow (`next_after`)."""
+    limit = query.limit or HISTORY_PAGE
+    db = open_journal(path)
+    try:
+        records = read_page(db, Query(**{**_query_fields(query), "limit": limit + 1}))
+    finally:
+        db.close()
+    more = len(records) > limit
+    records = records[:limit]
+    return {
+        "records": [record.to_json() for record in records],
+        "next_after": records[-1].seq if more else None,
+    }
+
+
+def _query_fields(query: Query) -> dict[str, Any]:
+    return {name: getattr(query, name) for name in Query.__slots__}
+
+
+async def _history(request: web.Request) -> web.Response:
+    query = _history_query(request)
+    if isinstance(query, str):
+        return _bad_request(query)
+    try:
+        page = await asyncio.to_thread(_read_history, request.app[_HISTORY_KEY], query)
+    except HistoryError as exc:
+        return web.json_response({"error": str(exc)}, status=500)
+    return await _json(request, page)
+
+
 _INDEX: Final = (
     b"riskmon\n\n/metrics            Prometheus metrics\n"
     b"/healthz            503 with the reasons while riskmon cannot alert\n"
@@ -363,6 +441,8 @@ _INDEX: Final = (
     b"/api/v1/alerts      pending and firing alerts (?venue= &account= &state=)\n"
     b"/api/v1/accounts    accounts, staleness and latest snapshot (?venue= &account=)\n"
     b"/api/v1/status      config and rules in force, last reload, warnings\n"
+    b"/api/v1/history     the journal of events, silences and reloads (?since= &venue=\n"
+    b"                    &account= &kind= &after= &limit=)\n"
 )
 
 
@@ -370,10 +450,14 @@ async def _index(request: web.Request) -> web.Response:
     return web.Response(body=_INDEX, content_type="text/plain", charset="utf-8")
 
 
-def create_app(source: ApiSource) -> web.Application:
-    """The aiohttp application of every endpoint, answering from `source`."""
+def create_app(source: ApiSource, *, history: Path | None = None) -> web.Application:
+    """The aiohttp application of every endpoint, answering from `source`; with
+    `history` (the database holding the journal), /api/v1/history too."""
     app = web.Application()
     app[_SOURCE_KEY] = source
+    if history is not None:
+        app[_HISTORY_KEY] = history
+        app.router.add_get("/api/v1/history", _history)
     app.router.add_get("/", _index)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)

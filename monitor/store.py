@@ -31,7 +31,9 @@ Tables: `outbox` (the events, with when the venue answer behind each arrived),
 `dead_letters` (records the broker refused again and again, moved aside with the reason
 so that the records behind them flow: `dead_letter`; back into the outbox, in their
 place, with `requeue_dead_letters`), `alert_state` (one row: the AlertBook's JSON),
-`meta` (the schema version). A file that is not a riskmon database, is corrupt or was
+`meta` (the schema version, the journal's head and anchor), and `journal`: the
+history (monitor/history/journal.py), whose records are written in the same
+transactions as the events they record. A file that is not a riskmon database, is corrupt or was
 written by a newer riskmon gives a `StoreError` naming the file.
 
 The folder is created 0700 and the file 0600; a `riskmon.db` that is a symlink is
@@ -52,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
+from monitor.history.journal import Journal, NullJournal, rfc3339_ms
 from monitor.statefiles import UnsafeStatePath, prepare_database
 
 __all__ = [
@@ -187,7 +190,9 @@ class Store:
 
     `path` is the database file (`state_dir/riskmon.db`); its folder is created.
     `synchronous` is SQLite's setting: NORMAL (durable against a process crash) or FULL
-    (against power loss too).
+    (against power loss too). `journal`: keep the history (`self.journal`, written in
+    the transactions of `append`, `save_alerts` and `write_journal`); False only to
+    measure what it costs.
     """
 
     def __init__(
@@ -196,6 +201,7 @@ class Store:
         *,
         synchronous: str = "NORMAL",
         checkpoint_interval: float = CHECKPOINT_INTERVAL,
+        journal: bool = True,
     ) -> None:
         mode = synchronous.upper()
         if mode not in _SYNCHRONOUS:
@@ -206,6 +212,8 @@ class Store:
         self._checkpointer: _Checkpointer | None = None
         self._depth = 0
         self._dead = 0
+        self._keep_journal = journal
+        self.journal: Journal = NullJournal()
         try:
             prepare_database(self.path)
         except UnsafeStatePath as exc:
@@ -266,6 +274,8 @@ class Store:
             self._add_answered_at(db)
             self._depth = int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
             self._dead = int(db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+            if self._keep_journal:
+                self.journal = Journal.load(db)
         except sqlite3.Error as exc:
             db.close()
             raise StoreError(f"{self.path}: not a readable riskmon database: {exc}") from None
@@ -307,7 +317,7 @@ class Store:
     ) -> None:
         """Write `items` to the outbox and, when given, replace the alert state: one
         transaction, so the events and the state they lead to are saved together."""
-        if not items and alerts is None:
+        if not items and alerts is None and not self.journal.pending:
             return
         now = time.time()
         rows = [
@@ -329,7 +339,10 @@ class Store:
                 db.executemany(_INSERT, rows)
             if state is not None:
                 db.execute(_SAVE_ALERTS, (state, now))
+            journaled = self.journal.write(db)
         self._depth += len(rows)
+        if journaled is not None:
+            journaled()
 
     def pending(self, limit: int = 256, *, after: int = 0) -> list[OutboxRecord]:
         """Up to `limit` unacknowledged records with `seq > after`, oldest first."""
@@ -404,6 +417,28 @@ class Store:
         state = _dump_alerts(alerts)
         with self._transaction("save the alert state") as db:
             db.execute(_SAVE_ALERTS, (state, time.time()))
+            journaled = self.journal.write(db)
+        if journaled is not None:
+            journaled()
+
+    # -- the journal ------------------------------------------------------------------------
+
+    def write_journal(self) -> None:
+        """Write the journal's waiting records (those no `append` took along)."""
+        if not self.journal.pending and not self.journal.lost:
+            return
+        with self._transaction("write the journal") as db:
+            journaled = self.journal.write(db)
+        if journaled is not None:
+            journaled()
+
+    def prune_journal(self, before: float) -> int:
+        """Delete a batch of the journal's records older than `before` (epoch seconds),
+        keeping the chain verifiable (monitor/history/journal.py); how many."""
+        if not self._keep_journal:
+            return 0
+        with self._transaction("prune the journal") as db:
+            return self.journal.prune(db, rfc3339_ms(before))
 
     def load_alerts(self) -> list[dict[str, Any]]:
         """The saved alert state; `[]` when none was saved."""
