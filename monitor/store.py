@@ -424,11 +424,14 @@ class Store:
     # -- the journal ------------------------------------------------------------------------
 
     def write_journal(self) -> None:
-        """Write the journal's waiting records (those no `append` took along)."""
-        if not self.journal.pending and not self.journal.lost:
+        """Write the journal's waiting records (those no `append` took along) and keep
+        its head (monitor/history/journal.py); no transaction when neither changed.
+        The daemon calls it every tick."""
+        journal = self.journal
+        if not journal.pending and not journal.lost and journal.head == journal.saved_head:
             return
         with self._transaction("write the journal") as db:
-            journaled = self.journal.write(db)
+            journaled = journal.write(db, save_head=True)
         if journaled is not None:
             journaled()
 
@@ -457,7 +460,11 @@ class Store:
     # -- the rest ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the database and let another Store open it; safe to call twice."""
+        """Close the database and let another Store open it; safe to call twice. The
+        journal's waiting records and head are written first, if the disk takes them."""
+        if self._db is not None:
+            with contextlib.suppress(StoreError):
+                self.write_journal()
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
