@@ -97,8 +97,8 @@ def write_config(
 class CountingDaemon(Daemon):
     """The daemon, counting what the poller reports (for polls per CPU-second)."""
 
-    def __init__(self, config: Config, **options: Any) -> None:
-        super().__init__(config, **options)
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
         self.snapshots = 0
         self.failures = 0
         self.skipped = 0

@@ -115,7 +115,7 @@ class Daemon(PollListener):
         self.rule_source.validate = rule_check(config, None)  # the document is not kept
         self._last_reload: tuple[float, bool, list[Problem]] = (self.started_at, True, [])
         try:
-            self.store = Store(config.state_dir / "riskmon.db", journal=journal)
+            self.store = Store(config.state_dir / "riskmon.db")
         except StoreError as exc:
             raise self._startup_error(("state_dir",), f"state_dir: {exc}") from None
         try:
