@@ -415,3 +415,31 @@ async def test_a_breach_its_resolution_and_a_reload_are_in_the_history(
         assert riskmon.signal(signal.SIGTERM) == 0
     result = history(riskmon.config, "--verify")
     assert result.returncode == 0, result.stdout
+
+
+async def test_the_daemon_prunes_records_past_history_retention(
+    tmp_path: Path, riskmon_config: Callable[..., tuple[Path, int]]
+) -> None:
+    with riskmon_process(tmp_path, riskmon_config) as riskmon:
+        text = riskmon.config.read_text()
+        riskmon.config.write_text(
+            text.replace("stale_after:", "history_retention: 1h\nstale_after:")
+        )
+        old = NOW - 2 * 3600
+        database = write_journal(
+            riskmon.config, event("1", at=old), event("2", at=old), reload=False
+        )
+        riskmon.start()
+        await riskmon.ready()
+
+        async def pruned() -> list[dict[str, Any]]:
+            _, body = await riskmon.get("/api/v1/history")
+            records: list[dict[str, Any]] = json.loads(body)["records"]
+            return records if records and records[0]["seq"] == 3 else []
+
+        [start, *_] = await riskmon.until(pruned, "the records past history_retention pruned")
+        assert (start["kind"], start["payload"]["trigger"]) == ("reload", "start")
+        result = history(riskmon.config, "--verify")
+        assert result.returncode == 0, result.stdout
+        assert "(seq 3 to " in result.stdout
+        assert database.exists()

@@ -126,12 +126,15 @@ class Journal:
         self,
         event: AlertEvent,
         *,
-        event_id: str,
+        event_id: str | None = None,
         published: bool = True,
         suppressed_by: Sequence[str] = (),
     ) -> None:
-        """An alert event: published (to the outbox), or suppressed (by the silences or
-        inhibitions `suppressed_by` names) and published nowhere."""
+        """An alert event: published (to the outbox, as `event_id`), or suppressed (by
+        the silences or inhibitions `suppressed_by` names, e.g. `silence <id>`,
+        `inhibited by VenueDown cs/*`) and published nowhere (`event_id` None then).
+        Written with the next Store transaction (the outbox append of the events it
+        goes with), or at the next tick."""
         payload: dict[str, Any] = {
             "event_id": event_id,
             "status": event.status,
