@@ -47,8 +47,14 @@ from aiohttp import web
 from monitor import schema
 from monitor.engine.lifecycle import Alert
 from monitor.engine.model import RuleSet
-from monitor.history.command import parse_since
-from monitor.history.reader import MAX_PAGE, HistoryError, Query, open_journal, read_page
+from monitor.history.reader import (
+    MAX_PAGE,
+    HistoryError,
+    Query,
+    open_journal,
+    parse_since,
+    read_page,
+)
 from monitor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from monitor.poller import AccountState
 from monitor.yamlsource import Problem

@@ -374,8 +374,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _history(args: argparse.Namespace) -> int:
     from monitor.config import load_config
-    from monitor.history.command import parse_since, run_history
-    from monitor.history.reader import Query
+    from monitor.history.command import run_history
+    from monitor.history.reader import Query, parse_since
 
     try:
         since = None if args.since is None else parse_since(args.since)

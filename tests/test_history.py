@@ -22,9 +22,8 @@ from test_daemon import BREACH, events, riskmon_process, subscriber  # noqa: F40
 from monitor.config import load_config
 from monitor.engine.lifecycle import AlertEvent
 from monitor.history.chain import GENESIS, canonical, record_digest
-from monitor.history.command import parse_since
 from monitor.history.journal import SCHEMA, Journal, rfc3339_ms
-from monitor.history.reader import Query, open_journal, read_page, verify
+from monitor.history.reader import Query, open_journal, parse_since, read_page, verify
 from monitor.simulator import Simulator
 from monitor.store import Store
 

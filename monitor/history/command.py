@@ -4,39 +4,21 @@ may run or not), as lines or JSON lines; `--verify` checks the chain."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from monitor.durations import parse_duration
-from monitor.history.journal import rfc3339_ms
-from monitor.history.reader import HistoryError, Query, Record, iter_records, open_journal, verify
+from monitor.history.reader import (
+    HistoryError,
+    Query,
+    Record,
+    Verified,
+    iter_records,
+    open_journal,
+    verify,
+)
 
-__all__ = ["parse_since", "run_history"]
-
-
-def parse_since(text: str, now: float | None = None) -> str:
-    """`--since`: RFC 3339 (`2026-12-05T06:00:00Z`; without an offset it is UTC) or a
-    duration before now (`2h`, `30m`), as the journal's time text. ValueError naming
-    both forms otherwise."""
-    try:
-        seconds = parse_duration(text)
-    except ValueError:
-        pass
-    else:
-        return rfc3339_ms((time.time() if now is None else now) - seconds)
-    try:
-        at = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is neither a time (RFC 3339, e.g. 2026-12-05T06:00:00Z) nor a "
-            "duration before now (e.g. 2h, 30m)"
-        ) from None
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return rfc3339_ms(at.timestamp())
+__all__ = ["run_history"]
 
 
 def run_history(
@@ -63,7 +45,7 @@ def run_history(
     return 0
 
 
-def _verify(*, db_path: Path, result: Any, out: TextIO) -> int:
+def _verify(*, db_path: Path, result: Verified, out: TextIO) -> int:
     if result.problem is not None:
         print(f"{db_path}: the journal does not chain: {result.problem}", file=out)
         return 1

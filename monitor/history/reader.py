@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import quote
 
+from monitor.durations import parse_duration
 from monitor.history.chain import GENESIS, record_digest
-from monitor.history.journal import ANCHOR_KEY, HEAD_KEY, read_meta_link
+from monitor.history.journal import ANCHOR_KEY, HEAD_KEY, read_meta_link, rfc3339_ms
 
 __all__ = [
     "MAX_PAGE",
@@ -37,6 +41,7 @@ __all__ = [
     "Verified",
     "iter_records",
     "open_journal",
+    "parse_since",
     "read_page",
     "verify",
 ]
@@ -101,12 +106,35 @@ class Verified:
     problem: str | None
 
 
+def parse_since(text: str, now: float | None = None) -> str:
+    """`--since`: RFC 3339 (`2026-12-05T06:00:00Z`; without an offset it is UTC) or a
+    duration before now (`2h`, `30m`), as the journal's time text. ValueError naming
+    both forms otherwise."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        pass
+    else:
+        return rfc3339_ms((time.time() if now is None else now) - seconds)
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a time (RFC 3339, e.g. 2026-12-05T06:00:00Z) nor a "
+            "duration before now (e.g. 2h, 30m)"
+        ) from None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return rfc3339_ms(at.timestamp())
+
+
 def open_journal(path: Path) -> sqlite3.Connection:
     """The database at `path`, read-only; HistoryError naming it when it cannot be."""
     if not path.is_file():
         raise HistoryError(f"{path}: no such file (is state_dir right, has riskmon run?)")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # a URI, for read-only: the path quoted (a `?` or `#` in a folder name)
+        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
         db.execute("SELECT 1 FROM journal LIMIT 1").fetchall()
     except sqlite3.Error as exc:
         raise HistoryError(f"{path}: cannot read the journal: {exc}") from None
