@@ -32,6 +32,7 @@ query parameter gets 400 with `{"error": "..."}`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import zlib
@@ -413,7 +414,7 @@ def _read_history(path: Path, query: Query) -> dict[str, Any]:
     limit = query.limit or HISTORY_PAGE
     db = open_journal(path)
     try:
-        records = read_page(db, Query(**{**_query_fields(query), "limit": limit + 1}))
+        records = read_page(db, dataclasses.replace(query, limit=limit + 1))
     finally:
         db.close()
     more = len(records) > limit
@@ -422,10 +423,6 @@ def _read_history(path: Path, query: Query) -> dict[str, Any]:
         "records": [record.to_json() for record in records],
         "next_after": records[-1].seq if more else None,
     }
-
-
-def _query_fields(query: Query) -> dict[str, Any]:
-    return {name: getattr(query, name) for name in Query.__slots__}
 
 
 async def _history(request: web.Request) -> web.Response:

@@ -97,7 +97,7 @@ _STARTUP_SETTINGS: tuple[KeyPath, ...] = (
 class Daemon(PollListener):
     """One running riskmon instance."""
 
-    def __init__(self, config: Config, *, shard: Shard | None = None, journal: bool = True) -> None:
+    def __init__(self, config: Config, *, shard: Shard | None = None) -> None:
         # Where the settings start-up can fail on stand in the file, for its errors.
         document = config.document
         self._where = {

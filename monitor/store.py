@@ -33,8 +33,8 @@ so that the records behind them flow: `dead_letter`; back into the outbox, in th
 place, with `requeue_dead_letters`), `alert_state` (one row: the AlertBook's JSON),
 `meta` (the schema version, the journal's head and anchor), and `journal`: the
 history (monitor/history/journal.py), whose records are written in the same
-transactions as the events they record. A file that is not a riskmon database, is corrupt or was
-written by a newer riskmon gives a `StoreError` naming the file.
+transactions as the events they record. A file that is not a riskmon database, is
+corrupt or was written by a newer riskmon gives a `StoreError` naming the file.
 
 The folder is created 0700 and the file 0600; a `riskmon.db` that is a symlink is
 refused (monitor/statefiles.py).
