@@ -18,12 +18,15 @@ from typing import Any
 import pytest
 from conftest import MqttCollector
 from test_daemon import BREACH, events, riskmon_process, subscriber  # noqa: F401 (fixture)
+from test_full_disk import entry, fill, state_dir  # noqa: F401 (state_dir: a fixture)
 
 from monitor.config import load_config
 from monitor.engine.lifecycle import AlertEvent
+from monitor.health import HealthProblems
 from monitor.history.chain import GENESIS, canonical, record_digest
 from monitor.history.journal import SCHEMA, Journal, rfc3339_ms
 from monitor.history.reader import Query, open_journal, parse_since, read_page, verify
+from monitor.outbox_writer import OutboxWriter
 from monitor.simulator import Simulator
 from monitor.store import Store
 
@@ -442,3 +445,34 @@ async def test_the_daemon_prunes_records_past_history_retention(
         assert result.returncode == 0, result.stdout
         assert "(seq 3 to " in result.stdout
         assert database.exists()
+
+
+def test_journal_records_wait_while_the_disk_is_full_and_chain_once_written(
+    state_dir: Path,  # noqa: F811 (the tmpfs fixture of test_full_disk)
+) -> None:
+    problems = HealthProblems()
+    with Store(state_dir / "riskmon.db") as store:
+        writer = OutboxWriter(store, problems, notify=lambda: None)
+        store.journal.record_event(event("1"), event_id="e1")
+        writer.append([entry(1)], [], now=1.0)
+        filler = fill(state_dir)
+        store.journal.record_event(event("2"), event_id="e2")
+        writer.append([entry(2)], [], now=2.0)
+        store.journal.record_reload(trigger="SIGHUP", successful=True)
+        writer.write_journal(now=3.0)
+        assert store.journal.pending == 2
+        assert "outbox" in problems.reasons()
+        filler.unlink()
+        writer.retry(now=4.0)
+        writer.write_journal(now=5.0)
+        assert store.journal.pending == 0
+        assert not problems
+    db = open_journal(state_dir / "riskmon.db")
+    records = read_page(db, Query())
+    assert [(r.seq, r.kind, r.account) for r in records] == [
+        (1, "event", "1"),
+        (2, "event", "2"),
+        (3, "reload", None),
+    ]
+    assert verify(db).problem is None
+    db.close()
