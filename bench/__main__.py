@@ -28,6 +28,7 @@ BENCHMARKS = [
     "bench.lifecycle",
     "bench.scrape",
     "bench.poll_cost",
+    "bench.journal_cost",
     "bench.latency",
     "bench.memory",
     "bench.startup",
@@ -73,6 +74,35 @@ def _poll_cost(r: Results) -> list[Row]:
             )
         )
     return rows
+
+
+def _journal_cost(r: Results) -> list[Row]:
+    return [
+        (
+            f"history journal cost ({r['events_per_second']:,} events/s, 1,000 accounts)",
+            f"{r['journal_cost_percent']:.1f}% of polls/CPU-s",
+            f"< {r['target_percent']:.0f}%",
+            _verdict(r["target_holds"]),
+        ),
+        (
+            "  the journal's own code, share of the daemon's CPU",
+            f"{r['journal_cpu_share_percent']:.2f}%",
+            "-",
+            "info",
+        ),
+        (
+            "  what it adds to each append x the events, share of CPU",
+            f"{r['journal_cost_estimate_percent']:.2f}%",
+            "-",
+            "info",
+        ),
+        (
+            "  Store.append of one event, with / without its record",
+            f"{r['append_us_with_journal']} / {r['append_us_without_journal']} us",
+            "-",
+            "info",
+        ),
+    ]
 
 
 def _scrape(r: Results) -> list[Row]:
@@ -169,6 +199,7 @@ def _lifecycle(r: Results) -> list[Row]:
 
 SUMMARY: dict[str, tuple[str, Callable[[Results], list[Row]]]] = {
     "bench.poll_cost": ("poll cost", _poll_cost),
+    "bench.journal_cost": ("journal cost", _journal_cost),
     "bench.scrape": ("scrape cost", _scrape),
     "bench.latency": ("detection latency", _latency),
     "bench.memory": ("memory", _memory),

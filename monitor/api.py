@@ -19,6 +19,11 @@ every route (`monitor.api_auth`).
   `?account=`;
 - `GET /api/v1/status`: `status_json`: the config and rules in force, the last reload
   (when, whether it worked, and why not) and the warnings `riskmon check` would print;
+- `GET /api/v1/history`: the journal (monitor/history), oldest first, a page at a time:
+  `{"records": [...], "next_after": seq or null}`; filters `?since=` (RFC 3339 or a
+  duration ago: `2h`), `?venue=`, `?account=`, `?kind=event|reload|silence|gap`,
+  `?after=SEQ` (the previous page's `next_after`), `?limit=` (default 100, at most
+  1,000); read from the database in a thread, on a connection of its own;
 - `GET /`: a plain-text list of the above.
 
 JSON bodies carry money as exact decimal strings (`"24000.00"`) and times as ISO 8601
@@ -29,6 +34,7 @@ query parameter gets 400 with `{"error": "..."}`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import ssl
@@ -37,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from aiohttp import web
@@ -45,6 +52,14 @@ from monitor import schema
 from monitor.api_auth import ApiAuth, auth_middleware
 from monitor.engine.lifecycle import Alert
 from monitor.engine.model import RuleSet
+from monitor.history.reader import (
+    MAX_PAGE,
+    HistoryError,
+    Query,
+    open_journal,
+    parse_since,
+    read_page,
+)
 from monitor.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from monitor.poller import AccountState
 from monitor.yamlsource import Problem
@@ -67,6 +82,9 @@ GZIP_MIN_BYTES: Final = 1024  # smaller bodies are sent as they are
 _GZIP_IN_THREAD_BYTES: Final = 256 * 1024  # larger ones are compressed off the loop
 _ALERT_STATES: Final = frozenset({"firing", "pending"})
 _SOURCE_KEY: Final = web.AppKey["ApiSource"]("riskmon_api_source")
+_HISTORY_KEY: Final = web.AppKey[Path]("riskmon_history_file")
+HISTORY_PAGE: Final = 100  # records in a page of /api/v1/history unless ?limit= says
+_HISTORY_KINDS: Final = frozenset({"event", "reload", "silence", "gap"})
 
 
 class ApiSource(Protocol):
@@ -359,6 +377,69 @@ async def _status(request: web.Request) -> web.Response:
     return await _json(request, _source(request).status())
 
 
+def _history_query(request: web.Request) -> Query | str:
+    """The query of a /api/v1/history request, or why it is refused."""
+    params = request.query
+    since = params.get("since")
+    if since is not None:
+        try:
+            since = parse_since(since)
+        except ValueError as exc:
+            return f"since: {exc}"
+    kind = params.get("kind")
+    if kind is not None and kind not in _HISTORY_KINDS:
+        return f"kind must be one of {', '.join(sorted(_HISTORY_KINDS))}, not {kind!r}"
+    numbers: dict[str, int] = {}
+    for name, default, low, high in (
+        ("after", 0, 0, None),
+        ("limit", HISTORY_PAGE, 1, MAX_PAGE),
+    ):
+        text = params.get(name)
+        try:
+            number = default if text is None else int(text)
+        except ValueError:
+            return f"{name} must be a whole number, not {text!r}"
+        if number < low or (high is not None and number > high):
+            bound = f"from {low} to {high:,}" if high is not None else f"at least {low}"
+            return f"{name} must be {bound}, not {number}"
+        numbers[name] = number
+    return Query(
+        since=since,
+        venue=params.get("venue"),
+        account=params.get("account"),
+        kind=kind,
+        after=numbers["after"],
+        limit=numbers["limit"],
+    )
+
+
+def _read_history(path: Path, query: Query) -> dict[str, Any]:
+    """A page of the journal, `limit` records and whether more follow (`next_after`)."""
+    limit = query.limit or HISTORY_PAGE
+    db = open_journal(path)
+    try:
+        records = read_page(db, dataclasses.replace(query, limit=limit + 1))
+    finally:
+        db.close()
+    more = len(records) > limit
+    records = records[:limit]
+    return {
+        "records": [record.to_json() for record in records],
+        "next_after": records[-1].seq if more else None,
+    }
+
+
+async def _history(request: web.Request) -> web.Response:
+    query = _history_query(request)
+    if isinstance(query, str):
+        return _bad_request(query)
+    try:
+        page = await asyncio.to_thread(_read_history, request.app[_HISTORY_KEY], query)
+    except HistoryError as exc:
+        return web.json_response({"error": str(exc)}, status=500)
+    return await _json(request, page)
+
+
 _INDEX: Final = (
     b"riskmon\n\n/metrics            Prometheus metrics\n"
     b"/healthz            503 with the reasons while riskmon cannot alert\n"
@@ -367,6 +448,8 @@ _INDEX: Final = (
     b"/api/v1/alerts      pending and firing alerts (?venue= &account= &state=)\n"
     b"/api/v1/accounts    accounts, staleness and latest snapshot (?venue= &account=)\n"
     b"/api/v1/status      config and rules in force, last reload, warnings\n"
+    b"/api/v1/history     the journal of events, silences and reloads (?since= &venue=\n"
+    b"                    &account= &kind= &after= &limit=)\n"
 )
 
 
@@ -374,11 +457,17 @@ async def _index(request: web.Request) -> web.Response:
     return web.Response(body=_INDEX, content_type="text/plain", charset="utf-8")
 
 
-def create_app(source: ApiSource, auth: ApiAuth | None = None) -> web.Application:
+def create_app(
+    source: ApiSource, auth: ApiAuth | None = None, *, history: Path | None = None
+) -> web.Application:
     """The aiohttp application of every endpoint, answering from `source`; `auth`
-    guards every route, those added to the app later too (`monitor.api_auth`)."""
+    guards every route, those added to the app later too (`monitor.api_auth`); with
+    `history` (the database holding the journal), /api/v1/history too."""
     app = web.Application(middlewares=[] if auth is None else [auth_middleware(auth)])
     app[_SOURCE_KEY] = source
+    if history is not None:
+        app[_HISTORY_KEY] = history
+        app.router.add_get("/api/v1/history", _history)
     app.router.add_get("/", _index)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)

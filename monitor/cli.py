@@ -205,6 +205,33 @@ def _add_pagerduty(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
 
 
+def _add_history(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "history",
+        help="the journal of events, silences and reloads; --verify checks its chain",
+        description="Print the journal riskmon keeps in state_dir (every alert event, "
+        "published or suppressed, every silence change, every config and rule load with "
+        "the files' SHA-256), oldest first; read from the database directly, with the "
+        "daemon running or not. --verify checks the SHA-256 chain: exit 1 naming the "
+        "first record that does not chain.",
+    )
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file")
+    parser.add_argument(
+        "--since",
+        metavar="T",
+        help="from this time on: RFC 3339 (2026-12-05T06:00:00Z) or a duration ago (2h)",
+    )
+    parser.add_argument("--venue", help="only this venue's events")
+    parser.add_argument("--account", help="only this account's events")
+    parser.add_argument("--json", action="store_true", help="JSON lines, one record each")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the whole chain instead (exit 1 naming the first record that does not "
+        "chain); prints the head digest to keep elsewhere",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="riskmon", description="Real-time risk monitoring for trading accounts."
@@ -225,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(commands)
     _add_demo(commands)
     _add_pagerduty(commands)
+    _add_history(commands)
     return parser
 
 
@@ -344,6 +372,28 @@ def _simulate(args: argparse.Namespace) -> int:
         return 0
 
 
+def _history(args: argparse.Namespace) -> int:
+    from monitor.config import load_config
+    from monitor.history.command import run_history
+    from monitor.history.reader import Query, parse_since
+
+    try:
+        since = None if args.since is None else parse_since(args.since)
+    except ValueError as exc:
+        print(f"riskmon history: --since: {exc}", file=sys.stderr)
+        return 2
+    config = load_config(args.config)
+    query = Query(since=since, venue=args.venue, account=args.account)
+    return run_history(
+        config.state_dir / "riskmon.db",
+        query,
+        sys.stdout,
+        sys.stderr,
+        as_json=args.json,
+        check=args.verify,
+    )
+
+
 def _pagerduty(args: argparse.Namespace) -> int:
     if args.check:
         from monitor.pagerduty.check import run_pagerduty_check
@@ -368,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": _replay,
         "simulate": _simulate,
         "pagerduty": _pagerduty,
+        "history": _history,
     }
     try:
         code = handlers[args.command](args)

@@ -62,6 +62,7 @@ from monitor.engine.reload import RuleSource, Validate
 from monitor.engine.runbook import runbook_template
 from monitor.errors import VenueAuthError, VenueError
 from monitor.health import HealthProblems
+from monitor.history.journal import file_digest
 from monitor.metrics import Metrics
 from monitor.outbox_metrics import OutboxMetrics
 from monitor.outbox_writer import OutboxWriter
@@ -86,6 +87,7 @@ POLLER_STOP = 3.0  # seconds polls in flight may take to finish at shutdown
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (Python's default: 700)
 TICK_LATE = 5 * TICK + 5  # seconds without a tick: the loop or the tick is stuck
 LOOP_LAG_BOUND = 5.0  # seconds: a tick this late means the loop stalls; /healthz fails
+JOURNAL_PRUNE_EVERY = 60.0  # seconds between looks for records past history_retention
 #: The settings a start-up can fail on after the config checked out (a port in use,
 #: a state_dir another riskmon holds); their errors stand where they are set.
 _STARTUP_SETTINGS: tuple[KeyPath, ...] = (
@@ -175,11 +177,13 @@ class Daemon(PollListener):
         self._param_overrides = {}
         self._param_defaults_of: RuleSet | None = None
         self._unsettled: set[str] = set()  # venues whose discovery has not answered yet
+        self._next_prune = 0.0  # when to look for journal records past history_retention
         try:
             self._requeue_dead_letters("at start-up")
         except StoreError as exc:
             self.store.close()
             raise self._startup_error(("state_dir",), f"state_dir: {exc}") from None
+        self._journal_load("start", True, self.rule_source.rules.files)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -296,7 +300,7 @@ class Daemon(PollListener):
         except (OSError, ssl.SSLError) as exc:
             raise self._startup_error(("http", "tls"), f"http.tls: {exc}") from None
         try:
-            server = await start_http(create_app(self, auth), listen, tls)
+            server = await start_http(create_app(self, auth, history=self.store.path), listen, tls)
         except OSError as exc:
             raise self._startup_error(
                 ("http", "listen"), f"http.listen {listen}: {_reason(exc)}"
@@ -552,6 +556,9 @@ class Daemon(PollListener):
         ]
         if not entries:
             return
+        journal = self.store.journal
+        for entry, event in zip(entries, events, strict=True):
+            journal.record_event(event, event_id=entry.event_id, published=True)
         alerts = self.book.to_json()
         self.outbox.append(entries, alerts, time.time())
         self._saved_alerts = alerts
@@ -682,6 +689,9 @@ class Daemon(PollListener):
             self.metrics.set_events_published(self.publisher.published_total)
         self.metrics.set_outbox_pending(self.store.depth())
         self._save_alerts()
+        self.outbox.write_journal(now)
+        if now >= self._next_prune:
+            self._prune_journal(now)
         if self._recording is not None:
             self._recording.flush()
 
@@ -723,11 +733,14 @@ class Daemon(PollListener):
 
     def _apply_rules(self, rules: Any) -> bool:
         if rules is None:
-            self._reloaded(False, time.time(), self.rule_source.status.problems)
+            problems = self.rule_source.status.problems
+            self._reloaded(False, time.time(), problems)
+            self._journal_load("rule files changed", False, (), problems)
             return False
         self._emit(self.evaluator.replace_rules(rules, time.time(), also_keep=self.health.rules))
         self._rules_loaded(rules)
         self._reloaded(True, time.time())
+        self._journal_load("rule files changed", True, rules.files)
         settle_heap()
         return True
 
@@ -761,6 +774,7 @@ class Daemon(PollListener):
                 problems=[str(p) for p in exc.problems],
             )
             self._reloaded(False, time.time(), exc.problems)
+            self._journal_load("SIGHUP", False, (), exc.problems)
             return False
         source.validate = rule_check(new, None)  # the document is not kept
         unchanged_needs_restart = [
@@ -809,9 +823,44 @@ class Daemon(PollListener):
         self._emit(self.evaluator.replace_rules(rules, now, also_keep=self.health.rules))
         self._rules_loaded(rules)
         self._reloaded(True, now)
+        self._journal_load("SIGHUP", True, rules.files)
         settle_heap()
         log.info("reloaded", venues=list(new_venues), rules=len(rules.rules))
         return True
+
+    # -- the history ------------------------------------------------------------------------
+
+    def _journal_load(
+        self,
+        trigger: str,
+        successful: bool,
+        rule_files: Iterable[str],
+        problems: Iterable[Problem] = (),
+    ) -> None:
+        """Journal a (re)load, with the SHA-256 of the config and of each rule file (as
+        `sha256sum` gives them: read again here, small files), and write it now."""
+        config = str(self.config.source)
+        self.store.journal.record_reload(
+            trigger=trigger,
+            successful=successful,
+            config=(config, file_digest(config)),
+            rule_files=[(path, file_digest(path)) for path in rule_files],
+            problems=[f"{p.location}: {p.message}" for p in problems],
+        )
+        self.outbox.write_journal(time.time())
+
+    def _prune_journal(self, now: float) -> None:
+        """Records past `history_retention` go, a batch at a time (a full batch: the
+        next tick takes another)."""
+        try:
+            pruned = self.store.prune_journal(now - self.config.history_retention)
+        except StoreError as exc:
+            log.warning("history: pruning old records failed; tried again", error=str(exc))
+            self._next_prune = now + JOURNAL_PRUNE_EVERY
+            return
+        if pruned:
+            log.info("history: records past history_retention pruned", records=pruned)
+        self._next_prune = now + (TICK if pruned else JOURNAL_PRUNE_EVERY)
 
     # -- what the API and the heartbeat read ------------------------------------------------
 

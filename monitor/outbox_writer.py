@@ -92,6 +92,16 @@ class OutboxWriter:
             self._alerts = None
             self._worked("save_alerts")
 
+    def write_journal(self, now: float) -> None:
+        """Write the journal records no event took along (reloads, silences); they wait
+        in the journal while the disk refuses."""
+        try:
+            self._store.write_journal()
+        except StoreError as exc:
+            self._failed("journal", exc, now)
+        else:
+            self._worked("journal")
+
     def retry(self, now: float) -> None:
         """Write what waits in memory, oldest first; see whether the background
         checkpoint works."""

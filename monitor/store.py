@@ -31,8 +31,10 @@ Tables: `outbox` (the events, with when the venue answer behind each arrived),
 `dead_letters` (records the broker refused again and again, moved aside with the reason
 so that the records behind them flow: `dead_letter`; back into the outbox, in their
 place, with `requeue_dead_letters`), `alert_state` (one row: the AlertBook's JSON),
-`meta` (the schema version). A file that is not a riskmon database, is corrupt or was
-written by a newer riskmon gives a `StoreError` naming the file.
+`meta` (the schema version, the journal's head and anchor), and `journal`: the
+history (monitor/history/journal.py), whose records are written in the same
+transactions as the events they record. A file that is not a riskmon database, is
+corrupt or was written by a newer riskmon gives a `StoreError` naming the file.
 
 The folder is created 0700 and the file 0600; a `riskmon.db` that is a symlink is
 refused (monitor/statefiles.py).
@@ -52,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
+from monitor.history.journal import Journal, NullJournal, rfc3339_ms
 from monitor.statefiles import UnsafeStatePath, prepare_database
 
 __all__ = [
@@ -187,7 +190,9 @@ class Store:
 
     `path` is the database file (`state_dir/riskmon.db`); its folder is created.
     `synchronous` is SQLite's setting: NORMAL (durable against a process crash) or FULL
-    (against power loss too).
+    (against power loss too). `journal`: keep the history (`self.journal`, written in
+    the transactions of `append`, `save_alerts` and `write_journal`); False only to
+    measure what it costs.
     """
 
     def __init__(
@@ -196,6 +201,7 @@ class Store:
         *,
         synchronous: str = "NORMAL",
         checkpoint_interval: float = CHECKPOINT_INTERVAL,
+        journal: bool = True,
     ) -> None:
         mode = synchronous.upper()
         if mode not in _SYNCHRONOUS:
@@ -206,6 +212,8 @@ class Store:
         self._checkpointer: _Checkpointer | None = None
         self._depth = 0
         self._dead = 0
+        self._keep_journal = journal
+        self.journal: Journal = NullJournal()
         try:
             prepare_database(self.path)
         except UnsafeStatePath as exc:
@@ -266,6 +274,8 @@ class Store:
             self._add_answered_at(db)
             self._depth = int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
             self._dead = int(db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+            if self._keep_journal:
+                self.journal = Journal.load(db)
         except sqlite3.Error as exc:
             db.close()
             raise StoreError(f"{self.path}: not a readable riskmon database: {exc}") from None
@@ -307,7 +317,7 @@ class Store:
     ) -> None:
         """Write `items` to the outbox and, when given, replace the alert state: one
         transaction, so the events and the state they lead to are saved together."""
-        if not items and alerts is None:
+        if not items and alerts is None and not self.journal.pending:
             return
         now = time.time()
         rows = [
@@ -329,7 +339,10 @@ class Store:
                 db.executemany(_INSERT, rows)
             if state is not None:
                 db.execute(_SAVE_ALERTS, (state, now))
+            journaled = self.journal.write(db)
         self._depth += len(rows)
+        if journaled is not None:
+            journaled()
 
     def pending(self, limit: int = 256, *, after: int = 0) -> list[OutboxRecord]:
         """Up to `limit` unacknowledged records with `seq > after`, oldest first."""
@@ -404,6 +417,31 @@ class Store:
         state = _dump_alerts(alerts)
         with self._transaction("save the alert state") as db:
             db.execute(_SAVE_ALERTS, (state, time.time()))
+            journaled = self.journal.write(db)
+        if journaled is not None:
+            journaled()
+
+    # -- the journal ------------------------------------------------------------------------
+
+    def write_journal(self) -> None:
+        """Write the journal's waiting records (those no `append` took along) and keep
+        its head (monitor/history/journal.py); no transaction when neither changed.
+        The daemon calls it every tick."""
+        journal = self.journal
+        if not journal.pending and not journal.lost and journal.head == journal.saved_head:
+            return
+        with self._transaction("write the journal") as db:
+            journaled = journal.write(db, save_head=True)
+        if journaled is not None:
+            journaled()
+
+    def prune_journal(self, before: float) -> int:
+        """Delete a batch of the journal's records older than `before` (epoch seconds),
+        keeping the chain verifiable (monitor/history/journal.py); how many."""
+        if not self._keep_journal:
+            return 0
+        with self._transaction("prune the journal") as db:
+            return self.journal.prune(db, rfc3339_ms(before))
 
     def load_alerts(self) -> list[dict[str, Any]]:
         """The saved alert state; `[]` when none was saved."""
@@ -422,7 +460,11 @@ class Store:
     # -- the rest ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the database and let another Store open it; safe to call twice."""
+        """Close the database and let another Store open it; safe to call twice. The
+        journal's waiting records and head are written first, if the disk takes them."""
+        if self._db is not None:
+            with contextlib.suppress(StoreError):
+                self.write_journal()
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None

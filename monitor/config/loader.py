@@ -27,6 +27,7 @@ from monitor.config.builtin_alerts import check_builtin_alerts
 from monitor.config.checking import Section, describe_value
 from monitor.config.http_section import check_http
 from monitor.config.model import (
+    HISTORY_RETENTION,
     AccountConfig,
     Config,
     DiscoveryConfig,
@@ -61,6 +62,7 @@ _TOP_KEYS = (
     "venues",
     "record_snapshots",
     "builtin_alerts",
+    "history_retention",
 )
 _VENUE_KEYS = (
     "name",
@@ -159,6 +161,7 @@ class _ConfigChecker(AccountChecker):
         stale_after = self.field(top, "stale_after", 30.0, self.duration)
         rules: tuple[str, ...] = self.field(top, "rules", (), self.rules)
         record = self.field(top, "record_snapshots", None, self.path)
+        retention = self.field(top, "history_retention", HISTORY_RETENTION, self.duration)
         http = self.http(top)
         mqtt = self.mqtt(top)
         builtin_alerts = check_builtin_alerts(self, top, self.labels)
@@ -177,6 +180,7 @@ class _ConfigChecker(AccountChecker):
             document=self.doc,
             record_snapshots=record,
             builtin_alerts=builtin_alerts,
+            history_retention=retention,
         )
 
     def instance(self, path: KeyPath, value: Any) -> str | None:

@@ -122,6 +122,7 @@ BUILTIN_ALERTS: tuple[str, ...] = (
 #: Every alert's runbook link until `builtin_alerts.runbook_url` names the real one:
 #: the built-ins' `runbook_url` and `{{ runbook_url }}` in rule annotations.
 DEFAULT_RUNBOOK_URL = "https://runbooks.example.com/riskmon/{{ alertname }}"
+HISTORY_RETENTION = 90 * 86400.0  # seconds: history_retention's default, 90d
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,7 @@ class Config:
     document: YamlDocument | None = field(default=None, compare=False, repr=False)
     record_snapshots: Path | None = None  # JSON lines of every snapshot, for `riskmon replay`
     builtin_alerts: BuiltinAlertsConfig = field(default_factory=BuiltinAlertsConfig)
+    history_retention: float = HISTORY_RETENTION  # seconds the journal keeps a record
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def venue(self, name: str) -> VenueConfig:
