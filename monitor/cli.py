@@ -247,7 +247,7 @@ def _snapshot(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from monitor.engine.check import run_check
+    from monitor.check_cmd import run_check
 
     return run_check(args.config, args.rule_files, sys.stdout, sys.stderr, strict=args.strict)
 

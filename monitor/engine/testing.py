@@ -39,7 +39,6 @@ from typing import Any, TextIO
 
 from monitor import schema
 from monitor.config.accounts import AccountChecker
-from monitor.config.loader import KINDS
 from monitor.config.model import AccountConfig
 from monitor.engine.evaluate import Evaluator
 from monitor.engine.lifecycle import Alert, AlertPhase
@@ -232,8 +231,8 @@ def _account(
     if not isinstance(raw, dict):
         accounts.error(at, "account: expected a mapping {venue, id, labels, params}")
         return AccountConfig(id="test"), venue_kind
-    kind = venue_kind if venue_kind in KINDS else None
-    account = accounts.account(at, raw, f"test {test!r}", kind, extra_keys=("venue",))
+    # the account-id format of a known kind applies; an unknown kind checks none
+    account = accounts.account(at, raw, f"test {test!r}", venue_kind, extra_keys=("venue",))
     venue = venue_kind
     if "venue" in raw:
         venue = accounts.string((*at, "venue"), raw["venue"]) or venue_kind
