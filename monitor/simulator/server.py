@@ -30,6 +30,7 @@ from typing import Any, Final
 import jwt
 from aiohttp import web
 
+from monitor.simulator.fakes import Handler, Route, VenueFake, registered_fakes
 from monitor.simulator.faults import Fault, FaultSet, FaultSpecError, parse_fault
 from monitor.simulator.scenario import (
     CS_STATUSES,
@@ -197,8 +198,12 @@ class Simulator:
         *,
         clock: Callable[[], float] = time.time,
         max_requests: int = 100_000,
+        fakes: Iterable[VenueFake] = (),
     ) -> None:
         self.scenario = scenario
+        # other venue kinds' fakes (monitor/simulator/fakes.py), by kind
+        self.fakes: dict[str, VenueFake] = {f.kind: f for f in registered_fakes()}
+        self.fakes.update((f.kind, f) for f in fakes)
         self.clock = clock
         self._t0 = clock()
         self._seq = itertools.count()
@@ -406,6 +411,11 @@ class Simulator:
         r.add_get("/polymarket/v1/accounts", self._h_pm_accounts)
         r.add_post("/polymarket/v1/positions/balance", self._h_pm_balance)
         r.add_post("/polymarket/v1/positions/balances", self._h_pm_balances)
+        for fake in self.fakes.values():
+            for route in fake.routes():
+                r.add_route(
+                    route.method, f"/{fake.kind}{route.path}", self._fake_handler(fake, route)
+                )
         r.add_get("/_sim/health", self._c_health)
         r.add_post("/_sim/set", self._c_set)
         r.add_get("/_sim/accounts/{venue}", self._c_list_accounts)
@@ -423,7 +433,33 @@ class Simulator:
         r.add_post("/_sim/config", self._c_configure)
         return app
 
+    def url_of(self, kind: str) -> str:
+        """The base_url of venue kind `kind` here."""
+        return f"{self.base_url}/{kind}"
+
     # --- serving -----------------------------------------------------------------------
+
+    def _fake_handler(self, fake: VenueFake, route: Route) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            received = self.clock()
+            response = await route.handler(request)
+            account = request.match_info.get("account_id")
+            rid = response.headers.get("x-request-id") or uuid.uuid4().hex
+            self._log.append(
+                (
+                    received,
+                    request.method,
+                    request.path,
+                    fake.kind,
+                    route.endpoint,
+                    account,
+                    response.status,
+                    rid,
+                )
+            )
+            return response
+
+        return handle
 
     async def _serve(
         self,
@@ -878,7 +914,8 @@ class Simulator:
 
     def _venue(self, venue: str) -> str:
         if venue not in (CS, PM):
-            raise ValueError(f"venue must be {CS} or {PM}, got {venue!r}")
+            others = "".join(f", {kind}" for kind in self.fakes)
+            raise ValueError(f"venue must be {CS} or {PM}{others}, got {venue!r}")
         return venue
 
     def _account(self, venue: str, account_id: str | int) -> Account:
@@ -903,6 +940,9 @@ class Simulator:
         A change made now overrides the timeline's earlier events for that field;
         timeline events still to come apply after it.
         """
+        if venue in self.fakes:
+            self.fakes[venue].set_fields(str(account), values or {}, remove)
+            return
         target = self._account(venue, account)
         kinds = CS_KINDS if venue == CS else PM_KINDS
         now = self.timeline_time()
@@ -965,6 +1005,8 @@ class Simulator:
         return self._pm_accounts.pop(str(account_id), None) is not None
 
     def account_ids(self, venue: str) -> list[str]:
+        if venue in self.fakes:
+            return self.fakes[venue].account_ids()
         if self._venue(venue) == CS:
             return [str(n) for n in self._cs_ids]
         return list(self._pm_accounts)
