@@ -290,8 +290,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _test(args: argparse.Namespace) -> int:
     from monitor.engine.testing import run_test_files
+    from monitor.venues import registry
 
-    return run_test_files(args.test_files, sys.stdout)
+    return run_test_files(args.test_files, sys.stdout, sorted(registry.kind_names()))
 
 
 def _replay_arguments(args: argparse.Namespace) -> tuple[list[str], list[str]]:

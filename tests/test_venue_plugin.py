@@ -124,6 +124,42 @@ def test_the_minimal_kind_is_configured_and_checked(
     ) in done.stdout
 
 
+RULE_TEST = """\
+rule_files: [rules/minimal.yaml]
+tests:
+  - name: cash under the floor fires
+    venue_kind: minimal
+    account: {venue: mini, id: acct-1}
+    series:
+      buying_power: "12000 9000"
+    expect:
+      - at: 1m
+        firing: [CashBelowFloor]
+  - name: no kind
+    series: {buying_power: "1"}
+  - name: bad id
+    venue_kind: minimal
+    account: {venue: mini, id: ACCT_1}
+"""
+
+
+def test_riskmon_test_knows_the_minimal_kind(tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    write_config(tmp_path, "http://127.0.0.1:9/minimal", "mqtt://127.0.0.1:1883", 9817)
+    test_file = tmp_path / "minimal_test.yaml"
+    test_file.write_text(RULE_TEST)
+    done = riskmon("test", str(test_file), cwd=tmp_path)
+    assert done.returncode == 1
+    assert (
+        f"{test_file}:11:5: venue_kind is required (clearstreet, minimal, polymarket)"
+    ) in done.stdout + done.stderr
+    assert (
+        f"{test_file}:15:32: minimal account ids are lower-case words such as acct-1, got 'ACCT_1'"
+    ) in done.stdout + done.stderr
+    test_file.write_text(RULE_TEST.split("  - name: no kind")[0])
+    done = riskmon("test", str(test_file), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 async def test_the_minimal_kind_is_polled_from_the_simulator_and_alerted_on(
     tmp_path: Path,
     plugin_env: dict[str, str],
