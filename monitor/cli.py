@@ -333,7 +333,9 @@ def _replay(args: argparse.Namespace) -> int:
         for message in refused:
             print(f"riskmon replay: --set {message}", file=sys.stderr)
         return 1
-    return run_replay(recordings, rules, overrides, sys.stdout)
+    from monitor.venue_fields import often_absent_map
+
+    return run_replay(recordings, rules, overrides, sys.stdout, often_absent_map())
 
 
 def _simulate(args: argparse.Namespace) -> int:
