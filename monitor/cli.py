@@ -13,6 +13,7 @@ from monitor import __version__, eventloop
 from monitor.durations import parse_duration
 from monitor.logs import configure_logging
 from monitor.shard import Shard
+from monitor.venues.registry import PluginError
 from monitor.yamlsource import Problem, SourceError
 
 DEFAULT_CONFIG = "riskmon.yaml"
@@ -379,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
+    except PluginError as exc:
+        print(f"riskmon: {exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader stopped reading (`riskmon snapshot --json | head -1`): nothing to
         # say. Python's flush of stdout at exit would fail again; devnull takes it.

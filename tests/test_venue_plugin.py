@@ -223,6 +223,19 @@ def test_riskmon_simulate_serves_a_plugged_in_fake(
         process.wait()
 
 
+def test_a_plugin_that_cannot_be_imported_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RISKMON_VENUE_PLUGINS", "venue_minimal, no_such_plugin")
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    done = riskmon("check", "-c", "riskmon.yaml", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == (
+        "riskmon: RISKMON_VENUE_PLUGINS: cannot import 'no_such_plugin': "
+        "No module named 'no_such_plugin'\n"
+    )
+
+
 # -- the engine knows no venue ------------------------------------------------------------
 
 #: What monitor/engine/* may not import: the venues, and the commands built on the engine.

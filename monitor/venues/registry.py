@@ -30,6 +30,7 @@ __all__ = [
     "PLUGINS_ENV",
     "Gauge",
     "NormalizedField",
+    "PluginError",
     "VenueKind",
     "account_id_problem",
     "all_kinds",
@@ -161,6 +162,10 @@ def account_id_problem(kind: str | None, account_id: str) -> str | None:
     return None
 
 
+class PluginError(Exception):
+    """A module named by RISKMON_VENUE_PLUGINS could not be imported."""
+
+
 def _load() -> None:
     global _loaded
     if _loaded:
@@ -168,6 +173,9 @@ def _load() -> None:
     _loaded = True
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
-    for module in os.environ.get(PLUGINS_ENV, "").split(","):
-        if module.strip():
-            importlib.import_module(module.strip())
+    for name in os.environ.get(PLUGINS_ENV, "").split(","):
+        if name.strip():
+            try:
+                importlib.import_module(name.strip())
+            except ImportError as exc:
+                raise PluginError(f"{PLUGINS_ENV}: cannot import {name.strip()!r}: {exc}") from None
