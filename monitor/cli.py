@@ -13,6 +13,7 @@ from monitor import __version__, eventloop
 from monitor.durations import parse_duration
 from monitor.logs import configure_logging
 from monitor.shard import Shard
+from monitor.venues.registry import PluginError
 from monitor.yamlsource import Problem, SourceError
 
 DEFAULT_CONFIG = "riskmon.yaml"
@@ -275,7 +276,7 @@ def _snapshot(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from monitor.engine.check import run_check
+    from monitor.check_cmd import run_check
 
     return run_check(args.config, args.rule_files, sys.stdout, sys.stderr, strict=args.strict)
 
@@ -318,8 +319,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _test(args: argparse.Namespace) -> int:
     from monitor.engine.testing import run_test_files
+    from monitor.venues import registry
 
-    return run_test_files(args.test_files, sys.stdout)
+    return run_test_files(args.test_files, sys.stdout, sorted(registry.kind_names()))
 
 
 def _replay_arguments(args: argparse.Namespace) -> tuple[list[str], list[str]]:
@@ -360,7 +362,9 @@ def _replay(args: argparse.Namespace) -> int:
         for message in refused:
             print(f"riskmon replay: --set {message}", file=sys.stderr)
         return 1
-    return run_replay(recordings, rules, overrides, sys.stdout)
+    from monitor.venue_fields import often_absent_map
+
+    return run_replay(recordings, rules, overrides, sys.stdout, often_absent_map())
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -427,6 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
+    except PluginError as exc:
+        print(f"riskmon: {exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader stopped reading (`riskmon snapshot --json | head -1`): nothing to
         # say. Python's flush of stdout at exit would fail again; devnull takes it.

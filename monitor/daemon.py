@@ -74,6 +74,7 @@ from monitor.shard import Shard
 from monitor.snapshot import Snapshot
 from monitor.store import Store, StoreError
 from monitor.supervise import Supervisor
+from monitor.venue_fields import kind_fields_map, often_absent_map
 from monitor.venues.base import create_adapter
 from monitor.venues.http import HttpClient
 from monitor.yamlsource import KeyPath, Location, Problem, SourceError, YamlDocument
@@ -134,6 +135,7 @@ class Daemon(PollListener):
             self.book,
             on_eval_failure=self._evaluation_failed,
             runbook_url=runbook_url,
+            often_absent=often_absent_map(),
         )
         self.health = Evaluator(
             builtin_rules(config.builtin_alerts), self.book, runbook_url=runbook_url
@@ -946,7 +948,7 @@ def rule_check(config: Config, document: YamlDocument | None) -> Validate:
     places = ParamPlaces(config, document)
 
     def validate(rules: RuleSet, warnings: list[Problem]) -> list[Problem]:
-        return config_problems(config, rules, warnings, places)
+        return config_problems(config, rules, warnings, places, kinds=kind_fields_map())
 
     return validate
 

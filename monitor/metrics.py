@@ -107,6 +107,7 @@ from monitor.engine.lifecycle import Alert, AlertPhase
 from monitor.engine.templates import template_failures
 from monitor.process_metrics import ProcessMetrics, memory_limit
 from monitor.snapshot import Snapshot
+from monitor.venues import registry
 
 __all__ = [
     "ACCOUNT_FIELD_METRICS",
@@ -127,8 +128,8 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 #: after them are the ones a desk graphs. A venue field that is the source of a
 #: normalized one (Clear Street's `margin_details.maintenance_margin_excess` is
 #: `margin_excess`, Polymarket's `excess_capital` too) has no metric of its own: one
-#: metric per quantity.
-ACCOUNT_FIELD_METRICS: Final[tuple[tuple[str, str, str], ...]] = (
+#: metric per quantity. The venue fields' gauges are the venue modules' (`VenueKind.gauges`).
+NORMALIZED_FIELD_METRICS: Final[tuple[tuple[str, str, str], ...]] = (
     # the normalized set (SPEC "Snapshot fields")
     ("buying_power", "riskmon_account_buying_power", "Buying power (normalized field)."),
     ("equity", "riskmon_account_equity", "Account equity (normalized field)."),
@@ -154,92 +155,23 @@ ACCOUNT_FIELD_METRICS: Final[tuple[tuple[str, str, str], ...]] = (
         "Day trades in the rolling window (normalized field).",
     ),
     ("daily_pnl", "riskmon_account_daily_pnl", "Profit and loss today (normalized field)."),
-    # Clear Street
-    (
-        "margin_details.initial_margin_excess",
-        "riskmon_account_initial_margin_excess",
-        "Initial (Reg T) margin excess (margin_details.initial_margin_excess).",
-    ),
-    (
-        "margin_details.initial_margin_requirement",
-        "riskmon_account_initial_margin_requirement",
-        "Initial (Reg T) margin requirement (margin_details.initial_margin_requirement).",
-    ),
-    (
-        "margin_details.usage.used",
-        "riskmon_account_margin_used",
-        "Margin used (margin_details.usage.used).",
-    ),
-    (
-        "margin_details.usage.total",
-        "riskmon_account_margin_total",
-        "Margin available in total (margin_details.usage.total).",
-    ),
-    (
-        "margin_details.intraday_details.buying_power",
-        "riskmon_account_intraday_buying_power",
-        "Intraday buying power (margin_details.intraday_details.buying_power).",
-    ),
-    (
-        "margin_details.overnight_details.buying_power",
-        "riskmon_account_overnight_buying_power",
-        "Overnight buying power (margin_details.overnight_details.buying_power).",
-    ),
-    ("long_market_value", "riskmon_account_long_market_value", "Long market value."),
-    (
-        "short_market_value",
-        "riskmon_account_short_market_value",
-        "Short market value (as the venue signs it).",
-    ),
-    ("settled_cash", "riskmon_account_settled_cash", "Settled cash."),
-    ("withdrawable_cash", "riskmon_account_withdrawable_cash", "Withdrawable cash."),
-    ("trade_cash", "riskmon_account_trade_cash", "Trade-date cash."),
-    ("unrealized_pnl", "riskmon_account_unrealized_pnl", "Unrealized profit and loss."),
-    ("daily_realized_pnl", "riskmon_account_daily_realized_pnl", "Realized P&L today."),
-    ("daily_unrealized_pnl", "riskmon_account_daily_unrealized_pnl", "Unrealized P&L today."),
-    (
-        "open_order_adjustment",
-        "riskmon_account_open_order_adjustment",
-        "Buying power adjustment for open orders.",
-    ),
-    ("sod.equity", "riskmon_account_sod_equity", "Equity at the start of the day (sod.equity)."),
-    (
-        "sod.buying_power",
-        "riskmon_account_sod_buying_power",
-        "Buying power at the start of the day (sod.buying_power).",
-    ),
-    (
-        "sod.maintenance_margin_excess",
-        "riskmon_account_sod_maintenance_margin_excess",
-        "Maintenance margin excess at the start of the day (sod.maintenance_margin_excess).",
-    ),
-    # Polymarket
-    ("balance", "riskmon_account_balance", "Cash balance (Polymarket balance)."),
-    (
-        "capital_requirement",
-        "riskmon_account_capital_requirement",
-        "Capital requirement (Polymarket capitalRequirement).",
-    ),
-    (
-        "open_orders",
-        "riskmon_account_open_orders_value",
-        "Value held by open orders (Polymarket openOrders).",
-    ),
-    (
-        "unsettled_funds",
-        "riskmon_account_unsettled_funds",
-        "Unsettled funds (Polymarket unsettledFunds).",
-    ),
-    (
-        "total_security_notional_value",
-        "riskmon_account_security_notional_value",
-        "Notional value of all positions (Polymarket totalSecurityNotionalValue).",
-    ),
-    (
-        "total_security_available_value",
-        "riskmon_account_security_available_value",
-        "Value of all positions after haircuts (Polymarket totalSecurityAvailableValue).",
-    ),
+)
+
+
+def _venue_gauges() -> tuple[tuple[str, str, str], ...]:
+    """Each registered venue kind's own gauges (`VenueKind.gauges`), once per field path.
+    Read when this module is imported: a kind registered later (not through
+    RISKMON_VENUE_PLUGINS) exports only the normalized fields."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    for kind in registry.all_kinds():
+        for gauge in kind.gauges:
+            seen.setdefault(gauge.path, (gauge.path, gauge.metric, gauge.help))
+    return tuple(seen.values())
+
+
+ACCOUNT_FIELD_METRICS: Final[tuple[tuple[str, str, str], ...]] = (
+    *NORMALIZED_FIELD_METRICS,
+    *_venue_gauges(),
 )
 
 #: Buckets of `riskmon_poll_duration_seconds`: 1 ms .. 10 s.

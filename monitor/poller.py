@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 import structlog
 
 from monitor.config import AccountConfig, VenueConfig
-from monitor.config.model import account_id_problem
 from monitor.errors import VenueAuthError, VenueError
 from monitor.shard import Shard
 from monitor.snapshot import Snapshot
 from monitor.supervise import Supervisor
 from monitor.venues.base import VenueAdapter
+from monitor.venues.registry import account_id_problem
 
 log = structlog.get_logger("riskmon.poller")
 

@@ -13,7 +13,8 @@ from monitor.config import AccountConfig, Config, VenueConfig
 from monitor.errors import VenueError
 from monitor.shard import Shard
 from monitor.snapshot import NORMALIZED_FIELDS, Snapshot
-from monitor.venues.base import VenueAdapter, adapter_class, create_adapter
+from monitor.venues import registry
+from monitor.venues.base import VenueAdapter, create_adapter
 from monitor.venues.http import HttpClient
 
 
@@ -106,7 +107,7 @@ def render_table(results: Sequence[PollResult], out: TextIO) -> None:
         out.write(f"{head}  ok  {meta}\n")
         fields = leaf_fields(snap)
         # Normalized fields this venue kind maps but did not send are shown as missing.
-        mapped = adapter_class(snap.venue_kind).normalized_from
+        mapped = {n.name for n in registry.get(snap.venue_kind).normalized}
         rows = [
             (f"* {name}", _text(fields[name]) if name in fields else "(missing)")
             for name in NORMALIZED_FIELDS

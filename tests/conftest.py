@@ -29,7 +29,9 @@ from hypothesis import settings
 
 from monitor.config import AccountConfig, PolymarketAuthConfig, Secret, VenueConfig
 from monitor.simulator import Scenario, Simulator
+from monitor.venues.clearstreet import ClearStreetSettings
 from monitor.venues.http import HttpClient
+from monitor.venues.polymarket import PolymarketSettings
 
 # CI runs the property tests on a fixed seed, so a green main stays green; local runs
 # explore new examples every time (and keep failing ones in .hypothesis/).
@@ -168,7 +170,7 @@ def cs_config(simulator: Simulator, sim_credentials: SimCredentials) -> VenueCon
         name="cs",
         kind="clearstreet",
         base_url=simulator.clearstreet_url,
-        api_key=Secret.literal("cs api_key", sim_credentials.api_key),
+        settings=ClearStreetSettings(Secret.literal("cs api_key", sim_credentials.api_key)),
         accounts=(AccountConfig("19816"), AccountConfig("19817"), AccountConfig("19818")),
         poll_interval=1.0,
         timeout=2.0,
@@ -183,13 +185,15 @@ def pmx_config(simulator: Simulator, sim_credentials: SimCredentials) -> VenueCo
         name="pmx",
         kind="polymarket",
         base_url=simulator.polymarket_url,
-        auth=PolymarketAuthConfig(
-            token_url=simulator.token_url,
-            client_id=sim_credentials.client_id,
-            private_key=Secret.literal(
-                "pmx private_key", sim_credentials.keypair.private_pem.decode()
-            ),
-            participant_id=sim_credentials.participant_id,
+        settings=PolymarketSettings(
+            PolymarketAuthConfig(
+                token_url=simulator.token_url,
+                client_id=sim_credentials.client_id,
+                private_key=Secret.literal(
+                    "pmx private_key", sim_credentials.keypair.private_pem.decode()
+                ),
+                participant_id=sim_credentials.participant_id,
+            )
         ),
         accounts=(
             AccountConfig("firms/ACME/accounts/main"),

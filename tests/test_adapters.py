@@ -78,7 +78,9 @@ async def test_cs_top_contributors_only_when_configured(
 ) -> None:
     plain = await fetch(ClearStreetAdapter(cs_config, http_client), "19816")
     assert "margin_details.top_contributors" not in plain.fields
-    limited = dataclasses.replace(cs_config, top_margin_contributors_limit=1)
+    limited = dataclasses.replace(
+        cs_config, settings=dataclasses.replace(cs_config.settings, top_margin_contributors_limit=1)
+    )
     snap = await fetch(ClearStreetAdapter(limited, http_client), "19816")
     assert len(snap.fields["margin_details.top_contributors"]) == 1
 
@@ -86,7 +88,12 @@ async def test_cs_top_contributors_only_when_configured(
 async def test_cs_wrong_key_is_an_auth_failure_without_retries(
     cs_config: VenueConfig, http_client: HttpClient, simulator: Simulator
 ) -> None:
-    bad = dataclasses.replace(cs_config, api_key=Secret.literal("cs api_key", "wrong-key"))
+    bad = dataclasses.replace(
+        cs_config,
+        settings=dataclasses.replace(
+            cs_config.settings, api_key=Secret.literal("cs api_key", "wrong-key")
+        ),
+    )
     with pytest.raises(VenueAuthError) as caught:
         await fetch(ClearStreetAdapter(bad, http_client), "19816")
     assert caught.value.status == 401
@@ -104,7 +111,12 @@ async def test_cs_key_file_rotation_is_picked_up(
 ) -> None:
     key_file = tmp_path / "clearstreet-key"
     key_file.write_text(sim_credentials.api_key + "\n")
-    config = dataclasses.replace(cs_config, api_key=Secret.file("api_key_file", key_file))
+    config = dataclasses.replace(
+        cs_config,
+        settings=dataclasses.replace(
+            cs_config.settings, api_key=Secret.file("api_key_file", key_file)
+        ),
+    )
     adapter = ClearStreetAdapter(config, http_client)
     await fetch(adapter, "19816")
     simulator.configure(api_keys=["rotated-key-2"])
@@ -359,12 +371,17 @@ async def test_pmx_bad_signature_is_refused_once(
     simulator: Simulator,
     other_rsa_keypair: RsaKeyPair,
 ) -> None:
-    assert pmx_config.auth is not None
+    assert pmx_config.settings.auth is not None
     auth = dataclasses.replace(
-        pmx_config.auth,
+        pmx_config.settings.auth,
         private_key=Secret.literal("pmx private_key", other_rsa_keypair.private_pem.decode()),
     )
-    adapter = PolymarketAdapter(dataclasses.replace(pmx_config, auth=auth), http_client)
+    adapter = PolymarketAdapter(
+        dataclasses.replace(
+            pmx_config, settings=dataclasses.replace(pmx_config.settings, auth=auth)
+        ),
+        http_client,
+    )
     with pytest.raises(VenueAuthError, match="token request refused with 401"):
         await fetch(adapter, MAIN)
     assert len(simulator.requests(endpoint="token")) == 1
@@ -374,9 +391,14 @@ async def test_pmx_bad_signature_is_refused_once(
 async def test_pmx_wrong_participant_is_forbidden(
     pmx_config: VenueConfig, http_client: HttpClient, simulator: Simulator
 ) -> None:
-    assert pmx_config.auth is not None
-    auth = dataclasses.replace(pmx_config.auth, participant_id="firms/ACME/users/intruder")
-    adapter = PolymarketAdapter(dataclasses.replace(pmx_config, auth=auth), http_client)
+    assert pmx_config.settings.auth is not None
+    auth = dataclasses.replace(pmx_config.settings.auth, participant_id="firms/ACME/users/intruder")
+    adapter = PolymarketAdapter(
+        dataclasses.replace(
+            pmx_config, settings=dataclasses.replace(pmx_config.settings, auth=auth)
+        ),
+        http_client,
+    )
     with pytest.raises(VenueAuthError) as caught:
         await fetch(adapter, MAIN)
     assert caught.value.status == 403
@@ -402,9 +424,9 @@ async def test_pmx_assertion_claims(
         first,
         rsa_keypair.public_pem,
         algorithms=["RS256"],
-        audience=pmx_config.auth.token_url if pmx_config.auth else "",
+        audience=pmx_config.settings.auth.token_url if pmx_config.settings.auth else "",
     )
-    assert claims["iss"] == claims["sub"] == pmx_config.auth.client_id  # type: ignore[union-attr]
+    assert claims["iss"] == claims["sub"] == pmx_config.settings.auth.client_id  # type: ignore[union-attr]
     assert 0 < claims["exp"] - claims["iat"] <= 300
     assert jwt.get_unverified_header(first)["alg"] == "RS256"
     assert claims["jti"] != jwt.decode(second, options={"verify_signature": False})["jti"]

@@ -32,6 +32,7 @@ from monitor.engine.rulefile import load_rules
 from monitor.engine.runbook import runbook_template
 from monitor.simulator import Simulator
 from monitor.snapshot import Snapshot
+from monitor.venue_fields import kind_fields_map
 from monitor.yamlsource import SourceError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -271,7 +272,9 @@ def test_the_shipped_rules_take_their_runbook_url_from_the_config() -> None:
         rule.annotations["runbook_url"].source == "{{ runbook_url }}" for rule in rules.rules
     )
     # `riskmon check` knows the names: no "field the venue does not send" warning
-    problems = lint_rules(rules, [("cs", "clearstreet"), ("pmx", "polymarket")])
+    problems = lint_rules(
+        rules, [("cs", "clearstreet"), ("pmx", "polymarket")], kinds=kind_fields_map()
+    )
     assert not [p for p in problems if "runbook_url" in p.message or "alertname" in p.message]
     runbook = runbook_template("https://wiki.acme.internal/risk/{{ alertname | lower }}")
     evaluator = Evaluator(rules, AlertBook(), runbook_url=runbook)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from monitor.engine.check import kind_fields, lint_rules, run_check
+from monitor.check_cmd import run_check
+from monitor.engine.check import lint_rules
 from monitor.engine.rulefile import load_rules
+from monitor.venue_fields import kind_fields, kind_fields_map
 from monitor.yamlsource import Problem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +22,7 @@ def _lint(tmp_path: Path, text: str, venues: list[tuple[str, str]] | None = None
     path = tmp_path / "r.yaml"
     path.write_text(text)
     rules, _warnings = load_rules([path])
-    problems: list[Problem] = lint_rules(rules, venues)
+    problems: list[Problem] = lint_rules(rules, venues, kinds=kind_fields_map())
     assert all(p.severity == "warning" for p in problems)
     return [str(p).replace(str(path), "r.yaml") for p in problems]
 

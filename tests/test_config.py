@@ -87,9 +87,9 @@ def test_minimal_config_takes_the_defaults(folder: Path) -> None:
     assert venue.max_response_bytes == 1 << 20
     assert venue.accounts[0].id == "19816"
     assert venue.discovery is None
-    assert venue.api_key is not None
-    assert venue.api_key.get() == "cs-key-value"
-    assert venue.api_key.name == "cs api_key_file"
+    assert venue.settings.api_key is not None
+    assert venue.settings.api_key.get() == "cs-key-value"
+    assert venue.settings.api_key.name == "cs api_key_file"
     assert config.document is not None
     assert config.document.at(("venues", 0, "name")).line == 2
 
@@ -97,14 +97,14 @@ def test_minimal_config_takes_the_defaults(folder: Path) -> None:
 def test_polymarket_venue(folder: Path) -> None:
     venue = parse(folder, PMX).venue("pmx")
     assert venue.kind == "polymarket"
-    assert venue.currency == "USD"
-    assert venue.auth is not None
-    assert venue.auth.client_id == "riskmon"
-    assert venue.auth.participant_id == "firms/ACME/users/riskbot"
-    assert venue.auth.private_key.path == folder / "pmx.pem"
-    assert venue.auth.private_key.get() == PEM.strip()
-    assert venue.auth.audience is None
-    assert venue.api_key is None
+    assert venue.settings.currency == "USD"
+    assert venue.settings.auth is not None
+    assert venue.settings.auth.client_id == "riskmon"
+    assert venue.settings.auth.participant_id == "firms/ACME/users/riskbot"
+    assert venue.settings.auth.private_key.path == folder / "pmx.pem"
+    assert venue.settings.auth.private_key.get() == PEM.strip()
+    assert venue.settings.auth.audience is None
+    assert not hasattr(venue.settings, "api_key")  # a polymarket venue's settings
 
 
 def test_full_config(folder: Path) -> None:
@@ -160,13 +160,13 @@ venues:
     assert config.stale_after == 60.0
     venue = config.venue("cs_prod-1")
     assert venue.base_url == "https://api.clearstreet.com"
-    assert venue.api_key is not None
-    assert venue.api_key.get() == "k"
-    assert venue.api_key.name == "cs_prod-1 api_key"
+    assert venue.settings.api_key is not None
+    assert venue.settings.api_key.get() == "k"
+    assert venue.settings.api_key.name == "cs_prod-1 api_key"
     assert (venue.poll_interval, venue.timeout, venue.stale_after) == (0.5, 90.0, 10.0)
     assert (venue.max_concurrency, venue.max_requests_per_second) == (4, 2.5)
     assert venue.max_response_bytes == 65536
-    assert venue.top_margin_contributors_limit == 5
+    assert venue.settings.top_margin_contributors_limit == 5
     account = venue.accounts[0]
     assert account.id == "19816"
     assert account.labels == {"desk": "equities", "tier": "1"}
@@ -238,7 +238,7 @@ def test_relative_paths_are_resolved_against_the_config_folder(
     assert config.source == folder / "riskmon.yaml"
     assert config.state_dir == tmp_path / "var" / "state"
     assert config.rules == (str(folder / "rules" / "*.yaml"), str(tmp_path / "etc/shared/*.yaml"))
-    api_key = config.venue("cs").api_key
+    api_key = config.venue("cs").settings.api_key
     assert api_key is not None
     assert api_key.path == folder / "secrets" / "cs.key"
 
@@ -256,12 +256,12 @@ def test_example_config_loads(tmp_path: Path) -> None:
     assert cs.accounts[0].labels == {"desk": "equities"}
     assert cs.accounts[0].params == {"buying_power_floor": Decimal("50000")}
     assert cs.discovery is not None
-    assert cs.api_key is not None
-    assert cs.api_key.get() == "demo-key"
-    assert pmx.auth is not None
-    assert pmx.auth.token_url == "http://127.0.0.1:8090/polymarket/oauth/token"
-    assert pmx.auth.client_id == "riskmon-demo"
-    assert pmx.auth.participant_id == "firms/ACME/users/riskbot"
+    assert cs.settings.api_key is not None
+    assert cs.settings.api_key.get() == "demo-key"
+    assert pmx.settings.auth is not None
+    assert pmx.settings.auth.token_url == "http://127.0.0.1:8090/polymarket/oauth/token"
+    assert pmx.settings.auth.client_id == "riskmon-demo"
+    assert pmx.settings.auth.participant_id == "firms/ACME/users/riskbot"
     assert [a.id for a in pmx.accounts] == ["firms/ACME/accounts/main", "firms/ACME/accounts/hedge"]
     assert config.mqtt.url == "mqtt://127.0.0.1:1883"
     assert config.http.listen == "127.0.0.1:9817"
@@ -285,8 +285,8 @@ def test_environment_variables_are_substituted(folder: Path) -> None:
     )
     venue = parse(folder, text, {"VENUE": "cs-prod", "CS_KEY": "secret"}).venues[0]
     assert venue.name == "cs-prod"
-    assert venue.api_key is not None
-    assert venue.api_key.get() == "secret"
+    assert venue.settings.api_key is not None
+    assert venue.settings.api_key.get() == "secret"
 
 
 def test_environment_variable_default(folder: Path) -> None:
@@ -298,7 +298,7 @@ def test_environment_variable_default(folder: Path) -> None:
 
 def test_double_dollar_is_a_literal_dollar(folder: Path) -> None:
     text = CS.replace("api_key_file: cs.key", "api_key: a$$b$${NOT_A_VAR}$")
-    api_key = parse(folder, text).venues[0].api_key
+    api_key = parse(folder, text).venues[0].settings.api_key
     assert api_key is not None
     assert api_key.get() == "a$b${NOT_A_VAR}$"
 
@@ -826,7 +826,7 @@ def test_rotated_api_key_file_is_seen(tmp_path: Path, monkeypatch: pytest.Monkey
     key_file.write_text("first-key\n")
     config_file = tmp_path / "riskmon.yaml"
     config_file.write_text(CS.replace("api_key_file: cs.key", "api_key_file: secrets/cs.key"))
-    api_key = load_config(config_file, environ={}).venue("cs").api_key
+    api_key = load_config(config_file, environ={}).venue("cs").settings.api_key
     assert api_key is not None
     assert api_key.get() == "first-key"
     # a rotation as Kubernetes does it: a new file swapped in, with another length

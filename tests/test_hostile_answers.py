@@ -300,7 +300,12 @@ async def test_an_api_key_file_rotated_to_an_unsendable_key_is_an_auth_error(
     key_file = tmp_path / "cs.key"
     key_file.write_text(sim_credentials.api_key + "\n")
     secret = Secret.file("cs api_key_file", key_file)
-    adapter = ClearStreetAdapter(dataclasses.replace(cs_config, api_key=secret), http_client)
+    adapter = ClearStreetAdapter(
+        dataclasses.replace(
+            cs_config, settings=dataclasses.replace(cs_config.settings, api_key=secret)
+        ),
+        http_client,
+    )
     assert (await fetch(adapter, "19816")).fields["buying_power"] > 0
     key_file.write_text(key + "\n")
     secret.recheck()

@@ -197,7 +197,12 @@ async def test_an_account_never_polled_successfully_goes_stale_from_its_start(
 async def test_wrong_credentials_back_off_instead_of_hammering(
     cs_config: VenueConfig, http_client: HttpClient, simulator: Simulator
 ) -> None:
-    config = fast(cs_config, api_key=Secret.literal("cs api_key", "wrong"))
+    config = fast(
+        cs_config,
+        settings=dataclasses.replace(
+            cs_config.settings, api_key=Secret.literal("cs api_key", "wrong")
+        ),
+    )
     async with running(config, http_client) as (_, recorder):
         await recorder.until(lambda: sum(r == "auth_backoff" for _, r in recorder.skips) >= 6)
     assert all(isinstance(e, VenueAuthError) for _, e in recorder.failures)
@@ -225,7 +230,12 @@ async def test_a_fixed_key_file_ends_the_auth_back_off(
 ) -> None:
     key_file = tmp_path / "cs.key"
     key_file.write_text("wrong-key\n")
-    config = fast(cs_config, api_key=Secret.file("cs api_key", key_file))
+    config = fast(
+        cs_config,
+        settings=dataclasses.replace(
+            cs_config.settings, api_key=Secret.file("cs api_key", key_file)
+        ),
+    )
     async with running(config, http_client) as (poller, recorder):
         await recorder.until(in_auth_backoff(recorder))
         loop = asyncio.get_running_loop()
@@ -248,7 +258,12 @@ async def test_an_unchanged_wrong_key_keeps_the_auth_back_off(
 ) -> None:
     key_file = tmp_path / "cs.key"
     key_file.write_text("wrong-key\n")
-    config = fast(cs_config, api_key=Secret.file("cs api_key", key_file))
+    config = fast(
+        cs_config,
+        settings=dataclasses.replace(
+            cs_config.settings, api_key=Secret.file("cs api_key", key_file)
+        ),
+    )
     async with running(config, http_client) as (poller, recorder):
         await recorder.until(in_auth_backoff(recorder))
         refused = recorder.failures[0][1]
@@ -284,11 +299,10 @@ async def test_a_fixed_private_key_file_ends_the_auth_back_off(
 ) -> None:
     key_file = tmp_path / "pmx.pem"
     key_file.write_bytes(other_rsa_keypair.private_pem)  # not the key the venue knows
-    assert pmx_config.auth is not None
     auth = dataclasses.replace(
-        pmx_config.auth, private_key=Secret.file("pmx private_key", key_file)
+        pmx_config.settings.auth, private_key=Secret.file("pmx private_key", key_file)
     )
-    config = fast(pmx_config, auth=auth)
+    config = fast(pmx_config, settings=dataclasses.replace(pmx_config.settings, auth=auth))
     async with running(config, http_client) as (poller, recorder):
         await recorder.until(in_auth_backoff(recorder))
         refused = recorder.failures[0][1]

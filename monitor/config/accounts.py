@@ -13,7 +13,8 @@ from typing import Any, Final
 
 from monitor import schema
 from monitor.config.checking import Checker, key_name
-from monitor.config.model import AccountConfig, ParamValue, account_id_problem
+from monitor.config.model import AccountConfig, ParamValue
+from monitor.venues.registry import account_id_problem
 from monitor.yamlsource import KeyPath
 
 __all__ = ["ACCOUNT_KEYS", "AccountChecker"]

@@ -34,11 +34,10 @@ from monitor.config.model import (
     HttpConfig,
     MqttConfig,
     ParamValue,
-    PolymarketAuthConfig,
     VenueConfig,
 )
-from monitor.config.secret import Secret
 from monitor.durations import format_duration
+from monitor.venues import registry
 from monitor.yamlsource import (
     KeyPath,
     Location,
@@ -49,8 +48,6 @@ from monitor.yamlsource import (
 )
 
 __all__ = ["load_config", "parse_config"]
-
-KINDS = ("clearstreet", "polymarket")
 
 _TOP_KEYS = (
     "instance",
@@ -76,22 +73,9 @@ _VENUE_KEYS = (
     "max_response_bytes",
     "accounts",
 )
-_KIND_KEYS: dict[str, tuple[str, ...]] = {
-    "clearstreet": ("api_key", "api_key_file", "top_margin_contributors_limit"),
-    "polymarket": ("currency", "auth"),
-}
-# What to tell someone who used a key of the other kind: "<key> is for <kind> venues; ..."
-_KIND_HINTS = {
-    "clearstreet": "clearstreet venues use api_key or api_key_file",
-    "polymarket": "polymarket venues use auth",
-}
-_AUTH_KEYS = ("token_url", "client_id", "private_key", "private_key_file", "participant_id")
-_AUTH_KEYS_ALL = (*_AUTH_KEYS, "audience")
 _DISCOVER_KEYS = ("discover", "interval", "statuses", "labels", "params")
 
 _VENUE_NAME = re.compile(r"[A-Za-z0-9_-]+")
-_CURRENCY = re.compile(r"[A-Z]{3}")
-_PARTICIPANT = re.compile(r"firms/[^/\s]+/users/[^/\s]+")
 _INSTANCE = re.compile(r"[^\s/+#]+")
 # defaults, read from instances: slotted dataclasses keep no defaults on the class
 _HTTP = HttpConfig()
@@ -254,12 +238,13 @@ class _ConfigChecker(AccountChecker):
         text = self.string(path, value)
         if text is None:
             return None
-        if text not in KINDS:
-            hint = schema.did_you_mean(text, KINDS)
+        kinds = registry.kind_names()
+        if text not in kinds:
+            hint = schema.did_you_mean(text, kinds)
             self.error(
                 path,
                 f"unknown venue kind {self.show(path, text)}{hint} "
-                f"(known kinds: {', '.join(KINDS)})",
+                f"(known kinds: {', '.join(kinds)})",
             )
             return None
         return text
@@ -284,13 +269,17 @@ class _ConfigChecker(AccountChecker):
         known: tuple[str, ...] = _VENUE_KEYS
         foreign: dict[str, str] = {}
         if kind is None:
-            known = (*known, *(k for keys in _KIND_KEYS.values() for k in keys))
+            known = (*known, *(k for each in registry.all_kinds() for k in each.settings_keys))
         else:
-            known = (*known, *_KIND_KEYS[kind])
-            for other, keys in _KIND_KEYS.items():
-                if other != kind:
-                    for key in keys:
-                        foreign[key] = f"{key} is for {other} venues; {_KIND_HINTS[kind]}"
+            this = registry.get(kind)
+            known = (*known, *this.settings_keys)
+            for other in registry.all_kinds():
+                if other.name != kind:
+                    for key in other.settings_keys:
+                        if key not in this.settings_keys:
+                            foreign.setdefault(
+                                key, f"{key} is for {other.name} venues; {this.settings_hint}"
+                            )
         s = self.section(path, value, where, known, foreign=foreign)
         name = self.field(s, "name", "", lambda p, v: self.venue_name(p, v, seen), required=True)
         if "kind" not in s.data:
@@ -316,22 +305,7 @@ class _ConfigChecker(AccountChecker):
             s, "max_response_bytes", 1 << 20, lambda p, v: self.integer(p, v, minimum=1)
         )
         accounts, discovery = self.accounts(s, kind)
-        api_key: Secret | None = None
-        auth: PolymarketAuthConfig | None = None
-        currency = "USD"
-        top_limit: int | None = None
-        if kind == "clearstreet":
-            api_key = self.api_key(s, name)
-            top_limit = self.field(
-                s,
-                "top_margin_contributors_limit",
-                None,
-                lambda p, v: self.integer(p, v, minimum=1),
-            )
-        elif kind == "polymarket":
-            currency = self.field(s, "currency", "USD", self.currency)
-            if self.require(s, "auth"):
-                auth = self.auth(s, name)
+        settings = registry.get(kind).parse_settings(self, s, name) if kind else None
         return VenueConfig(
             name=name,
             kind=kind or "",
@@ -343,110 +317,9 @@ class _ConfigChecker(AccountChecker):
             stale_after=stale_after,
             accounts=accounts,
             discovery=discovery,
-            api_key=api_key,
-            auth=auth,
-            currency=currency,
-            top_margin_contributors_limit=top_limit,
             max_response_bytes=max_bytes,
+            settings=settings,
         )
-
-    def api_key(self, s: Section, venue: str) -> Secret | None:
-        if s.has("api_key") and s.has("api_key_file"):
-            self.error(s.at("api_key_file"), "give api_key or api_key_file, not both", key=True)
-            return None
-        if s.has("api_key"):
-            text = self.field(s, "api_key", "", self.header_secret_text)
-            return Secret.literal(f"{venue} api_key", text) if text else None
-        if s.has("api_key_file"):
-            return self.field(
-                s,
-                "api_key_file",
-                None,
-                lambda p, v: self.secret_file(p, v, f"{venue} api_key_file", header=True),
-            )
-        self.error(
-            s.path,
-            f"missing api_key_file (or api_key) in {s.where}: clearstreet venues need an API key",
-        )
-        return None
-
-    def currency(self, path: KeyPath, value: Any) -> str | None:
-        text = self.string(path, value)
-        if text is not None and not _CURRENCY.fullmatch(text):
-            self.error(
-                path,
-                f"currency: expected a 3-letter upper-case code such as USD, got "
-                f"{self.show(path, text)}",
-            )
-            return None
-        return text
-
-    def auth(self, venue: Section, name: str) -> PolymarketAuthConfig | None:
-        path, value = venue.at("auth"), venue.data["auth"]
-        if path in self.failed:
-            return None
-        if not isinstance(value, dict):
-            self.error(
-                path,
-                "auth: expected a mapping with token_url, client_id, private_key_file and "
-                f"participant_id, got {self.show(path, value)}",
-            )
-            return None
-        s = self.section(path, value, f"auth of {venue.where}", _AUTH_KEYS_ALL)
-        before = len(self.problems)
-        token_url = self.field(s, "token_url", "", self.exact_url, required=True)
-        client_id = self.field(s, "client_id", "", self.string, required=True)
-        participant = self.field(s, "participant_id", "", self.participant_id, required=True)
-        audience = self.field(s, "audience", None, self.exact_url)
-        key: Secret | None = None
-        if s.has("private_key") and s.has("private_key_file"):
-            self.error(
-                s.at("private_key_file"), "give private_key or private_key_file, not both", key=True
-            )
-        elif s.has("private_key"):
-            text = self.field(s, "private_key", "", self.secret_text)
-            if text and not _looks_like_pem(text):
-                self.error(
-                    s.at("private_key"),
-                    "private_key is not a PEM private key (-----BEGIN ... PRIVATE KEY-----)",
-                )
-            elif text:
-                key = Secret.literal(f"{name} private_key", text)
-        elif s.has("private_key_file"):
-            key = self.field(
-                s,
-                "private_key_file",
-                None,
-                lambda p, v: self.secret_file(p, v, f"{name} private_key_file"),
-            )
-            if key is not None and not _looks_like_pem(key.get()):
-                self.error(
-                    s.at("private_key_file"),
-                    f"private_key_file {key.path} is not a PEM private key "
-                    "(-----BEGIN ... PRIVATE KEY-----)",
-                )
-        else:
-            self.error(s.path, f"missing private_key_file (or private_key) in {s.where}")
-        if key is None or len(self.problems) > before:
-            return None
-        return PolymarketAuthConfig(
-            token_url=token_url,
-            client_id=client_id,
-            private_key=key,
-            participant_id=participant,
-            audience=audience,
-        )
-
-    def participant_id(self, path: KeyPath, value: Any) -> str | None:
-        text = self.string(path, value)
-        if text is not None and not _PARTICIPANT.fullmatch(text):
-            self.error(
-                path,
-                "participant_id must look like firms/<FIRM>/users/<USER>, got "
-                f"{self.show(path, text)}",
-            )
-            return None
-        return text
 
     # -- accounts ----------------------------------------------------------------------
 
@@ -526,10 +399,11 @@ class _ConfigChecker(AccountChecker):
     ) -> DiscoveryConfig | None:
         foreign = {}
         known: tuple[str, ...] = _DISCOVER_KEYS
-        if kind == "polymarket":
+        if kind is not None and not registry.get(kind).discovery_statuses:
             known = tuple(k for k in known if k != "statuses")
             foreign["statuses"] = (
-                "statuses is for clearstreet venues; polymarket discovery has no account status"
+                registry.get(kind).statuses_hint
+                or f"statuses is not a setting of {kind} discovery: it has no account status"
             )
         s = self.section(path, item, f"the discover entry of {venue.where}", known, foreign=foreign)
         before = len(self.problems)
@@ -557,7 +431,3 @@ class _ConfigChecker(AccountChecker):
             return None
         result = [self.string((*path, i), item) for i, item in enumerate(value)]
         return tuple(s.upper() for s in result if s is not None)
-
-
-def _looks_like_pem(text: str) -> bool:
-    return "-----BEGIN" in text and "PRIVATE KEY-----" in text

@@ -7,7 +7,6 @@ file's folder.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,20 +15,6 @@ from typing import Any
 from monitor.config.secret import Secret
 from monitor.schema import ParamValue as ParamValue  # re-exported: the config holds them
 from monitor.yamlsource import YamlDocument
-
-_PMX_ACCOUNT = re.compile(r"firms/[^/\s]+/accounts/[^/\s]+")
-
-
-def account_id_problem(kind: str | None, account_id: str) -> str | None:
-    """Why `account_id` cannot be an account of a `kind` venue, or None when it can:
-    one rule for configured and discovered accounts alike."""
-    if kind == "clearstreet" and not (account_id.isascii() and account_id.isdigit()):
-        return "Clear Street account ids are numbers such as 19816"
-    if kind == "polymarket" and not _PMX_ACCOUNT.fullmatch(account_id):
-        return "Polymarket account ids look like firms/<FIRM>/accounts/<NAME>"
-    if not account_id.strip():
-        return "an account id is not blank"
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +46,7 @@ class PolymarketAuthConfig:
 @dataclass(frozen=True, slots=True)
 class VenueConfig:
     name: str
-    kind: str  # "clearstreet" | "polymarket"
+    kind: str  # a registered venue kind (monitor.venues.registry)
     base_url: str
     poll_interval: float = 2.0
     timeout: float = 5.0
@@ -70,11 +55,10 @@ class VenueConfig:
     stale_after: float = 30.0  # the global default when the venue sets none
     accounts: tuple[AccountConfig, ...] = ()
     discovery: DiscoveryConfig | None = None
-    api_key: Secret | None = None  # clearstreet
-    auth: PolymarketAuthConfig | None = None  # polymarket
-    currency: str = "USD"  # polymarket
-    top_margin_contributors_limit: int | None = None  # clearstreet
     max_response_bytes: int = 1 << 20
+    #: the kind's own settings, as its `VenueKind.parse_settings` builds them
+    #: (e.g. monitor.venues.clearstreet.ClearStreetSettings)
+    settings: Any = None
 
 
 @dataclass(frozen=True, slots=True)

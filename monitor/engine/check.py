@@ -1,7 +1,7 @@
-"""`riskmon check`: validate a config and its rule files, and lint rules against venues.
+"""Lint rules against the venue kinds they apply to (`riskmon check`, and the daemon at
+every load). What each kind sends is passed in (`KindFields`, built from the venue
+registry by `monitor.venue_fields`): the engine knows no venue.
 
-Errors (a file that would not load; against a config, the account params that
-`params_check` refuses) make the exit status 1, and with `--strict` warnings do too.
 Lints are warnings:
 - a rule reads a field that a venue kind its group selects never sends (a typo, or a
   rule meant for another venue kind), with a "did you mean";
@@ -13,18 +13,18 @@ Lints are warnings:
   and `on_missing` is not `fire`);
 - a group's `venues` entry that is neither a venue kind nor a configured venue.
 
-The daemon runs the same checks at start and at every reload (`config_problems`).
+The daemon runs the same checks at start and at every reload (`config_problems`);
+the command itself is `monitor.check_cmd`.
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
-import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TextIO
+from typing import TYPE_CHECKING
 
 from monitor import schema
 from monitor.engine.expr import CompiledExpr, guarded_paths
@@ -33,34 +33,29 @@ from monitor.engine.params_check import ParamPlaces, check_account_params
 from monitor.engine.rulefile import (
     IDENTITY_FIELDS,
     NoDefaultWarning,
-    expand_rule_globs,
     find_field,
-    load_rules_partial,
     place_in_text,
     split_lines,
 )
 from monitor.engine.runbook import ALERT_CONTEXT
 from monitor.engine.templates import ALERT_FIELDS
-from monitor.snapshot import NORMALIZED_FIELDS, snake_case
-from monitor.yamlsource import Location, Problem, SourceError, YamlDocument
+from monitor.snapshot import FieldSchema
+from monitor.yamlsource import Location, Problem
 
 if TYPE_CHECKING:
     from monitor.config.model import Config
 
 __all__ = [
-    "DEFAULT_CONFIG",
     "KindFields",
     "config_problems",
-    "kind_fields",
     "lint_rules",
-    "run_check",
 ]
-
-DEFAULT_CONFIG: Final = "riskmon.yaml"
-_INTRADAY: Final = "margin_details.intraday_details.buying_power"
 
 
 # ------------------------------------------------------------------------- what a kind sends
+
+
+_REMOVING = "the venue is removing these fields"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +66,47 @@ class KindFields:
     patterns: frozenset[str]  # with `*` for map keys and list items
     deprecated: frozenset[str]  # patterns the venue deprecated
     #: normalized field -> the deprecated venue field it comes from
-    deprecated_normalized: dict[str, str]
+    deprecated_normalized: Mapping[str, str]
+    #: why the venue deprecated fields, for the warning
+    deprecation_note: str = _REMOVING
+    #: the field that replaces the deprecated ones, when there is one
+    successor: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        kind: str,
+        schema: FieldSchema,
+        normalized: Iterable[str],
+        deprecated_normalized: Mapping[str, str],
+        *,
+        deprecation_note: str | None = None,
+        successor: str | None = None,
+    ) -> KindFields:
+        """What a kind whose adapter parses with `schema` and adds the `normalized`
+        fields sends (each prefix of a schema path too)."""
+        patterns: set[str] = set(normalized)
+        for pattern in schema.types:
+            parts = pattern.split(".")
+            patterns.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+        return cls(
+            kind=kind,
+            patterns=frozenset(patterns),
+            deprecated=frozenset(schema.deprecated),
+            deprecated_normalized=dict(deprecated_normalized),
+            deprecation_note=deprecation_note or _REMOVING,
+            successor=successor,
+        )
+
+    def often_absent(self) -> frozenset[str]:
+        """The fields deprecated here: absent from nearly every snapshot, so the rules'
+        fast path treats them as optional rather than falling back whenever missing."""
+        plain = {p for p in self.deprecated if "*" not in p}
+        return (
+            frozenset(self.deprecated_normalized)
+            | frozenset(self.deprecated_normalized.values())
+            | plain
+        )
 
     def knows(self, path: str) -> bool:
         if _always_known(path):
@@ -118,42 +153,6 @@ def _matches(path: str, pattern: str) -> bool:
     return all(q in ("*", p) for p, q in zip(parts, pattern_parts, strict=True))
 
 
-@functools.cache
-def kind_fields(kind: str) -> KindFields:
-    """What venue kind `kind` sends (KeyError for an unknown kind)."""
-    from monitor.venues.base import adapter_class  # imports the adapter: only when linting
-
-    adapter = adapter_class(kind)
-    schema = adapter.schema
-    patterns: set[str] = set()
-    for pattern in schema.types:
-        parts = pattern.split(".")
-        patterns.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    deprecated_normalized: dict[str, str] = {}
-    for name, source in adapter.normalized_from.items():
-        if name not in NORMALIZED_FIELDS:
-            continue
-        patterns.add(name)
-        primary = source.split(",")[0].split(" else ")[0]
-        path = ".".join(
-            snake_case(p) for p in primary.replace("(deprecated)", "").strip().split(".")
-        )
-        if "(deprecated)" in primary or path in schema.deprecated:
-            deprecated_normalized[name] = path
-    return KindFields(
-        kind=kind,
-        patterns=frozenset(patterns),
-        deprecated=frozenset(schema.deprecated),
-        deprecated_normalized=deprecated_normalized,
-    )
-
-
-def _known_kinds() -> list[str]:
-    from monitor.venues.base import known_kinds
-
-    return known_kinds()
-
-
 # ------------------------------------------------------------------------- lints
 
 
@@ -167,9 +166,12 @@ class _Read:
 
 
 class _Linter:
-    def __init__(self, venues: Sequence[tuple[str, str]] | None) -> None:
+    def __init__(
+        self, venues: Sequence[tuple[str, str]] | None, kinds: Mapping[str, KindFields]
+    ) -> None:
         self.venues = venues
-        self.kinds = _known_kinds()
+        self.fields = kinds
+        self.kinds = list(kinds)
         self.problems: list[Problem] = []
         self._lines: dict[str, list[str]] = {}
 
@@ -221,7 +223,7 @@ class _Linter:
         # absence means, so a deprecation (the field going missing) needs no warning
         guarded = {p for e in (rule.expr, rule.clear) if e is not None for p in guarded_paths(e)}
         for kind in self.kinds_for(rule):
-            known = kind_fields(kind)
+            known = self.fields[kind]
             reported: set[str] = set()
             for read in reads:
                 if read.path in reported:
@@ -241,7 +243,7 @@ class _Linter:
         suggestion = known.suggest(read.path)
         if suggestion is not None:
             message += f"; did you mean {suggestion}?"
-        others = [k for k in self.kinds if k != kind and kind_fields(k).knows(read.path)]
+        others = [k for k in self.kinds if k != kind and self.fields[k].knows(read.path)]
         if others and not rule.venues:
             message += (
                 f" ({' and '.join(others)} sends it: limit group {rule.group!r} with "
@@ -251,17 +253,18 @@ class _Linter:
 
     def deprecated(self, rule: Rule, read: _Read, kind: str, source: str) -> None:
         behind = f" (from {source})" if source != read.path else ""
-        intraday = (
-            f"; for the intraday framework see {_INTRADAY}"
-            if kind_fields(kind).knows(_INTRADAY) and read.path != _INTRADAY
+        known = self.fields[kind]
+        successor = known.successor
+        instead = (
+            f"; for the intraday framework see {successor}"
+            if successor is not None and known.knows(successor) and read.path != successor
             else ""
         )
         self.warn(
             self.place(read, rule.location),
-            f"{read.path}{behind} is deprecated by {kind}: the FINRA pattern-day-trader rule "
-            "was replaced by intraday margin in 2026 and venues are removing these fields; "
+            f"{read.path}{behind} is deprecated by {kind}: {known.deprecation_note}; "
             "where the venue no longer sends it the field is missing, so this rule's "
-            f"on_missing ({rule.on_missing}) decides{intraday}",
+            f"on_missing ({rule.on_missing}) decides{instead}",
         )
 
     def never_fires(self, rule: Rule, kind: str, known: KindFields) -> None:
@@ -307,17 +310,19 @@ def _tolerates_missing(expr: CompiledExpr) -> bool:
     )
 
 
-def lint_rules(rules: RuleSet, venues: Sequence[tuple[str, str]] | None = None) -> list[Problem]:
+def lint_rules(
+    rules: RuleSet,
+    venues: Sequence[tuple[str, str]] | None = None,
+    *,
+    kinds: Mapping[str, KindFields],
+) -> list[Problem]:
     """Warnings about rules against the venue kinds they apply to.
 
     `venues`: the config's (name, kind) pairs; None lints each rule against every known
-    kind its group selects.
+    kind its group selects. `kinds`: what each known venue kind sends.
     """
-    problems = _Linter(venues).lint(rules)
+    problems = _Linter(venues, kinds).lint(rules)
     return list(dict.fromkeys(problems))
-
-
-# ------------------------------------------------------------------------- the command
 
 
 def config_problems(
@@ -326,6 +331,7 @@ def config_problems(
     rule_warnings: Sequence[Problem],
     places: ParamPlaces,
     *,
+    kinds: Mapping[str, KindFields],
     unread: bool = True,
 ) -> list[Problem]:
     """What checking `rules` against `config` finds beside the errors of loading them:
@@ -335,98 +341,6 @@ def config_problems(
     `unread`: see `check_account_params`."""
     venues = [(venue.name, venue.kind) for venue in config.venues]
     problems = [w for w in rule_warnings if not isinstance(w, NoDefaultWarning)]
-    problems += lint_rules(rules, venues)
+    problems += lint_rules(rules, venues, kinds=kinds)
     problems += check_account_params(config, rules, places, unread=unread)
     return problems
-
-
-def run_check(
-    config_path: str | None,
-    rule_files: Sequence[str],
-    out: TextIO,
-    err: TextIO,
-    *,
-    strict: bool = False,
-) -> int:
-    """`riskmon check [-c FILE] [--strict] [RULEFILE...]`: 0 clean or warnings only (with
-    `strict`: clean only), 1 otherwise.
-
-    With rule files, checks just those (against the config's venues and accounts when
-    `-c` is given too); otherwise loads the config (default riskmon.yaml) and checks its
-    rule files and its account params against them.
-    """
-    from monitor.config import load_config
-
-    problems: list[Problem] = []
-    config: Config | None = None
-    files: list[str | Path] = []
-    order: list[str] = []
-    if config_path is not None or not rule_files:
-        path = config_path or DEFAULT_CONFIG
-        order.append(path)
-        try:
-            config = load_config(path)
-        except SourceError as exc:
-            from monitor.pagerduty.check import pagerduty_config_hint
-
-            hint = pagerduty_config_hint(path)  # its errors would all be beside the point
-            problems.extend(exc.problems if hint is None else [hint])
-        else:
-            if not rule_files:
-                files.extend(_config_rule_files(config.rules, config.document, problems))
-    for name in rule_files:
-        if any(ch in name for ch in "*?["):
-            files.extend(expand_rule_globs([name], warnings=problems))
-        else:
-            files.append(name)
-    loaded = load_rules_partial(files)
-    problems.extend(loaded.errors)
-    if config is None:
-        problems.extend(loaded.warnings)
-        problems.extend(lint_rules(loaded.rules, None))
-    else:
-        # "no rule reads it" needs every rule of the config, loaded
-        whole = not rule_files and not loaded.errors
-        places = ParamPlaces(config, config.document)
-        problems.extend(
-            config_problems(config, loaded.rules, loaded.warnings, places, unread=whole)
-        )
-    order.extend(str(f) for f in files)
-    rank = {name: i for i, name in reversed(list(enumerate(order)))}
-    problems = sorted(
-        dict.fromkeys(problems),
-        key=lambda p: (rank.get(p.location.file, len(rank)), p.location.line, p.location.col),
-    )
-    for problem in problems:
-        print(problem, file=out)
-    errors = sum(p.severity != "warning" for p in problems)
-    warnings = len(problems) - errors
-    if problems:
-        print(f"{_count(errors, 'error')}, {_count(warnings, 'warning')}", file=out)
-    else:
-        rules = len(loaded.rules.rules)
-        print(f"ok: {_count(rules, 'rule')} in {_count(len(loaded.rules.files), 'file')}", file=out)
-    if config_path is None and not rule_files and not Path(DEFAULT_CONFIG).exists():
-        print(
-            f"riskmon check: no {DEFAULT_CONFIG} here; give a config with -c FILE "
-            "or the rule files to check",
-            file=err,
-        )
-    if strict and warnings and not errors:
-        print("riskmon check: --strict: warnings count as errors", file=err)
-    return 1 if errors or (strict and warnings) else 0
-
-
-def _config_rule_files(
-    patterns: Sequence[str], document: YamlDocument | None, problems: list[Problem]
-) -> list[Path]:
-    locations: list[Location] | None = None
-    if document is not None:
-        raw = document.value.get("rules") if isinstance(document.value, dict) else None
-        if isinstance(raw, list) and len(raw) == len(patterns):
-            locations = [document.at(("rules", i)) for i in range(len(patterns))]
-    return expand_rule_globs(patterns, locations=locations, warnings=problems)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"

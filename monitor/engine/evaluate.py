@@ -74,8 +74,12 @@ class Evaluator:
         *,
         on_eval_failure: EvalFailureHook | None = None,
         runbook_url: Template | None = None,
+        often_absent: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.rules = rules
+        #: per venue kind, the fields the fast path treats as optional (its deprecated
+        #: ones: absent from nearly every snapshot); `monitor.venue_fields` builds it
+        self.often_absent = often_absent if often_absent is not None else {}
         #: `{{ runbook_url }}` of the annotations (`builtin_alerts.runbook_url`)
         self.runbook_url = runbook_url if runbook_url is not None else runbook_template()
         self.book = book if book is not None else AlertBook()
@@ -119,7 +123,7 @@ class Evaluator:
                 else:
                     clear_at.append(len(exprs))
                     exprs.append(rule.clear)
-            compiled = compile_rules(exprs, optional=_often_absent(venue_kind))
+            compiled = compile_rules(exprs, optional=self.often_absent.get(venue_kind, frozenset()))
             program = _Program(
                 rules,
                 compiled,
@@ -241,21 +245,3 @@ def _renderer(rule: Rule, snapshot: Snapshot, runbook_url: Template) -> AlertRen
 
 
 __all__ = ["Evaluator", "merged_params"]
-
-
-def _often_absent(venue_kind: str) -> frozenset[str]:
-    """The fields venue kind `venue_kind` has deprecated (Clear Street's pattern-day-trader
-    fields, gone since 2026-06): absent from nearly every snapshot, so the rules' fast
-    path treats them as optional rather than falling back whenever they are missing."""
-    from monitor.engine.check import kind_fields  # imports the adapter, once per kind
-
-    try:
-        fields = kind_fields(venue_kind)
-    except KeyError:  # a kind without an adapter (tests): nothing known
-        return frozenset()
-    plain = {p for p in fields.deprecated if "*" not in p}
-    return (
-        frozenset(fields.deprecated_normalized)
-        | frozenset(fields.deprecated_normalized.values())
-        | plain
-    )

@@ -63,8 +63,13 @@ def override_problems(
 class Replay:
     """Recorded snapshots through a rule set; `snapshots` counts what was read."""
 
-    def __init__(self, rules: RuleSet, overrides: Mapping[str, Any]) -> None:
-        self.evaluator = Evaluator(rules)
+    def __init__(
+        self,
+        rules: RuleSet,
+        overrides: Mapping[str, Any],
+        often_absent: Mapping[str, frozenset[str]] | None = None,
+    ) -> None:
+        self.evaluator = Evaluator(rules, often_absent=often_absent)
         self.overrides = dict(overrides)
         self.snapshots = 0
 
@@ -83,11 +88,15 @@ def _when(at: float) -> str:
 
 
 def run_replay(
-    files: Sequence[str], rules: RuleSet, overrides: Mapping[str, Any], out: TextIO
+    files: Sequence[str],
+    rules: RuleSet,
+    overrides: Mapping[str, Any],
+    out: TextIO,
+    often_absent: Mapping[str, frozenset[str]] | None = None,
 ) -> int:
     transitions = firing = 0
     active: set[str] = set()
-    run = Replay(rules, overrides)
+    run = Replay(rules, overrides, often_absent)
     for event in run.events(Path(f) for f in files):
         transitions += 1
         values = " ".join(f"{k}={v}" for k, v in event.values.items())

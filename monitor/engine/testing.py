@@ -38,7 +38,6 @@ from typing import Any, TextIO
 
 from monitor import schema
 from monitor.config.accounts import AccountChecker
-from monitor.config.loader import KINDS
 from monitor.config.model import AccountConfig
 from monitor.engine.evaluate import Evaluator
 from monitor.engine.lifecycle import Alert, AlertPhase
@@ -124,7 +123,8 @@ class TestFile:
     tests: list[RuleTest]
 
 
-def load_test_file(path: Path) -> TestFile:
+def load_test_file(path: Path, kinds: Sequence[str] = ()) -> TestFile:
+    """`kinds`: the known venue kinds, named when a test lacks its `venue_kind`."""
     text = read_source(path)
     doc = parse_yaml(text, str(path))
     # accounts are read by the config's own checker: a param means what it means there
@@ -151,7 +151,7 @@ def load_test_file(path: Path) -> TestFile:
         problems.append(doc.problem(("tests",), "tests must be a non-empty list"))
         raw_tests = []
     for index, raw in enumerate(raw_tests):
-        test = _parse_test(doc, accounts, ("tests", index), raw, problems)
+        test = _parse_test(doc, accounts, ("tests", index), raw, problems, kinds)
         if test is not None:
             tests.append(test)
             if rules.rules and not rules.rules_for(test.venue, test.venue_kind):
@@ -230,8 +230,8 @@ def _account(
     if not isinstance(raw, dict):
         accounts.error(at, "account: expected a mapping {venue, id, labels, params}")
         return AccountConfig(id="test"), venue_kind
-    kind = venue_kind if venue_kind in KINDS else None
-    account = accounts.account(at, raw, f"test {test!r}", kind, extra_keys=("venue",))
+    # the account-id format of a known kind applies; an unknown kind checks none
+    account = accounts.account(at, raw, f"test {test!r}", venue_kind, extra_keys=("venue",))
     venue = venue_kind
     if "venue" in raw:
         venue = accounts.string((*at, "venue"), raw["venue"]) or venue_kind
@@ -239,7 +239,12 @@ def _account(
 
 
 def _parse_test(
-    doc: YamlDocument, accounts: AccountChecker, at: KeyPath, raw: Any, problems: list[Problem]
+    doc: YamlDocument,
+    accounts: AccountChecker,
+    at: KeyPath,
+    raw: Any,
+    problems: list[Problem],
+    kinds: Sequence[str],
 ) -> RuleTest | None:
     if not isinstance(raw, dict):
         problems.append(doc.problem(at, "a test is a mapping"))
@@ -249,7 +254,8 @@ def _parse_test(
     name = str(raw.get("name") or f"test {at[-1]}")
     venue_kind = raw.get("venue_kind")
     if not isinstance(venue_kind, str):
-        problems.append(doc.problem(at, "venue_kind is required (clearstreet, polymarket)"))
+        known = f" ({', '.join(kinds)})" if kinds else ""
+        problems.append(doc.problem(at, f"venue_kind is required{known}"))
         venue_kind = ""
     account, venue = _account(accounts, (*at, "account"), raw.get("account"), name, venue_kind)
     problems.extend(accounts.problems)
@@ -405,12 +411,12 @@ def _check_alert(at: str, want: AlertExpectation, active: list[Alert]) -> list[s
     return lines
 
 
-def run_test_files(paths: Sequence[str], out: TextIO) -> int:
+def run_test_files(paths: Sequence[str], out: TextIO, kinds: Sequence[str] = ()) -> int:
     """Run every test of every file; print PASS/FAIL with diffs; 0 when all pass."""
     passed = failed = 0
     for name in paths:
         try:
-            loaded = load_test_file(Path(name))
+            loaded = load_test_file(Path(name), kinds)
         except SourceError as exc:
             for problem in exc.problems:
                 out.write(f"{problem}\n")

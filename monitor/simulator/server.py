@@ -1,9 +1,13 @@
-"""The venue simulator: Clear Street and Polymarket APIs from one aiohttp server.
+"""The venue simulator: every venue kind's fake API from one aiohttp server.
 
-    /clearstreet/v1/accounts[/{id}/balances]         Clear Street Trading API
+    /clearstreet/v1/accounts[/{id}/balances]         Clear Street Trading API (clearstreet_fake.py)
     /polymarket/oauth/token                          Polymarket's auth0 token endpoint
-    /polymarket/v1/...                               Polymarket Exchange API
+    /polymarket/v1/...                               Polymarket Exchange API (polymarket_fake.py)
+    /<kind>/...                                      a plugged-in kind's fake (fakes.py)
     /_sim/...                                        control API (JSON)
+
+The simulator owns what is common: the scenario's timeline, faults, the request log and
+the control API; each venue's fake (`fakes.VenueFake`) owns its accounts and endpoints.
 
 Bodies are computed per request from each account's template, overrides and timeline;
 see monitor/simulator/README.md.
@@ -12,44 +16,38 @@ see monitor/simulator/README.md.
 from __future__ import annotations
 
 import asyncio
-import base64
-import bisect
 import itertools
 import json
-import os
-import secrets
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
-from http import HTTPStatus
-from pathlib import Path
 from typing import Any, Final
 
-import jwt
 from aiohttp import web
 
+from monitor.simulator.clearstreet_fake import ClearStreetFake
+from monitor.simulator.fakes import (
+    JSON_TYPE,
+    AccountsFake,
+    Handler,
+    Route,
+    VenueFake,
+    registered_fakes,
+)
 from monitor.simulator.faults import Fault, FaultSet, FaultSpecError, parse_fault
+from monitor.simulator.polymarket_fake import PolymarketFake
 from monitor.simulator.scenario import (
-    CS_STATUSES,
     LAST_PAGE_TOKEN,
-    PmClient,
     Scenario,
     TimelineChange,
 )
 from monitor.simulator.templates import (
-    CS_KINDS,
-    CS_TEMPLATES,
-    CS_TOP_CONTRIBUTORS,
     MISSING,
-    PM_KINDS,
-    PM_TEMPLATES,
     FieldKinds,
     FieldPath,
     dumps,
     mutate,
-    patched,
     split_path,
     wire_value,
 )
@@ -57,40 +55,6 @@ from monitor.simulator.values import Account, Event, RampEvent, SetEvent, WalkEv
 
 CS: Final = "clearstreet"
 PM: Final = "polymarket"
-JSON_TYPE: Final = "application/json"
-MAX_PAGE_SIZE: Final = 1000
-DEFAULT_PAGE_SIZE: Final = 100
-ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-MAX_ASSERTION_LIFETIME: Final = 300.0
-
-# Clear Street's error messages are Google API style (see the seed's 403 and 404).
-_CS_MESSAGES: Final = {
-    400: "The request is invalid",
-    401: "The request does not have valid authentication credentials for the operation",
-    403: "The caller does not have permission to execute the specified operation",
-    404: "Some requested entity was not found",
-    409: "The operation was aborted",
-    429: "Too many requests: rate limit exceeded",
-    500: "Internal error",
-    503: "The service is currently unavailable",
-    504: "The deadline expired before the operation could complete",
-}
-# grpc-gateway: HTTP status -> gRPC code, and its usual messages.
-_GRPC_CODES: Final = {
-    400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 409: 10, 412: 9, 413: 3,
-    422: 3, 429: 8, 499: 1, 500: 13, 501: 12, 503: 14, 504: 4,
-}  # fmt: skip
-_PM_MESSAGES: Final = {
-    401: "unauthenticated",
-    403: "permission denied",
-    404: "not found",
-    429: "rate limit exceeded",
-    500: "internal error",
-    503: "service unavailable",
-    504: "deadline exceeded",
-}
-_AUTH0_ERRORS: Final = {400: "invalid_request", 401: "access_denied", 403: "access_denied"}
-_AUTH0_ERRORS_429: Final = "too_many_requests"
 
 Produce = Callable[[], tuple[int, bytes]]
 Targets = Callable[[Any], list[Any]]
@@ -104,90 +68,6 @@ class ControlError(Exception):
         self.status = status
 
 
-def _message(status: int, table: Mapping[int, str]) -> str:
-    if status in table:
-        return table[status]
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "error"
-
-
-def cs_error(status: int, message: str | None, request_id: str) -> bytes:
-    body = {
-        "error": {"code": status, "message": message or _message(status, _CS_MESSAGES)},
-        "metadata": {"request_id": request_id},
-    }
-    return dumps(body).encode()
-
-
-def pm_error(status: int, message: str | None = None) -> bytes:
-    code = _GRPC_CODES.get(status, 2)
-    body = {"code": code, "message": message or _message(status, _PM_MESSAGES), "details": []}
-    return dumps(body).encode()
-
-
-def auth0_error(status: int, message: str | None, error: str | None = None) -> bytes:
-    if error is None:
-        error = _AUTH0_ERRORS_429 if status == 429 else _AUTH0_ERRORS.get(status, "server_error")
-    description = message or _message(status, {})
-    return dumps({"error": error, "error_description": description}).encode()
-
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-
-
-def _page_token(after: int) -> str:
-    return base64.urlsafe_b64encode(f"after:{after}".encode()).decode().rstrip("=")
-
-
-def _page_after(token: str) -> int | None:
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except ValueError:
-        return None
-    prefix, _, number = text.partition(":")
-    return int(number) if prefix == "after" and number.isdigit() else None
-
-
-class _KeyFiles:
-    """API key files, re-read (at most once a second) when they change on disk."""
-
-    def __init__(self, paths: Iterable[Path]) -> None:
-        self.paths = list(paths)
-        self._stamps: dict[Path, tuple[int, int, int]] = {}
-        self._values: dict[Path, str] = {}
-        self._checked = -1e18
-        self.check()
-
-    def check(self) -> bool:
-        """Re-read changed files; True when a value changed."""
-        changed = False
-        for path in self.paths:
-            try:
-                st = os.stat(path)
-                stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-                if self._stamps.get(path) != stamp:
-                    value = path.read_text(encoding="utf-8").strip()
-                    self._stamps[path] = stamp
-                    changed = changed or self._values.get(path) != value
-                    self._values[path] = value
-            except (OSError, UnicodeDecodeError):
-                continue  # keep the last value read
-        return changed
-
-    def maybe_check(self) -> bool:
-        now = time.monotonic()
-        if now - self._checked < 1.0:
-            return False
-        self._checked = now
-        return self.check()
-
-    def values(self) -> set[str]:
-        return {v for v in self._values.values() if v}
-
-
 class Simulator:
     """Both venues' APIs, driven by a Scenario, on one port."""
 
@@ -197,8 +77,10 @@ class Simulator:
         *,
         clock: Callable[[], float] = time.time,
         max_requests: int = 100_000,
+        fakes: Iterable[VenueFake] = (),
     ) -> None:
         self.scenario = scenario
+        self.fakes: dict[str, VenueFake] = {}  # every venue kind's fake, by kind
         self.clock = clock
         self._t0 = clock()
         self._seq = itertools.count()
@@ -207,27 +89,18 @@ class Simulator:
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._host = "127.0.0.1"
-        # Clear Street
-        cs = scenario.clearstreet
-        self._cs_literal_keys = list(cs.api_keys)
-        self._cs_key_files = _KeyFiles(cs.api_key_files)
-        self._cs_keys: frozenset[str] = frozenset()
-        self._refresh_cs_keys()
-        self.last_page_token = cs.last_page_token
-        self._cs_accounts: dict[int, Account] = {}
-        self._cs_ids: list[int] = []
-        # Polymarket
-        pm = scenario.polymarket
-        self.token_ttl = pm.token_ttl
-        self._clients = {c.client_id: c for c in pm.clients}
-        self._tokens: dict[str, tuple[float, PmClient]] = {}
-        self._jtis: dict[str, float] = {}
-        self._pm_accounts: dict[str, Account] = {}
+        self.clearstreet = ClearStreetFake(self)
+        self.polymarket = PolymarketFake(self)
+        self._builtin: dict[str, AccountsFake] = {CS: self.clearstreet, PM: self.polymarket}
         self._timeline: dict[tuple[str, str], list[tuple[FieldPath, Event]]] = {}
         # a looping scenario's timeline faults: the cycle they belong to, and its copies
         self._fault_cycle = 0
         self._cycle_faults: list[Fault] = []
         self._build()
+        self.fakes.update(self._builtin)
+        # other venue kinds' fakes (monitor/simulator/fakes.py)
+        self.fakes.update((f.kind, f) for f in registered_fakes())
+        self.fakes.update((f.kind, f) for f in fakes)
 
     # --- construction ------------------------------------------------------------------
 
@@ -237,23 +110,12 @@ class Simulator:
             self._timeline.setdefault((change.venue, change.account), []).extend(
                 self._events(change)
             )
-        for spec in scenario.clearstreet.accounts:
-            template = CS_TEMPLATES[spec.template]
-            patch = self._patch(CS_KINDS, spec.set, spec.remove)
-            for n in range(spec.id, spec.id + spec.count):
-                info = {"subtype": template.subtype, **spec.info}
-                account = Account(str(n), template, spec.status, info, patch)
-                self._put_cs(account)
-        for pspec in scenario.polymarket.accounts:
-            template = PM_TEMPLATES[pspec.template]
-            patch = self._patch(PM_KINDS, pspec.set, pspec.remove)
-            for name in pspec.names():
-                display = pspec.display_name or name.rsplit("/", 1)[-1]
-                self._put_pm(Account(name, template, "ACTIVE", {"display_name": display}, patch))
+        for fake in self._builtin.values():
+            fake.build()
         self._arm_timeline_faults(0)
 
     @staticmethod
-    def _patch(
+    def patch(
         kinds: FieldKinds, values: Mapping[str, Any], remove: Iterable[str]
     ) -> dict[FieldPath, Any]:
         patch: dict[FieldPath, Any] = {}
@@ -265,7 +127,7 @@ class Simulator:
         return patch
 
     def _events(self, change: TimelineChange) -> list[tuple[FieldPath, Event]]:
-        kinds = CS_KINDS if change.venue == CS else PM_KINDS
+        kinds = self._builtin[change.venue].field_kinds
         out: list[tuple[FieldPath, Event]] = []
         at = change.at
         for name, value in change.set.items():
@@ -300,20 +162,14 @@ class Simulator:
             out.append((path, event))
         return out
 
-    def _attach(self, venue: str, account: Account) -> None:
+    def next_seq(self) -> int:
+        """The order of a change among all changes (a later one wins at the same time)."""
+        return next(self._seq)
+
+    def attach(self, venue: str, account: Account) -> None:
+        """Give a new account of `venue` its timeline events."""
         for path, event in self._timeline.get((venue, account.id), ()):
             account.add_event(path, event)
-
-    def _put_cs(self, account: Account) -> None:
-        n = int(account.id)
-        if n not in self._cs_accounts:
-            bisect.insort(self._cs_ids, n)
-        self._cs_accounts[n] = account
-        self._attach(CS, account)
-
-    def _put_pm(self, account: Account) -> None:
-        self._pm_accounts[account.id] = account
-        self._attach(PM, account)
 
     def _arm_timeline_faults(self, cycle: int) -> None:
         """The timeline's faults for one cycle of the scenario (the only one, unless it loops)."""
@@ -327,9 +183,6 @@ class Simulator:
             fault = tfault.instance()
             self._faults.add(fault, 0.0, start=offset + tfault.at)
             self._cycle_faults.append(fault)
-
-    def _refresh_cs_keys(self) -> None:
-        self._cs_keys = frozenset([*self._cs_literal_keys, *self._cs_key_files.values()])
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -398,14 +251,10 @@ class Simulator:
         """The aiohttp application (for embedding it in another server)."""
         app = web.Application()
         r = app.router
-        r.add_get("/clearstreet/v1/accounts", self._h_cs_accounts)
-        r.add_get("/clearstreet/v1/accounts/{account_id}/balances", self._h_cs_balances)
-        r.add_post("/polymarket/oauth/token", self._h_pm_token)
-        r.add_get("/polymarket/v1/health", self._h_pm_health)
-        r.add_get("/polymarket/v1/whoami", self._h_pm_whoami)
-        r.add_get("/polymarket/v1/accounts", self._h_pm_accounts)
-        r.add_post("/polymarket/v1/positions/balance", self._h_pm_balance)
-        r.add_post("/polymarket/v1/positions/balances", self._h_pm_balances)
+        for fake in self.fakes.values():
+            for route in fake.routes():
+                handler = route.handler if route.logged else self._fake_handler(fake, route)
+                r.add_route(route.method, f"/{fake.kind}{route.path}", handler)
         r.add_get("/_sim/health", self._c_health)
         r.add_post("/_sim/set", self._c_set)
         r.add_get("/_sim/accounts/{venue}", self._c_list_accounts)
@@ -423,9 +272,35 @@ class Simulator:
         r.add_post("/_sim/config", self._c_configure)
         return app
 
+    def url_of(self, kind: str) -> str:
+        """The base_url of venue kind `kind` here."""
+        return f"{self.base_url}/{kind}"
+
     # --- serving -----------------------------------------------------------------------
 
-    async def _serve(
+    def _fake_handler(self, fake: VenueFake, route: Route) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            received = self.clock()
+            response = await route.handler(request)
+            account = request.match_info.get("account_id")
+            rid = response.headers.get("x-request-id") or uuid.uuid4().hex
+            self._log.append(
+                (
+                    received,
+                    request.method,
+                    request.path,
+                    fake.kind,
+                    route.endpoint,
+                    account,
+                    response.status,
+                    rid,
+                )
+            )
+            return response
+
+        return handle
+
+    async def serve(
         self,
         request: web.Request,
         venue: str,
@@ -479,12 +354,8 @@ class Simulator:
             status = fault.status
             if fault.body is not None:
                 body = fault.body.encode()
-            elif venue == CS:
-                body = cs_error(status, fault.message, request_id)
-            elif endpoint == "token":
-                body = auth0_error(status, fault.message)
             else:
-                body = pm_error(status, fault.message)
+                body = self.fakes[venue].error_body(status, fault.message, request_id, endpoint)
             headers = {}
             if fault.retry_after is not None:
                 headers["Retry-After"] = fault.retry_after
@@ -524,372 +395,13 @@ class Simulator:
             body = text.encode()
         return status, web.Response(body=body, status=status, content_type=JSON_TYPE)
 
-    # --- Clear Street --------------------------------------------------------------------
-
-    def _cs_authorized(self, request: web.Request) -> bool:
-        """A known API key? Key files are re-read once a second, and at once on a miss,
-        so a rotated key works on its first request."""
-        files = self._cs_key_files
-        if files.paths and files.maybe_check():
-            self._refresh_cs_keys()
-        header = request.headers.get("Authorization", "")
-        if header[:7] != "Bearer ":
-            return False
-        key = header[7:].strip()
-        if key in self._cs_keys:
-            return True
-        if files.paths and files.check():
-            self._refresh_cs_keys()
-            return key in self._cs_keys
-        return False
-
-    async def _h_cs_balances(self, request: web.Request) -> web.StreamResponse:
-        received = time.time()
-        rid = str(uuid.uuid4())
-        raw = request.match_info["account_id"]
-
-        def produce() -> tuple[int, bytes]:
-            if not self._cs_authorized(request):
-                return 401, cs_error(401, None, rid)
-            if not raw.isdigit():
-                return 400, cs_error(400, f"account_id must be an integer, got {raw!r}", rid)
-            account = self._cs_accounts.get(int(raw))
-            if account is None:
-                return 404, cs_error(404, None, rid)
-            limit: int | None = None
-            if request.query_string:
-                given = request.query.get("top_margin_contributors_limit")
-                if given is not None:
-                    if not given.isdigit() or int(given) < 1:
-                        message = "top_margin_contributors_limit must be an integer of at least 1"
-                        return 400, cs_error(400, message, rid)
-                    limit = int(given)
-            data = self._cs_data_json(account, limit)
-            return 200, (
-                '{"data":' + data + ',"error":null,"metadata":{"request_id":"' + rid + '"}}'
-            ).encode()
-
-        return await self._serve(
-            request, CS, "balances", raw, rid, received, produce, lambda o: [o.get("data")]
-        )
-
-    def _cs_data_json(self, account: Account, limit: int | None) -> str:
-        if account.pristine and limit is None:
-            return '{"account_id":' + account.id + "," + account.template.json_body[1:]
-        return dumps(self._cs_data(account, limit))
-
-    def _cs_data(self, account: Account, limit: int | None) -> dict[str, Any]:
-        body = patched(account.template.body, account.patches_at(self.timeline_time()))
-        data = {"account_id": int(account.id), **body}
-        details = data.get("margin_details")
-        if isinstance(details, dict):
-            details = dict(details)
-            given = details.pop("top_contributors", None)
-            if limit is not None:
-                contributors = given if isinstance(given, list) else CS_TOP_CONTRIBUTORS
-                details["top_contributors"] = [
-                    dict(c) if isinstance(c, dict) else c for c in contributors[:limit]
-                ]
-                details = dict(sorted(details.items()))  # where the venue puts it
-            data["margin_details"] = details
-        return data
-
-    async def _h_cs_accounts(self, request: web.Request) -> web.StreamResponse:
-        received = time.time()
-        rid = str(uuid.uuid4())
-
-        def produce() -> tuple[int, bytes]:
-            if not self._cs_authorized(request):
-                return 401, cs_error(401, None, rid)
-            query = request.query
-            size = DEFAULT_PAGE_SIZE
-            if query.get("page_size"):
-                text = query["page_size"]
-                if not text.isdigit() or int(text) < 1:
-                    return 400, cs_error(400, "page_size must be a positive integer", rid)
-                size = min(int(text), MAX_PAGE_SIZE)
-            start = 0
-            if query.get("page_token"):
-                after = _page_after(query["page_token"])
-                if after is None:
-                    return 400, cs_error(400, "invalid page_token", rid)
-                start = bisect.bisect_right(self._cs_ids, after)
-            ids = self._cs_ids[start : start + size]
-            data = [self._cs_listing(self._cs_accounts[n]) for n in ids]
-            metadata: dict[str, Any] = {"request_id": rid}
-            if start + size < len(self._cs_ids) and ids:
-                metadata["next_page_token"] = _page_token(ids[-1])
-            elif self.last_page_token == "empty":
-                metadata["next_page_token"] = ""
-            body = {"data": data, "error": None, "metadata": metadata}
-            return 200, dumps(body).encode()
-
-        return await self._serve(request, CS, "accounts", None, rid, received, produce)
-
-    @staticmethod
-    def _cs_listing(account: Account) -> dict[str, Any]:
-        info = account.info
-        return {
-            "id": int(account.id),
-            "full_name": info.get("full_name") or f"Simulated account {account.id}",
-            "short_name": info.get("short_name") or f"SIM{account.id}",
-            "status": account.status,
-            "subtype": info.get("subtype") or account.template.subtype,
-            "type": info.get("type") or "CUSTOMER",
-        }
-
-    # --- Polymarket ----------------------------------------------------------------------
-
-    def _pm_auth(
-        self, request: web.Request, participant: bool = True
-    ) -> tuple[int, bytes] | PmClient:
-        header = request.headers.get("Authorization", "")
-        if header[:7] != "Bearer ":
-            return 401, pm_error(401, "Jwt is missing")
-        entry = self._tokens.get(header[7:].strip())
-        if entry is None:
-            return 401, pm_error(401, "Jwt verification fails")
-        if entry[0] <= self.clock():
-            return 401, pm_error(401, "Jwt is expired")
-        client = entry[1]
-        if participant and request.headers.get("x-participant-id") != client.participant_id:
-            return 403, pm_error(403, "permission denied")
-        return client
-
-    async def _h_pm_health(self, request: web.Request) -> web.StreamResponse:
-        received = time.time()
-        rid = str(uuid.uuid4())
-        return await self._serve(
-            request, PM, "health", None, rid, received, lambda: (200, b'{"status":"SERVING"}')
-        )
-
-    async def _h_pm_whoami(self, request: web.Request) -> web.StreamResponse:
-        received = time.time()
-        rid = str(uuid.uuid4())
-
-        def produce() -> tuple[int, bytes]:
-            client = self._pm_auth(request, participant=False)
-            if not isinstance(client, PmClient):
-                return client
-            return 200, dumps({"user": client.user, "firm": client.firm}).encode()
-
-        return await self._serve(request, PM, "whoami", None, rid, received, produce)
-
-    async def _h_pm_accounts(self, request: web.Request) -> web.StreamResponse:
-        received = time.time()
-        rid = str(uuid.uuid4())
-
-        def produce() -> tuple[int, bytes]:
-            client = self._pm_auth(request)
-            if not isinstance(client, PmClient):
-                return client
-            accounts = list(self._pm_accounts.values())
-            body = {
-                "accounts": [a.id for a in accounts],
-                "displayNames": [a.info.get("display_name", a.id) for a in accounts],
-            }
-            return 200, dumps(body).encode()
-
-        return await self._serve(request, PM, "accounts", None, rid, received, produce)
-
-    async def _pm_balance_request(
-        self, request: web.Request, all_currencies: bool
-    ) -> web.StreamResponse:
-        received = time.time()
-        rid = str(uuid.uuid4())
-        raw = await request.read()
-        parsed: Any = None
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            parsed = None
-        name = parsed.get("name") if isinstance(parsed, dict) else None
-        account_name = name if isinstance(name, str) else None
-
-        def produce() -> tuple[int, bytes]:
-            client = self._pm_auth(request)
-            if not isinstance(client, PmClient):
-                return client
-            if not isinstance(parsed, dict):
-                return 400, pm_error(400, "invalid request body: not a JSON object")
-            if not account_name:
-                return 400, pm_error(400, "name is required")
-            currency = parsed.get("currency")
-            if not all_currencies:
-                if not isinstance(currency, str) or not currency:
-                    return 400, pm_error(400, "currency is required")
-                if currency != "USD":
-                    return 404, pm_error(404, f"no {currency} balance")
-            account = self._pm_accounts.get(account_name)
-            if account is None:
-                return 404, pm_error(404, "account not found")
-            body = self._pm_body_json(account)
-            if all_currencies:
-                return 200, ('{"balances":{"USD":' + body + "}}").encode()
-            return 200, body.encode()
-
-        def targets(obj: Any) -> list[Any]:
-            if all_currencies:
-                balances = obj.get("balances") if isinstance(obj, dict) else None
-                return list(balances.values()) if isinstance(balances, dict) else [obj]
-            return [obj]
-
-        return await self._serve(
-            request, PM, "balances", account_name, rid, received, produce, targets
-        )
-
-    async def _h_pm_balance(self, request: web.Request) -> web.StreamResponse:
-        return await self._pm_balance_request(request, all_currencies=False)
-
-    async def _h_pm_balances(self, request: web.Request) -> web.StreamResponse:
-        return await self._pm_balance_request(request, all_currencies=True)
-
-    def _pm_body_json(self, account: Account) -> str:
-        stamp = _rfc3339(self.clock())
-        if account.pristine:
-            return account.template.json_body[:-1] + ',"updateTime":"' + stamp + '"}'
-        patches = [(("updateTime",), stamp), *account.patches_at(self.timeline_time())]
-        return dumps(patched(account.template.body, patches))
-
-    async def _h_pm_token(self, request: web.Request) -> web.StreamResponse:
-        received = time.time()
-        rid = str(uuid.uuid4())
-        form: Mapping[str, Any]
-        if request.content_type == JSON_TYPE:
-            try:
-                loaded = json.loads(await request.read())
-            except ValueError:
-                loaded = None
-            form = loaded if isinstance(loaded, dict) else {}
-        else:
-            form = await request.post()
-        token_url = str(request.url.with_query(None))
-        api_url = f"{request.scheme}://{request.host}/polymarket"
-        return await self._serve(
-            request,
-            PM,
-            "token",
-            None,
-            rid,
-            received,
-            lambda: self._token(form, token_url, api_url),
-        )
-
-    def _token(self, form: Mapping[str, Any], token_url: str, api_url: str) -> tuple[int, bytes]:
-        grant = form.get("grant_type")
-        if grant != "client_credentials":
-            return 400, auth0_error(
-                400, f"Unsupported grant type: {grant}", "unsupported_grant_type"
-            )
-        if form.get("client_assertion_type") != ASSERTION_TYPE:
-            return 400, auth0_error(400, f"client_assertion_type must be {ASSERTION_TYPE}")
-        assertion = form.get("client_assertion")
-        if not isinstance(assertion, str) or not assertion:
-            return 401, auth0_error(401, "Client authentication is required", "invalid_client")
-        result = self._verify_assertion(assertion, token_url)
-        if isinstance(result, str):
-            return 401, auth0_error(401, f"Invalid client assertion: {result}", "invalid_client")
-        pm = self.scenario.polymarket
-        audiences = {api_url, api_url + "/"}
-        if pm.api_audience:
-            audiences.add(pm.api_audience)
-        audience = form.get("audience")
-        if audience not in audiences:
-            return 401, auth0_error(401, f"Service not found: {audience}", "access_denied")
-        token = secrets.token_urlsafe(32)
-        now = self.clock()
-        if len(self._tokens) > 10_000:
-            self._tokens = {k: v for k, v in self._tokens.items() if v[0] > now}
-        self._tokens[token] = (now + self.token_ttl, result)
-        body = {
-            "access_token": token,
-            "token_type": "Bearer",
-            "expires_in": round(self.token_ttl),
-            "scope": "read:positions",
-        }
-        return 200, dumps(body).encode()
-
-    def _verify_assertion(self, assertion: str, token_url: str) -> PmClient | str:
-        """The client a JWT client assertion proves to be, or why it does not."""
-        try:
-            header = jwt.get_unverified_header(assertion)
-            unverified = jwt.decode(assertion, options={"verify_signature": False})
-        except jwt.InvalidTokenError as exc:
-            return f"malformed JWT ({exc})"
-        if header.get("alg") != "RS256":
-            return f"alg must be RS256, got {header.get('alg')!r}"
-        issuer = unverified.get("iss")
-        client = self._clients.get(issuer) if isinstance(issuer, str) else None
-        if client is None:
-            return f"unknown client {issuer!r}"
-        audiences = [token_url]
-        if self.scenario.polymarket.token_audience:
-            audiences.append(self.scenario.polymarket.token_audience)
-        try:
-            claims = jwt.decode(
-                assertion,
-                client.public_key,
-                algorithms=["RS256"],
-                audience=audiences,
-                issuer=client.client_id,
-                options={
-                    "require": ["iss", "sub", "aud", "exp", "jti"],
-                    "verify_exp": False,
-                    "verify_iat": False,
-                    "verify_nbf": False,
-                },
-            )
-        except jwt.InvalidSignatureError:
-            return "signature verification failed"
-        except jwt.InvalidAudienceError:
-            return f"aud must be {token_url}"
-        except jwt.InvalidTokenError as exc:
-            return str(exc)
-        if claims.get("sub") != client.client_id:
-            return "sub must equal iss (the client_id)"
-        exp = claims.get("exp")
-        iat = claims.get("iat")
-        if isinstance(exp, bool) or not isinstance(exp, int | float):
-            return "exp must be a number"
-        now = self.clock()
-        if exp <= now:
-            return "jwt expired"
-        if iat is not None:
-            if isinstance(iat, bool) or not isinstance(iat, int | float):
-                return "iat must be a number"
-            if iat > now + 60:
-                return "iat is in the future"
-            lifetime = exp - iat
-        else:
-            lifetime = exp - now
-        if lifetime > MAX_ASSERTION_LIFETIME:
-            return "exp must be at most 5 minutes after iat"
-        jti = claims.get("jti")
-        if not isinstance(jti, str) or not jti:
-            return "jti must be a non-empty string"
-        if jti in self._jtis:
-            return "jti has already been used"
-        if len(self._jtis) > 100_000:
-            self._jtis = {k: v for k, v in self._jtis.items() if v > now}
-        self._jtis[jti] = float(exp)
-        return client
-
     # --- Python control API --------------------------------------------------------------
 
-    def _venue(self, venue: str) -> str:
-        if venue not in (CS, PM):
-            raise ValueError(f"venue must be {CS} or {PM}, got {venue!r}")
-        return venue
-
-    def _account(self, venue: str, account_id: str | int) -> Account:
-        if self._venue(venue) == CS:
-            text = str(account_id)
-            found = self._cs_accounts.get(int(text)) if text.isdigit() else None
-        else:
-            found = self._pm_accounts.get(str(account_id))
-        if found is None:
-            raise KeyError(f"no {venue} account {account_id!r}")
-        return found
+    def _venue(self, venue: str) -> AccountsFake:
+        if venue not in self._builtin:
+            others = "".join(f", {kind}" for kind in self.fakes if kind not in self._builtin)
+            raise ValueError(f"venue must be {CS} or {PM}{others}, got {venue!r}")
+        return self._builtin[venue]
 
     def set_fields(
         self,
@@ -903,14 +415,9 @@ class Simulator:
         A change made now overrides the timeline's earlier events for that field;
         timeline events still to come apply after it.
         """
-        target = self._account(venue, account)
-        kinds = CS_KINDS if venue == CS else PM_KINDS
-        now = self.timeline_time()
-        changes = [(split_path(name), value) for name, value in (values or {}).items()]
-        changes += [(split_path(name), MISSING) for name in remove]
-        for path, value in changes:
-            kind = kinds.kind(path)
-            target.set_now(path, now, next(self._seq), kind, wire_value(value, kind))
+        if venue not in self.fakes:
+            self._venue(venue)  # the error naming the venues
+        self.fakes[venue].set_fields(str(account), values or {}, remove)
 
     def add_account(
         self,
@@ -924,59 +431,28 @@ class Simulator:
         display_name: str | None = None,
     ) -> None:
         """Add (or replace) an account; it shows in listings at once."""
-        if self._venue(venue) == CS:
-            text = str(account_id)
-            if not text.isdigit():
-                raise ValueError(f"a Clear Street account id is an integer, got {account_id!r}")
-            name = template or "margin"
-            if name not in CS_TEMPLATES:
-                raise ValueError(f"template must be one of {', '.join(CS_TEMPLATES)}")
-            if status is not None and status not in CS_STATUSES:
-                raise ValueError(f"status must be one of {', '.join(CS_STATUSES)}")
-            tmpl = CS_TEMPLATES[name]
-            patch = self._patch(CS_KINDS, values or {}, remove)
-            info = {"subtype": tmpl.subtype}
-            self._put_cs(Account(str(int(text)), tmpl, status or "ACTIVE", info, patch))
-        else:
-            account_name = str(account_id)
-            if not account_name:
-                raise ValueError("a Polymarket account needs a name")
-            name = template or "default"
-            if name not in PM_TEMPLATES:
-                raise ValueError(f"template must be one of {', '.join(PM_TEMPLATES)}")
-            patch = self._patch(PM_KINDS, values or {}, remove)
-            display = display_name or account_name.rsplit("/", 1)[-1]
-            account = Account(
-                account_name, PM_TEMPLATES[name], "ACTIVE", {"display_name": display}, patch
-            )
-            self._pm_accounts.pop(account_name, None)
-            self._put_pm(account)
+        self._venue(venue).add_account(
+            account_id,
+            template=template,
+            status=status,
+            values=values,
+            remove=remove,
+            display_name=display_name,
+        )
 
     def remove_account(self, venue: str, account_id: str | int) -> bool:
         """Remove an account; False when there was none."""
-        if self._venue(venue) == CS:
-            text = str(account_id)
-            if not text.isdigit() or int(text) not in self._cs_accounts:
-                return False
-            n = int(text)
-            del self._cs_accounts[n]
-            del self._cs_ids[bisect.bisect_left(self._cs_ids, n)]
-            return True
-        return self._pm_accounts.pop(str(account_id), None) is not None
+        return self._venue(venue).remove_account(account_id)
 
     def account_ids(self, venue: str) -> list[str]:
-        if self._venue(venue) == CS:
-            return [str(n) for n in self._cs_ids]
-        return list(self._pm_accounts)
+        if venue in self.fakes:
+            return self.fakes[venue].account_ids()
+        return self._venue(venue).account_ids()
 
     def balance(self, venue: str, account_id: str | int) -> dict[str, Any]:
         """The body an account's balance request gets now (Clear Street: `data`)."""
-        account = self._account(venue, account_id)
-        if venue == CS:
-            result: dict[str, Any] = json.loads(self._cs_data_json(account, None))
-        else:
-            result = json.loads(self._pm_body_json(account))
-        return result
+        fake = self._venue(venue)
+        return fake.balance(fake.account(account_id))
 
     def add_fault(self, fault: Mapping[str, Any] | Fault) -> str:
         """Inject a fault (see README); returns its id. FaultSpecError when invalid."""
@@ -1028,7 +504,7 @@ class Simulator:
 
     def expire_tokens(self) -> None:
         """Every token issued so far is expired from now on."""
-        self._tokens = {k: (float("-inf"), c) for k, (_, c) in self._tokens.items()}
+        self.polymarket.expire_tokens()
 
     def configure(
         self,
@@ -1045,18 +521,20 @@ class Simulator:
                 or token_ttl < 0
             ):
                 raise ValueError("token_ttl must be a number of seconds")
-            self.token_ttl = float(token_ttl)
+            self.polymarket.token_ttl = float(token_ttl)
         if last_page_token is not None:
             if last_page_token not in LAST_PAGE_TOKEN:
                 raise ValueError(f"last_page_token must be one of {', '.join(LAST_PAGE_TOKEN)}")
-            self.last_page_token = last_page_token
+            self.clearstreet.last_page_token = last_page_token
         if api_keys is not None:
             keys = list(api_keys)
             if not all(isinstance(k, str) and k for k in keys):
                 raise ValueError("api_keys must be non-empty strings")
-            self._cs_literal_keys = keys
-            self._refresh_cs_keys()
-        return {"token_ttl": self.token_ttl, "last_page_token": self.last_page_token}
+            self.clearstreet.set_literal_keys(keys)
+        return {
+            "token_ttl": self.polymarket.token_ttl,
+            "last_page_token": self.clearstreet.last_page_token,
+        }
 
     # --- control API over HTTP -----------------------------------------------------------
 

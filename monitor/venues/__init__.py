@@ -1,1 +1,1 @@
-"""Venue adapters: one module per venue, behind the interface in `base`."""
+"""Venue adapters: one module per venue, registered in `registry` behind the interface in `base`."""

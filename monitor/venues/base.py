@@ -2,20 +2,21 @@
 
 An adapter knows one venue: its URLs, auth, error bodies and field names. It returns a
 Snapshot or raises a named error from `monitor.errors`. It knows nothing about rules,
-schedules or other venues. A new venue is one module here that calls `register`.
+schedules or other venues. A new venue is one module that registers a
+`monitor.venues.registry.VenueKind` naming its adapter.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import importlib
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from monitor.config import AccountConfig, VenueConfig
 from monitor.errors import VenueError
 from monitor.snapshot import FieldSchema, Snapshot
+from monitor.venues import registry
 from monitor.venues.http import HttpClient
 
 
@@ -24,8 +25,6 @@ class VenueAdapter(abc.ABC):
 
     kind: ClassVar[str]
     schema: ClassVar[FieldSchema]
-    #: A mapping table for the docs: normalized field -> the venue field it comes from.
-    normalized_from: ClassVar[dict[str, str]]
 
     def __init__(self, config: VenueConfig, http: HttpClient) -> None:
         self.config = config
@@ -82,43 +81,24 @@ class _ErrorsAbout:
             exc.account = exc.account or self.account
 
 
-_REGISTRY: dict[str, type[VenueAdapter]] = {}
-# kind -> the module that registers its adapter; imported when a venue of that kind is
-# used, so a daemon with no Polymarket venue never imports JWT signing and cryptography
-# (a tenth of riskmon's start-up).
-BUILTIN_ADAPTERS = {
-    "clearstreet": "monitor.venues.clearstreet",
-    "polymarket": "monitor.venues.polymarket",
-}
+_Settings = TypeVar("_Settings")
 
 
-def register(cls: type[VenueAdapter]) -> type[VenueAdapter]:
-    """Class decorator: make an adapter available under its `kind`."""
-    _REGISTRY[cls.kind] = cls
-    return cls
+def settings_of(config: VenueConfig, cls: type[_Settings]) -> _Settings:
+    """The venue's kind-specific settings, as the `cls` its kind's parser builds."""
+    if not isinstance(config.settings, cls):
+        raise TypeError(f"venue {config.name}: {config.kind} settings are missing")
+    return config.settings
 
 
 def adapter_class(kind: str) -> type[VenueAdapter]:
-    if kind not in _REGISTRY:
-        _load_builtin(kind)
-    try:
-        return _REGISTRY[kind]
-    except KeyError:
-        raise KeyError(f"unknown venue kind {kind!r}; known: {', '.join(known_kinds())}") from None
+    """The adapter of venue kind `kind` (KeyError naming the known kinds)."""
+    return registry.get(kind).adapter()
 
 
 def known_kinds() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
+    return sorted(registry.kind_names())
 
 
 def create_adapter(config: VenueConfig, http: HttpClient) -> VenueAdapter:
     return adapter_class(config.kind)(config, http)
-
-
-def _load_builtin(kind: str | None = None) -> None:
-    """Import the built-in adapter of `kind` (every one when None or not built in).
-    Lazily, so `base` has no import cycle with the adapters that register here."""
-    module = BUILTIN_ADAPTERS.get(kind) if kind is not None else None
-    for name in (module,) if module is not None else BUILTIN_ADAPTERS.values():
-        importlib.import_module(name)

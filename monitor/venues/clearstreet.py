@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from monitor.config import AccountConfig, SecretUnavailable, VenueConfig
+from monitor.config import AccountConfig, Secret, SecretUnavailable, VenueConfig
+from monitor.config.checking import Checker, Section
 from monitor.config.secret import digest_of, header_value_problem
 from monitor.errors import (
     SnapshotParseError,
@@ -14,7 +16,8 @@ from monitor.errors import (
     VenueError,
 )
 from monitor.snapshot import FieldSchema, FieldType, Snapshot, flatten
-from monitor.venues.base import VenueAdapter, register
+from monitor.venues import registry
+from monitor.venues.base import VenueAdapter, settings_of
 from monitor.venues.http import HttpClient, HttpResponse
 from monitor.venues.ids import discovered_ids, path_segment
 from monitor.venues.limits import VenueLimits
@@ -87,29 +90,151 @@ _PAGE_SIZE = 500
 _MAX_PAGES = 1000
 
 
-@register
+NORMALIZED = (
+    registry.NormalizedField("buying_power", "buying_power"),
+    registry.NormalizedField("equity", "equity"),
+    registry.NormalizedField("margin_excess", "margin_details.maintenance_margin_excess"),
+    registry.NormalizedField("margin_requirement", "margin_details.maintenance_margin_requirement"),
+    registry.NormalizedField(
+        "pattern_day_trader", "margin_details.pattern_day_trader", deprecated=True
+    ),
+    registry.NormalizedField("day_trade_count", "margin_details.day_trade_count", deprecated=True),
+    registry.NormalizedField("daily_pnl", "daily_pnl", fallback="daily_total_pnl"),
+)
+
+GAUGES = (
+    registry.Gauge(
+        "margin_details.initial_margin_excess",
+        "riskmon_account_initial_margin_excess",
+        "Initial (Reg T) margin excess (margin_details.initial_margin_excess).",
+    ),
+    registry.Gauge(
+        "margin_details.initial_margin_requirement",
+        "riskmon_account_initial_margin_requirement",
+        "Initial (Reg T) margin requirement (margin_details.initial_margin_requirement).",
+    ),
+    registry.Gauge(
+        "margin_details.usage.used",
+        "riskmon_account_margin_used",
+        "Margin used (margin_details.usage.used).",
+    ),
+    registry.Gauge(
+        "margin_details.usage.total",
+        "riskmon_account_margin_total",
+        "Margin available in total (margin_details.usage.total).",
+    ),
+    registry.Gauge(
+        "margin_details.intraday_details.buying_power",
+        "riskmon_account_intraday_buying_power",
+        "Intraday buying power (margin_details.intraday_details.buying_power).",
+    ),
+    registry.Gauge(
+        "margin_details.overnight_details.buying_power",
+        "riskmon_account_overnight_buying_power",
+        "Overnight buying power (margin_details.overnight_details.buying_power).",
+    ),
+    registry.Gauge("long_market_value", "riskmon_account_long_market_value", "Long market value."),
+    registry.Gauge(
+        "short_market_value",
+        "riskmon_account_short_market_value",
+        "Short market value (as the venue signs it).",
+    ),
+    registry.Gauge("settled_cash", "riskmon_account_settled_cash", "Settled cash."),
+    registry.Gauge("withdrawable_cash", "riskmon_account_withdrawable_cash", "Withdrawable cash."),
+    registry.Gauge("trade_cash", "riskmon_account_trade_cash", "Trade-date cash."),
+    registry.Gauge(
+        "unrealized_pnl", "riskmon_account_unrealized_pnl", "Unrealized profit and loss."
+    ),
+    registry.Gauge(
+        "daily_realized_pnl", "riskmon_account_daily_realized_pnl", "Realized P&L today."
+    ),
+    registry.Gauge(
+        "daily_unrealized_pnl", "riskmon_account_daily_unrealized_pnl", "Unrealized P&L today."
+    ),
+    registry.Gauge(
+        "open_order_adjustment",
+        "riskmon_account_open_order_adjustment",
+        "Buying power adjustment for open orders.",
+    ),
+    registry.Gauge(
+        "sod.equity", "riskmon_account_sod_equity", "Equity at the start of the day (sod.equity)."
+    ),
+    registry.Gauge(
+        "sod.buying_power",
+        "riskmon_account_sod_buying_power",
+        "Buying power at the start of the day (sod.buying_power).",
+    ),
+    registry.Gauge(
+        "sod.maintenance_margin_excess",
+        "riskmon_account_sod_maintenance_margin_excess",
+        "Maintenance margin excess at the start of the day (sod.maintenance_margin_excess).",
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClearStreetSettings:
+    """The settings of a clearstreet venue besides the common ones."""
+
+    api_key: Secret
+    top_margin_contributors_limit: int | None = None
+
+
+def parse_settings(checker: Checker, s: Section, venue: str) -> ClearStreetSettings | None:
+    api_key = _parse_api_key(checker, s, venue)
+    top_limit = checker.field(
+        s,
+        "top_margin_contributors_limit",
+        None,
+        lambda p, v: checker.integer(p, v, minimum=1),
+    )
+    if api_key is None:
+        return None
+    return ClearStreetSettings(api_key=api_key, top_margin_contributors_limit=top_limit)
+
+
+def _parse_api_key(checker: Checker, s: Section, venue: str) -> Secret | None:
+    if s.has("api_key") and s.has("api_key_file"):
+        checker.error(s.at("api_key_file"), "give api_key or api_key_file, not both", key=True)
+        return None
+    if s.has("api_key"):
+        text = checker.field(s, "api_key", "", checker.header_secret_text)
+        return Secret.literal(f"{venue} api_key", text) if text else None
+    if s.has("api_key_file"):
+        secret: Secret | None = checker.field(
+            s,
+            "api_key_file",
+            None,
+            lambda p, v: checker.secret_file(p, v, f"{venue} api_key_file", header=True),
+        )
+        return secret
+    checker.error(
+        s.path,
+        f"missing api_key_file (or api_key) in {s.where}: clearstreet venues need an API key",
+    )
+    return None
+
+
+def _account_id_problem(account_id: str) -> str | None:
+    if not (account_id.isascii() and account_id.isdigit()):
+        return "Clear Street account ids are numbers such as 19816"
+    return None
+
+
 class ClearStreetAdapter(VenueAdapter):
     kind: ClassVar[str] = "clearstreet"
     schema: ClassVar[FieldSchema] = SCHEMA
-    normalized_from: ClassVar[dict[str, str]] = {
-        "buying_power": "buying_power",
-        "equity": "equity",
-        "margin_excess": "margin_details.maintenance_margin_excess",
-        "margin_requirement": "margin_details.maintenance_margin_requirement",
-        "pattern_day_trader": "margin_details.pattern_day_trader (deprecated)",
-        "day_trade_count": "margin_details.day_trade_count (deprecated)",
-        "daily_pnl": "daily_pnl, else daily_total_pnl (deprecated)",
-    }
 
     def __init__(self, config: VenueConfig, http: HttpClient) -> None:
         super().__init__(config, http)
+        self.settings = settings_of(config, ClearStreetSettings)
         self.limits = VenueLimits(config.max_concurrency, config.max_requests_per_second)
         self._usable_key: str | None = None  # the API key last found fit for a header
 
     async def fetch(self, account: AccountConfig, deadline: float) -> Snapshot:
         params: dict[str, str | int] = {}
-        if self.config.top_margin_contributors_limit:
-            params["top_margin_contributors_limit"] = self.config.top_margin_contributors_limit
+        if self.settings.top_margin_contributors_limit:
+            params["top_margin_contributors_limit"] = self.settings.top_margin_contributors_limit
         with self.errors_about(account.id):
             path = f"/v1/accounts/{path_segment(account.id)}/balances"
             response = await self._get(path, params, deadline)
@@ -206,8 +331,8 @@ class ClearStreetAdapter(VenueAdapter):
                 )
             if response.status != 200:
                 error = self._error(response)
-                if response.status == 401 and self.config.api_key is not None:
-                    self.config.api_key.recheck()  # rotated since it was last read?
+                if response.status == 401:
+                    self.settings.api_key.recheck()  # rotated since it was last read?
                     if isinstance(error, VenueAuthError):
                         error.credential_digest = digest_of(key)
                 raise error
@@ -216,9 +341,7 @@ class ClearStreetAdapter(VenueAdapter):
         return await with_retries(attempt, deadline=deadline)
 
     def _api_key(self) -> str:
-        secret = self.config.api_key
-        if secret is None:
-            raise VenueAuthError("no api_key configured", venue=self.config.name)
+        secret = self.settings.api_key
         try:
             key = secret.get()
         except SecretUnavailable as exc:
@@ -235,8 +358,7 @@ class ClearStreetAdapter(VenueAdapter):
         return key
 
     def credential_digest(self) -> str | None:
-        key = self.config.api_key
-        return key.digest() if key is not None else None
+        return self.settings.api_key.digest()
 
     def _error(self, response: HttpResponse) -> VenueError:
         body = try_decode_json(response)
@@ -253,13 +375,11 @@ def _retryable(status: int) -> bool:
     return status in (408, 409, 429) or status >= 500
 
 
+_COPIED = tuple((n.name, n.source) for n in NORMALIZED if n.name != n.source)
+
+
 def _normalize(fields: dict[str, Any]) -> None:
-    for target, source in (
-        ("margin_excess", "margin_details.maintenance_margin_excess"),
-        ("margin_requirement", "margin_details.maintenance_margin_requirement"),
-        ("pattern_day_trader", "margin_details.pattern_day_trader"),
-        ("day_trade_count", "margin_details.day_trade_count"),
-    ):
+    for target, source in _COPIED:
         value = fields.get(source)
         if value is not None:
             fields[target] = value
@@ -274,3 +394,24 @@ def _request_id(body: Any, response: HttpResponse) -> str | None:
             return clip(metadata["request_id"], 100)
     header = response.headers.get("x-request-id")
     return clip(header, 100) if header else None
+
+
+KIND = registry.register(
+    registry.VenueKind(
+        name="clearstreet",
+        settings_keys=("api_key", "api_key_file", "top_margin_contributors_limit"),
+        settings_hint="clearstreet venues use api_key or api_key_file",
+        parse_settings=parse_settings,
+        schema=SCHEMA,
+        adapter=lambda: ClearStreetAdapter,
+        normalized=NORMALIZED,
+        gauges=GAUGES,
+        id_problem=_account_id_problem,
+        discovery_statuses=True,
+        deprecation_note=(
+            "the FINRA pattern-day-trader rule was replaced by intraday margin in 2026 and "
+            "venues are removing these fields"
+        ),
+        deprecation_successor="margin_details.intraday_details.buying_power",
+    )
+)
