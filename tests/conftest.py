@@ -30,6 +30,7 @@ from hypothesis import settings
 from monitor.config import AccountConfig, PolymarketAuthConfig, Secret, VenueConfig
 from monitor.simulator import Scenario, Simulator
 from monitor.venues.http import HttpClient
+from monitor.venues.http_aiohttp import AiohttpClient
 
 # CI runs the property tests on a fixed seed, so a green main stays green; local runs
 # explore new examples every time (and keep failing ones in .hypothesis/).
@@ -203,7 +204,7 @@ def pmx_config(simulator: Simulator, sim_credentials: SimCredentials) -> VenueCo
 
 @pytest.fixture
 async def http_client() -> AsyncIterator[HttpClient]:
-    client = HttpClient()
+    client = AiohttpClient()
     try:
         yield client
     finally:

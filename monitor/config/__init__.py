@@ -11,6 +11,7 @@ from monitor.config.model import (
     PolymarketAuthConfig,
     TlsConfig,
     VenueConfig,
+    VenueTransport,
 )
 from monitor.config.secret import Secret, SecretUnavailable
 
@@ -26,5 +27,6 @@ __all__ = [
     "SecretUnavailable",
     "TlsConfig",
     "VenueConfig",
+    "VenueTransport",
     "load_config",
 ]

@@ -37,6 +37,7 @@ from monitor.config.model import (
     VenueConfig,
 )
 from monitor.config.secret import Secret
+from monitor.config.venue_transport import TRANSPORT_KEYS, check_venue_transport
 from monitor.durations import format_duration
 from monitor.yamlsource import (
     KeyPath,
@@ -74,6 +75,7 @@ _VENUE_KEYS = (
     "stale_after",
     "max_response_bytes",
     "accounts",
+    *TRANSPORT_KEYS,
 )
 _KIND_KEYS: dict[str, tuple[str, ...]] = {
     "clearstreet": ("api_key", "api_key_file", "top_margin_contributors_limit"),
@@ -314,6 +316,7 @@ class _ConfigChecker(AccountChecker):
         max_bytes = self.field(
             s, "max_response_bytes", 1 << 20, lambda p, v: self.integer(p, v, minimum=1)
         )
+        transport = check_venue_transport(self, s, base_url)
         accounts, discovery = self.accounts(s, kind)
         api_key: Secret | None = None
         auth: PolymarketAuthConfig | None = None
@@ -347,6 +350,7 @@ class _ConfigChecker(AccountChecker):
             currency=currency,
             top_margin_contributors_limit=top_limit,
             max_response_bytes=max_bytes,
+            transport=transport,
         )
 
     def api_key(self, s: Section, venue: str) -> Secret | None:
