@@ -1003,3 +1003,34 @@ async def test_an_idle_connection_to_another_origin_does_not_hold_the_only_slot(
             assert (await get(client, second)).body == b"second"
     finally:
         await client.aclose()
+
+
+# -- endless answers ----------------------------------------------------------------------
+
+
+async def endless(conn: Conn, head: bytes, unit: bytes) -> None:
+    """Answer with `head`, then `unit` again and again until the client hangs up."""
+    await conn.request()
+    await conn.send(head)
+    while not conn.writer.is_closing():
+        await conn.send(unit * 64)
+
+
+@pytest.mark.parametrize(
+    ("head", "unit"),
+    [
+        (CHUNKED_HEAD.encode() + b"3\r\nabc\r\n0\r\n", b"X-Trailer: " + b"t" * 100 + b"\r\n"),
+        (CHUNKED_HEAD.encode(), b"400\r\n" + b"c" * 1024 + b"\r\n"),
+        (b"HTTP/1.1 200 OK\r\n", b"X-Header: " + b"h" * 100 + b"\r\n"),
+    ],
+    ids=["trailers", "chunks", "headers"],
+)
+async def test_an_endless_answer_is_cut_off(
+    serve: Any, http_client: HttpClient, head: bytes, unit: bytes
+) -> None:
+    server = await serve(lambda conn: endless(conn, head, unit))
+    with pytest.raises((VenueConnectionError, SnapshotParseError)) as caught:
+        await get(http_client, server, max_bytes=100_000)
+    assert len(str(caught.value)) < 300
+    async with asyncio.timeout(2):
+        await server.conns[0].finished  # the client hung up

@@ -20,7 +20,7 @@ from typing import Any
 
 from monitor import __version__
 from monitor.config.model import VenueConfig, VenueTransport
-from monitor.errors import PollDeadlineExceeded, SnapshotParseError
+from monitor.errors import PollDeadlineExceeded, SnapshotParseError, VenueConnectionError
 from monitor.schema import redact_userinfo
 
 USER_AGENT = f"riskmon/{__version__}"
@@ -66,11 +66,17 @@ class HttpClient(abc.ABC):
             raise PollDeadlineExceeded("deadline passed before the request was sent")
         try:
             async with asyncio.timeout(remaining):
-                return await self._send(
+                response = await self._send(
                     method, url, remaining, headers, params, json_body, form, max_bytes
                 )
         except TimeoutError:
             raise PollDeadlineExceeded(f"no answer within {remaining:.3g}s") from None
+        if response.status == 407:  # only a proxy answers 407: not the venue's answer
+            raise VenueConnectionError(
+                "the proxy refused the request: 407 Proxy Authentication Required "
+                "(the credentials in proxy_url, or in HTTPS_PROXY / HTTP_PROXY)"
+            )
+        return response
 
     @abc.abstractmethod
     async def _send(
@@ -98,6 +104,19 @@ class HttpClient(abc.ABC):
         return text.replace(proxy, redact_userinfo(proxy)).replace(
             proxy.split("://", 1)[-1].rsplit("@", 1)[0], "***"
         )
+
+
+def closed_early(url: str) -> str:
+    """The message for a connection the server closed before answering; over TLS 1.3
+    that is also how a venue refuses a client certificate (its alert comes after the
+    handshake, and is not always read before the close)."""
+    message = "connection closed by the server before the answer was complete"
+    if url.startswith("https://"):
+        message += (
+            " (over TLS: a venue that wants a client certificate refuses a missing or "
+            "unknown one this way; see the venue's tls: cert_file)"
+        )
+    return message
 
 
 def http_client_for(venue: VenueConfig) -> HttpClient:

@@ -23,7 +23,14 @@ from aiohttp.tracing import Trace
 
 from monitor.config.venue_transport import client_ssl_context
 from monitor.errors import VenueConnectionError
-from monitor.venues.http import USER_AGENT, HttpClient, HttpResponse, check_size, declared_size
+from monitor.venues.http import (
+    USER_AGENT,
+    HttpClient,
+    HttpResponse,
+    check_size,
+    closed_early,
+    declared_size,
+)
 
 # seconds an idle pooled connection is kept: longer than any poll interval worth pooling for
 KEEPALIVE_SECONDS = 60.0
@@ -90,6 +97,8 @@ class AiohttpClient(HttpClient):
             ) from None
         except aiohttp.ClientProxyConnectionError as exc:
             raise VenueConnectionError(f"proxy unreachable: {self.scrub(_reason(exc))}") from None
+        except aiohttp.ServerDisconnectedError:
+            raise VenueConnectionError(f"connection failed: {closed_early(url)}") from None
         except (aiohttp.ClientError, ValueError) as exc:
             # ValueError: aiohttp's parser on some malformed answers (a bad header)
             raise VenueConnectionError(f"connection failed: {self.scrub(_reason(exc))}") from None
@@ -128,8 +137,6 @@ def _reason(exc: BaseException) -> str:
     """What went wrong, in one short line: aiohttp's parser errors quote the hostile
     bytes they stopped at (a 5,000-digit Content-Length whole), and its response
     errors carry the request URL."""
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "connection closed by the server before the answer was complete"
     if isinstance(exc, aiohttp.ClientConnectorError):
         cause = exc.os_error.strerror or type(exc.os_error).__name__
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):

@@ -12,7 +12,14 @@ import httpx
 
 from monitor.config.venue_transport import client_ssl_context
 from monitor.errors import VenueConnectionError
-from monitor.venues.http import USER_AGENT, HttpClient, HttpResponse, check_size, declared_size
+from monitor.venues.http import (
+    USER_AGENT,
+    HttpClient,
+    HttpResponse,
+    check_size,
+    closed_early,
+    declared_size,
+)
 
 
 class HttpxClient(HttpClient):
@@ -55,6 +62,10 @@ class HttpxClient(HttpClient):
             raise TimeoutError from None
         except httpx.ProxyError as exc:
             raise VenueConnectionError(f"proxy failed: {self.scrub(_reason(exc))}") from None
+        except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
+            if "SSL" in str(exc).upper() or not str(exc) or "closed" in str(exc):
+                raise VenueConnectionError(f"connection failed: {closed_early(url)}") from None
+            raise VenueConnectionError(f"connection failed: {self.scrub(_reason(exc))}") from None
         except (httpx.TransportError, httpx.DecodingError) as exc:
             reason = self.scrub(_reason(exc))
             if "SSL" in reason or "CERTIFICATE" in reason.upper():
