@@ -1034,3 +1034,12 @@ async def test_an_endless_answer_is_cut_off(
     assert len(str(caught.value)) < 300
     async with asyncio.timeout(2):
         await server.conns[0].finished  # the client hung up
+
+
+async def test_connections_use_tcp_keepalive(serve: Any, http_client: HttpClient) -> None:
+    """A pooled connection a firewall dropped silently is noticed by the kernel."""
+    server = await serve(answering(ok(b"x")))
+    await get(http_client, server)
+    (connection,) = pooled(http_client)
+    sock = connection.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1

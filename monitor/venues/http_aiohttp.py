@@ -46,10 +46,8 @@ class _Connector(aiohttp.TCPConnector):
 
     async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
         idle = self._conns.get(key)
-        if idle:
-            for entry in [entry for entry in idle if entry[0].should_close]:
-                idle.remove(entry)
-                entry[0].close()
+        while idle and idle[0][0].should_close:  # super()._get takes them from the left
+            idle.popleft()[0].close()
         return await super()._get(key, traces)
 
 
@@ -106,7 +104,11 @@ class AiohttpClient(HttpClient):
                 proxy_auth=proxy_auth,
             ) as response:
                 status = response.status
-                check_size(declared_size(response.headers.get("content-length")), max_bytes, status)
+                declared = declared_size(response.headers.get("content-length"))
+                check_size(declared, max_bytes, status)
+                if declared is not None and response.headers.get("content-encoding") is None:
+                    # the length is known and within the cap: one read (aiohttp stops at it)
+                    return HttpResponse(status, response.headers, await response.read(), url)
                 chunks: list[bytes] = []
                 size = 0
                 stream = response.content
@@ -142,6 +144,7 @@ class AiohttpClient(HttpClient):
             headers={"user-agent": USER_AGENT},
             # the deadline is HttpClient.request's, one timer for the whole call
             timeout=aiohttp.ClientTimeout(total=None),
+            cookie_jar=aiohttp.DummyCookieJar(),  # venue APIs take keys, not cookies
             trust_env=False,  # the environment's proxies: _proxy()
             auto_decompress=True,
         )
