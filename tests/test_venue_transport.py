@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import os
 import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -421,3 +422,64 @@ def test_tls_on_a_plain_http_base_url_is_refused(tmp_path: Path, pki: Pki) -> No
     extra = f"    tls: {{ca_file: {pki.ca}}}\n"
     (message,) = problems(tmp_path, venue_yaml("http://127.0.0.1:8090", extra))
     assert "riskmon.yaml:6:5: tls is set but base_url starts with http://" in message
+
+
+# -- `riskmon snapshot`, a separate process, from a config file ----------------------------
+
+
+async def riskmon_snapshot(config: Path, **environ: str) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if k.upper() not in PROXY_VARS}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "monitor",
+        "snapshot",
+        "-c",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**env, **environ},
+    )
+    async with asyncio.timeout(60):
+        out, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+def write_venue(folder: Path, base_url: str, api_key: str, extra: str = "") -> Path:
+    (folder / "cs.key").write_text(api_key)
+    config = folder / "riskmon.yaml"
+    config.write_text(
+        venue_yaml(base_url, extra).replace("    api_key: k\n", "    api_key_file: cs.key\n")
+    )
+    return config
+
+
+async def test_snapshot_command_with_the_venues_tls_settings(
+    tls_venue: VenueConfig, pki: Pki, tmp_path: Path, sim_credentials: Any
+) -> None:
+    key = sim_credentials.api_key
+    tls = (
+        f"    tls: {{ca_file: {pki.ca}, cert_file: {pki.client_cert}, "
+        f"key_file: {pki.client_key}}}\n"
+    )
+    code, out = await riskmon_snapshot(write_venue(tmp_path, tls_venue.base_url, key, tls))
+    assert code == 0, out
+    assert "cs / 19816  ok" in out
+    code, out = await riskmon_snapshot(
+        write_venue(tmp_path, tls_venue.base_url, key, f"    tls: {{ca_file: {pki.ca}}}\n")
+    )
+    assert code == 2, out
+    assert "cs / 19816  FAILED" in out
+    assert "TLS" in out
+    assert key not in out
+
+
+async def test_snapshot_command_through_the_environments_proxy(
+    cs_config: VenueConfig, start_proxy: Any, tmp_path: Path, sim_credentials: Any
+) -> None:
+    proxy = await start_proxy()
+    config = write_venue(tmp_path, cs_config.base_url, sim_credentials.api_key)
+    code, out = await riskmon_snapshot(config, HTTPS_PROXY=proxy.url(), HTTP_PROXY=proxy.url())
+    assert code == 0, out
+    assert await proxy.carried(1) == [f"GET {cs_config.base_url}/v1/accounts/19816/balances"]
