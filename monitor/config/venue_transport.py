@@ -67,11 +67,13 @@ def insecure_base_url(url: str) -> bool:
 
 
 def client_ssl_context(tls: TlsConfig | None) -> ssl.SSLContext:
-    """Verifying the venue against the system CAs, or `ca_file`'s; presenting
-    `cert_file` (with `key_file`, or the key inside cert_file) when set.
+    """Verifying the venue against the system CAs and `ca_file`'s (added, not instead:
+    a Polymarket venue's token_url may be public while its API is behind a private CA);
+    presenting `cert_file` (with `key_file`, or the key inside cert_file) when set.
     Raises ssl.SSLError or OSError for a file that cannot be used."""
-    ca = str(tls.ca_file) if tls is not None and tls.ca_file is not None else None
-    context = ssl.create_default_context(cafile=ca)
+    context = ssl.create_default_context()
+    if tls is not None and tls.ca_file is not None:
+        context.load_verify_locations(cafile=str(tls.ca_file))
     if tls is not None and tls.cert_file is not None:
         key = str(tls.key_file) if tls.key_file is not None else None
         # a passphrase-protected key fails here instead of prompting on the terminal
