@@ -89,11 +89,11 @@ def no_env_proxy(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-async def poll_once(config: VenueConfig, account: str = "19816") -> Any:
+async def poll_once(config: VenueConfig, account: str = "19816", seconds: float = 5) -> Any:
     http = http_client_for(config)
     try:
         adapter = create_adapter(config, http)
-        deadline = asyncio.get_running_loop().time() + 5
+        deadline = asyncio.get_running_loop().time() + seconds
         with adapter.errors_about(account):
             return await adapter.fetch(AccountConfig(account), deadline)
     finally:
@@ -291,7 +291,8 @@ async def test_tls_without_the_client_certificate_fails_naming_tls(
         (None, "certificate verify failed"),  # the system CAs do not know the test CA
     ):
         with pytest.raises(VenueConnectionError, match=problem) as caught:
-            await poll_once(via(tls_venue, tls=tls, http_client=http_client))
+            # a short poll: the adapter retries a failed connection until the deadline
+            await poll_once(via(tls_venue, tls=tls, http_client=http_client), seconds=1)
         assert caught.value.venue == "cs"
 
 
