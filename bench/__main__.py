@@ -56,15 +56,16 @@ def _poll_cost(r: Results) -> list[Row]:
             _verdict(r["target_holds"]),
         )
     ]
-    if raw and plain:
+    if raw:
         rows.append(
             (
-                "  beside a raw aiohttp GET loop (requests per CPU-second)",
-                f"{raw:,} ({rate / raw:.2f}x)",
-                "-",
-                "ratio",
+                "  ratio to a raw aiohttp GET loop's requests per CPU-second, same run",
+                f"{rate / raw:.2f}x ({raw:,})",
+                f">= {r.get('target_ratio_to_raw_aiohttp', 0.5)}x",
+                _verdict(rate / raw >= r.get("target_ratio_to_raw_aiohttp", 0.5)),
             )
         )
+    if plain:
         rows.append(
             (
                 "  beside a plain httpx.AsyncClient GET loop",
@@ -186,6 +187,12 @@ def _rule_eval(r: Results) -> list[Row]:
             f"{r['ms_decimal_operations_alone']:.1f} ms",
             "-",
             "floor",
+        ),
+        (
+            "  ratio to the yardstick, same run",
+            f"{r['ratio_to_yardstick']:.2f}x",
+            f"<= {r['target_ratio_to_yardstick']}x",
+            _verdict(r["ratio_holds"]),
         ),
     ]
 

@@ -23,6 +23,8 @@ import httpx
 from monitor import eventloop
 from monitor.simulator.process import running_simulator
 from monitor.venues.http import HttpClient
+from monitor.venues.http_aiohttp import AiohttpClient
+from monitor.venues.http_httpx import HttpxClient
 
 API_KEY = "bench-key"
 
@@ -77,8 +79,8 @@ async def measure(
         )
 
     loop = asyncio.get_running_loop()
-    for backend in ("http1", "aiohttp", "httpx"):
-        ours = HttpClient(max_connections=concurrency, backend=backend)
+    for backend, client in (("aiohttp", AiohttpClient), ("httpx", HttpxClient)):
+        ours = client(max_connections=concurrency)
 
         async def riskmon(i: int, ours: HttpClient = ours) -> None:
             response = await ours.request("GET", url(i), headers=headers, deadline=loop.time() + 10)

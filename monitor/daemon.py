@@ -76,7 +76,7 @@ from monitor.store import Store, StoreError
 from monitor.supervise import Supervisor
 from monitor.venue_fields import kind_fields_map, often_absent_map
 from monitor.venues.base import create_adapter
-from monitor.venues.http import HttpClient
+from monitor.venues.http import HttpClient, http_client_for
 from monitor.yamlsource import KeyPath, Location, Problem, SourceError, YamlDocument
 
 log = structlog.get_logger("riskmon.daemon")
@@ -155,7 +155,7 @@ class Daemon(PollListener):
         self._rules_loaded(self.rule_source.rules)
         self.metrics.set_reload(True, self.started_at)
         self.metrics.set_config_warnings(len(self.rule_source.status.warnings))
-        self.http = HttpClient()
+        self.http: dict[str, HttpClient] = {}  # per venue: its own pool, proxy and TLS
         self.pollers: dict[str, VenuePoller] = {}
         self.poller_tasks: dict[str, asyncio.Task[None]] = {}
         self.publisher: MqttPublisher | None = None
@@ -316,7 +316,8 @@ class Daemon(PollListener):
     async def _close(self) -> None:
         """Close what the daemon opened (the last step of a shutdown, or of a failed
         start); what was not opened is skipped."""
-        await self.http.aclose()
+        for name in list(self.http):
+            await self.http.pop(name).aclose()
         if self.broker is not None:
             await self.broker.stop()
         if self._recording is not None:
@@ -352,9 +353,10 @@ class Daemon(PollListener):
     def _start_venue(
         self, venue: VenueConfig, states: dict[str, AccountState] | None = None
     ) -> None:
+        http = self.http[venue.name] = http_client_for(venue)
         poller = VenuePoller(
             venue,
-            create_adapter(venue, self.http),
+            create_adapter(venue, http),
             self,
             shard=self.shard,
             supervisor=self.supervisor,
@@ -374,6 +376,7 @@ class Daemon(PollListener):
         poller.stop()
         with contextlib.suppress(TimeoutError):  # wait_for cancels it then
             await asyncio.wait_for(task, POLLER_STOP)
+        await self.http.pop(name).aclose()
         for gone in (f"poll-{name}", f"discovery-{name}"):  # a crash of theirs is over
             self.problems.recover(f"task {gone}")
         return poller.accounts

@@ -15,7 +15,7 @@ from monitor.shard import Shard
 from monitor.snapshot import NORMALIZED_FIELDS, Snapshot
 from monitor.venues import registry
 from monitor.venues.base import VenueAdapter, create_adapter
-from monitor.venues.http import HttpClient
+from monitor.venues.http import http_client_for
 
 
 @dataclass(slots=True)
@@ -35,12 +35,14 @@ async def poll_all(
     shard: Shard | None = None,
 ) -> list[PollResult]:
     """One poll of every selected account (discovered ones included), concurrently."""
-    http = HttpClient()
+    venues = [v for v in config.venues if venue in (None, v.name)]
+    clients = [http_client_for(v) for v in venues]
     try:
-        adapters = [create_adapter(v, http) for v in config.venues if venue in (None, v.name)]
+        adapters = [create_adapter(v, http) for v, http in zip(venues, clients, strict=True)]
         batches = await asyncio.gather(*(_poll_venue(a, account, shard) for a in adapters))
     finally:
-        await http.aclose()
+        for http in clients:
+            await http.aclose()
     return [result for batch in batches for result in batch]
 
 

@@ -31,6 +31,7 @@ from monitor.config import AccountConfig, PolymarketAuthConfig, Secret, VenueCon
 from monitor.simulator import Scenario, Simulator
 from monitor.venues.clearstreet import ClearStreetSettings
 from monitor.venues.http import HttpClient
+from monitor.venues.http_aiohttp import AiohttpClient
 from monitor.venues.polymarket import PolymarketSettings
 
 # CI runs the property tests on a fixed seed, so a green main stays green; local runs
@@ -207,7 +208,7 @@ def pmx_config(simulator: Simulator, sim_credentials: SimCredentials) -> VenueCo
 
 @pytest.fixture
 async def http_client() -> AsyncIterator[HttpClient]:
-    client = HttpClient()
+    client = AiohttpClient()
     try:
         yield client
     finally:

@@ -25,6 +25,7 @@ from monitor.errors import (
 from monitor.simulator import Simulator
 from monitor.venues.clearstreet import ClearStreetAdapter
 from monitor.venues.http import HttpClient
+from monitor.venues.http_httpx import HttpxClient
 from monitor.venues.polymarket import PolymarketAdapter
 
 MAIN = "firms/ACME/accounts/main"
@@ -502,7 +503,7 @@ async def test_pmx_discovery(
 
 
 async def test_httpx_backend_speaks_the_same(cs_config: VenueConfig, simulator: Simulator) -> None:
-    client = HttpClient(backend="httpx")
+    client = HttpxClient()
     try:
         snap = await fetch(ClearStreetAdapter(cs_config, client), "19816")
         assert snap.fields["buying_power"] > 0

@@ -86,6 +86,7 @@ from monitor.engine.expr import CONTEXT
 from monitor.poller import AccountState, VenuePoller
 from monitor.store import OutboxRecord
 from monitor.venues.base import create_adapter
+from monitor.venues.http import http_client_for
 
 REPO = Path(__file__).resolve().parent.parent
 FUZZ_EXAMPLES = 1500  # the fixed-seed part in the normal suite (~40 s here)
@@ -250,9 +251,8 @@ class Pipeline:
     async def start(config: Path) -> Pipeline:
         daemon = Daemon(load_config(config))
         for venue in daemon.config.venues:  # as Daemon._start_venue, without the schedule
-            daemon.pollers[venue.name] = VenuePoller(
-                venue, create_adapter(venue, daemon.http), daemon
-            )
+            http = daemon.http[venue.name] = http_client_for(venue)
+            daemon.pollers[venue.name] = VenuePoller(venue, create_adapter(venue, http), daemon)
         server = await start_http(create_app(daemon), "127.0.0.1:0")
         accounts = [(v, a) for v, p in daemon.pollers.items() for a in p.accounts]
         pipeline = Pipeline(daemon, server, aiohttp.ClientSession(server.url), accounts)
@@ -264,7 +264,8 @@ class Pipeline:
     async def stop(self) -> None:
         await self.session.close()
         await self.server.stop()
-        await self.daemon.http.aclose()
+        for http in self.daemon.http.values():
+            await http.aclose()
         self.daemon.store.close()
 
     async def poll_all(self) -> None:

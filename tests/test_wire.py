@@ -5,15 +5,15 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from monitor.errors import SnapshotParseError
 from monitor.venues.http import HttpResponse
-from monitor.venues.http1 import ResponseHeaders
 from monitor.venues.wire import MAX_DEPTH, decode_json, try_decode_json
 
 
 def answer(body: bytes) -> HttpResponse:
-    headers = ResponseHeaders({"x-request-id": "req-7"})
+    headers = CIMultiDictProxy(CIMultiDict({"x-request-id": "req-7"}))
     return HttpResponse(200, headers, body, "http://venue.test/v1/accounts/1/balances")
 
 

@@ -12,6 +12,7 @@ from monitor.config.model import (
     PolymarketAuthConfig,
     TlsConfig,
     VenueConfig,
+    VenueTransport,
 )
 from monitor.config.secret import Secret, SecretUnavailable
 
@@ -28,5 +29,6 @@ __all__ = [
     "SecretUnavailable",
     "TlsConfig",
     "VenueConfig",
+    "VenueTransport",
     "load_config",
 ]

@@ -36,6 +36,7 @@ from monitor.config.model import (
     ParamValue,
     VenueConfig,
 )
+from monitor.config.venue_transport import TRANSPORT_KEYS, check_venue_transport
 from monitor.durations import format_duration
 from monitor.venues import registry
 from monitor.yamlsource import (
@@ -72,6 +73,7 @@ _VENUE_KEYS = (
     "stale_after",
     "max_response_bytes",
     "accounts",
+    *TRANSPORT_KEYS,
 )
 _DISCOVER_KEYS = ("discover", "interval", "statuses", "labels", "params")
 
@@ -304,6 +306,7 @@ class _ConfigChecker(AccountChecker):
         max_bytes = self.field(
             s, "max_response_bytes", 1 << 20, lambda p, v: self.integer(p, v, minimum=1)
         )
+        transport = check_venue_transport(self, s, base_url)
         accounts, discovery = self.accounts(s, kind)
         settings = registry.get(kind).parse_settings(self, s, name) if kind else None
         return VenueConfig(
@@ -319,6 +322,7 @@ class _ConfigChecker(AccountChecker):
             discovery=discovery,
             max_response_bytes=max_bytes,
             settings=settings,
+            transport=transport,
         )
 
     # -- accounts ----------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from monitor.config.secret import Secret
 from monitor.schema import ParamValue as ParamValue  # re-exported: the config holds them
@@ -59,6 +59,7 @@ class VenueConfig:
     #: the kind's own settings, as its `VenueKind.parse_settings` builds them
     #: (e.g. monitor.venues.clearstreet.ClearStreetSettings)
     settings: Any = None
+    transport: VenueTransport = field(default_factory=lambda: VenueTransport())
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,20 @@ class TlsConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     insecure: bool = False
+
+
+HttpClientName = Literal["aiohttp", "httpx"]
+
+
+@dataclass(frozen=True, slots=True)
+class VenueTransport:
+    """How a venue's requests travel, whatever its kind: `http_client`, `proxy_url`,
+    `tls` and `allow_insecure_http` in its config."""
+
+    http_client: HttpClientName = "aiohttp"
+    proxy_url: str | None = None  # None: HTTPS_PROXY / HTTP_PROXY / NO_PROXY of the environment
+    tls: TlsConfig | None = None  # ca_file, cert_file, key_file (no `insecure` for venues)
+    allow_insecure_http: bool = False
 
 
 @dataclass(frozen=True, slots=True)
