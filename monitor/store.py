@@ -31,7 +31,12 @@ Tables: `outbox` (the events, with when the venue answer behind each arrived),
 `dead_letters` (records the broker refused again and again, moved aside with the reason
 so that the records behind them flow: `dead_letter`; back into the outbox, in their
 place, with `requeue_dead_letters`), `alert_state` (one row: the AlertBook's JSON),
-`meta` (the schema version). A file that is not a riskmon database, is corrupt or was
+`meta` (the schema version), and for the other destinations (Alertmanager, with
+`set_destinations`): `delivery_queue` (each event a second time per destination, written
+in the same transaction as the outbox record, read and deleted by that destination's
+sender on its own: a slow destination holds back neither MQTT nor another one) and
+`firing_events` (the last firing event of each alert still firing, what a destination
+is sent again while the alert fires). A file that is not a riskmon database, is corrupt or was
 written by a newer riskmon gives a `StoreError` naming the file.
 
 The folder is created 0700 and the file 0600; a `riskmon.db` that is a symlink is
@@ -100,6 +105,18 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_at REAL NOT NULL,
     superseded INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS delivery_queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT NOT NULL,
+    alert_key TEXT NOT NULL,
+    event_payload BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delivery_queue_destination ON delivery_queue (destination, id);
+CREATE TABLE IF NOT EXISTS firing_events (
+    alert_key TEXT PRIMARY KEY,
+    event_payload BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS alert_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     json TEXT NOT NULL,
@@ -111,6 +128,11 @@ _INSERT: Final = (
     "INSERT INTO outbox (event_id, alert_key, event_topic, event_payload,"
     " alert_topic, alert_payload, created_at, answered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_QUEUE: Final = (
+    "INSERT INTO delivery_queue (destination, alert_key, event_payload, created_at)"
+    " VALUES (?, ?, ?, ?)"
+)
+_FIRING: Final = "INSERT OR REPLACE INTO firing_events (alert_key, event_payload) VALUES (?, ?)"
 _SAVE_ALERTS: Final = "INSERT OR REPLACE INTO alert_state (id, json, saved_at) VALUES (1, ?, ?)"
 _COLUMNS: Final = (
     "seq, event_id, alert_key, event_topic, event_payload, alert_topic, alert_payload,"
@@ -206,6 +228,7 @@ class Store:
         self._checkpointer: _Checkpointer | None = None
         self._depth = 0
         self._dead = 0
+        self._destinations: dict[str, int] = {}  # destination -> records queued for it
         try:
             prepare_database(self.path)
         except UnsafeStatePath as exc:
@@ -324,12 +347,27 @@ class Store:
             for e in items
         ]
         state = None if alerts is None else _dump_alerts(alerts)
+        events = [(e.alert_key, e.event_payload) for e in items if e.event_topic]
+        firing, resolved = _firing_and_resolved(events)
+        queued = [
+            (destination, key, payload, now)
+            for destination in self._destinations
+            for key, payload in events
+        ]
         with self._transaction("append to the outbox") as db:
             if rows:
                 db.executemany(_INSERT, rows)
+            if queued:
+                db.executemany(_QUEUE, queued)
+            if resolved:
+                db.executemany("DELETE FROM firing_events WHERE alert_key = ?", resolved)
+            if firing:
+                db.executemany(_FIRING, firing)
             if state is not None:
                 db.execute(_SAVE_ALERTS, (state, now))
         self._depth += len(rows)
+        for destination in self._destinations:
+            self._destinations[destination] += len(events)
 
     def pending(self, limit: int = 256, *, after: int = 0) -> list[OutboxRecord]:
         """Up to `limit` unacknowledged records with `seq > after`, oldest first."""
@@ -352,6 +390,68 @@ class Store:
         """How many records wait to be published (a counter: no query). Still valid
         after `close`."""
         return self._depth
+
+    # -- the other destinations -------------------------------------------------------------
+
+    def set_destinations(self, names: Sequence[str]) -> dict[str, int]:
+        """From now on `append` queues every event for each destination named (besides
+        the outbox, which is MQTT's). What was queued for a destination no longer named
+        is deleted: how many records, by destination."""
+        wanted = list(dict.fromkeys(names))
+        with self._transaction("set the delivery destinations") as db:
+            dropped = {
+                str(name): int(count)
+                for name, count in db.execute(
+                    "SELECT destination, COUNT(*) FROM delivery_queue GROUP BY destination"
+                )
+                if name not in wanted
+            }
+            db.executemany(
+                "DELETE FROM delivery_queue WHERE destination = ?", [(d,) for d in dropped]
+            )
+            depths = {
+                name: int(
+                    db.execute(
+                        "SELECT COUNT(*) FROM delivery_queue WHERE destination = ?", (name,)
+                    ).fetchone()[0]
+                )
+                for name in wanted
+            }
+        self._destinations = depths
+        return dropped
+
+    def queued(self, destination: str, limit: int = 64) -> list[tuple[int, bytes]]:
+        """Up to `limit` (id, event payload) queued for `destination`, oldest first."""
+        with self._errors("read the delivery queue"):
+            rows = self._conn().execute(
+                "SELECT id, event_payload FROM delivery_queue WHERE destination = ?"
+                " ORDER BY id LIMIT ?",
+                (destination, limit),
+            )
+            return [(int(row_id), bytes(payload)) for row_id, payload in rows]
+
+    def delivered(self, destination: str, ids: Sequence[int]) -> None:
+        """Delete the queued records `ids` of `destination` (it took them)."""
+        if not ids:
+            return
+        with self._transaction("acknowledge delivered records") as db:
+            count = db.executemany(
+                "DELETE FROM delivery_queue WHERE id = ? AND destination = ?",
+                [(i, destination) for i in ids],
+            ).rowcount
+        if destination in self._destinations:
+            left = self._destinations[destination] - max(count, 0)
+            self._destinations[destination] = max(0, left)
+
+    def queue_depth(self, destination: str) -> int:
+        """How many records wait for `destination` (a counter: no query)."""
+        return self._destinations.get(destination, 0)
+
+    def firing_events(self) -> list[bytes]:
+        """The last firing event payload of each alert still firing, oldest alert first."""
+        with self._errors("read the firing alerts"):
+            rows = self._conn().execute("SELECT event_payload FROM firing_events ORDER BY rowid")
+            return [bytes(payload) for (payload,) in rows]
 
     # -- dead letters -----------------------------------------------------------------------
 
@@ -516,6 +616,27 @@ class _Checkpointer(threading.Thread):
         self._stopping = True
         self._wake.set()
         self.join()
+
+
+def _firing_and_resolved(
+    events: Sequence[tuple[str, bytes]],
+) -> tuple[list[tuple[str, bytes]], list[tuple[str]]]:
+    """The (alert key, payload) of the firing events and the (alert key,) of the
+    others (resolved), for `firing_events`. Read from the payload (schema
+    riskmon.alert.v1): the entry itself does not say."""
+    firing: dict[str, bytes] = {}
+    resolved: list[tuple[str]] = []
+    for key, payload in events:
+        try:
+            status = json.loads(payload).get("status")
+        except (ValueError, AttributeError):
+            continue
+        if status == "firing":
+            firing[key] = payload
+        else:
+            firing.pop(key, None)
+            resolved.append((key,))
+    return list(firing.items()), resolved
 
 
 def _dump_alerts(alerts: list[dict[str, Any]]) -> str:
