@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 from conftest import _free_port
-from test_config import CS, error, folder, parse
+from test_config import CS, EXAMPLES, PEM, error, folder, parse
 
 from monitor.alertmanager import metrics as am_metrics
 from monitor.alertmanager.payload import am_alert
 from monitor.alertmanager.sender import AlertmanagerSender
+from monitor.config import load_config
 from monitor.config.model import AlertmanagerConfig
 from monitor.config.secret import Secret
 from monitor.engine.lifecycle import AlertEvent
@@ -285,3 +286,19 @@ def test_alertmanagers_mistakes_name_their_place(folder: Path, text: str, messag
     found = error(folder, CS + text)
     assert found.startswith("riskmon.yaml:"), found
     assert message in found
+
+
+def test_the_examples_alertmanagers_block_loads_once_uncommented(tmp_path: Path) -> None:
+    text = (EXAMPLES / "riskmon.yaml").read_text()
+    block = text[text.index("# alertmanagers:") : text.index("\nvenues:")]
+    uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines())
+    (tmp_path / "riskmon.yaml").write_text(text.replace(block, uncommented))
+    (tmp_path / "secrets").mkdir()
+    for name, content in (
+        ("clearstreet-api-key", "demo-key\n"),
+        ("pmx-demo.pem", PEM),
+        ("alertmanager-token", "am-token\n"),
+    ):
+        (tmp_path / "secrets" / name).write_text(content)
+    [am] = load_config(tmp_path / "riskmon.yaml", environ={}).alertmanagers
+    assert (am.url, am.timeout, am.resend_interval) == ("http://127.0.0.1:9093", 10.0, 60.0)
