@@ -629,7 +629,7 @@ def _firing_and_resolved(
     for key, payload in events:
         try:
             status = json.loads(payload).get("status")
-        except (ValueError, AttributeError):
+        except (ValueError, TypeError, AttributeError):
             continue
         if status == "firing":
             firing[key] = payload
