@@ -52,7 +52,7 @@ from monitor.engine.builtin import (
 from monitor.engine.check import config_problems
 from monitor.engine.evaluate import Evaluator
 from monitor.engine.expr import CONTEXT, EvalError
-from monitor.engine.lifecycle import AlertBook, AlertEvent
+from monitor.engine.lifecycle import AlertBook, AlertEvent, firing_event
 from monitor.engine.model import Rule, RuleSet
 from monitor.engine.param_usage import params_read
 from monitor.engine.params_check import ParamPlaces
@@ -64,7 +64,7 @@ from monitor.metrics import Metrics
 from monitor.outbox_metrics import OutboxMetrics
 from monitor.outbox_writer import OutboxWriter
 from monitor.poller import AccountState, PollListener, VenuePoller
-from monitor.publish.events import to_entry
+from monitor.publish.events import event_payload, to_entry
 from monitor.publish.mqtt import MqttPublisher
 from monitor.recording import write_record
 from monitor.shard import Shard
@@ -302,7 +302,8 @@ class Daemon(PollListener):
         self.http_port = server.port
         api_url = _api_url(listen, server.port)
         self.alertmanagers = [
-            AlertmanagerSender(am, self.store, api_url=api_url) for am in self.config.alertmanagers
+            AlertmanagerSender(am, self.store, api_url=api_url, firing=self._firing_payloads)
+            for am in self.config.alertmanagers
         ]
         return server, publisher, mqtt.url
 
@@ -570,6 +571,15 @@ class Daemon(PollListener):
         self._notify_publisher()
         self.metrics.set_alerts(self.book.active())
         self.metrics.set_outbox_pending(self.store.depth())
+
+    def _firing_payloads(self) -> list[dict[str, Any]]:
+        """The alerts firing now as event payloads: what each Alertmanager is sent
+        again every minute (Prometheus' resends)."""
+        now = time.time()
+        return [
+            event_payload(firing_event(alert, now), event_id="", instance=self.config.instance)
+            for alert in self.book.firing()
+        ]
 
     def _notify_publisher(self) -> None:
         if self.publisher is not None:

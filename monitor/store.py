@@ -34,10 +34,9 @@ place, with `requeue_dead_letters`), `alert_state` (one row: the AlertBook's JSO
 `meta` (the schema version), and for the other destinations (Alertmanager, with
 `set_destinations`): `delivery_queue` (each event a second time per destination, written
 in the same transaction as the outbox record, read and deleted by that destination's
-sender on its own: a slow destination holds back neither MQTT nor another one) and
-`firing_events` (the last firing event of each alert still firing, what a destination
-is sent again while the alert fires). A file that is not a riskmon database, is corrupt or was
-written by a newer riskmon gives a `StoreError` naming the file.
+sender on its own: a slow destination holds back neither MQTT nor another one). A
+file that is not a riskmon database, is corrupt or was written by a newer riskmon gives
+a `StoreError` naming the file.
 
 The folder is created 0700 and the file 0600; a `riskmon.db` that is a symlink is
 refused (monitor/statefiles.py).
@@ -113,10 +112,6 @@ CREATE TABLE IF NOT EXISTS delivery_queue (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS delivery_queue_destination ON delivery_queue (destination, id);
-CREATE TABLE IF NOT EXISTS firing_events (
-    alert_key TEXT PRIMARY KEY,
-    event_payload BLOB NOT NULL
-);
 CREATE TABLE IF NOT EXISTS alert_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     json TEXT NOT NULL,
@@ -132,7 +127,6 @@ _QUEUE: Final = (
     "INSERT INTO delivery_queue (destination, alert_key, event_payload, created_at)"
     " VALUES (?, ?, ?, ?)"
 )
-_FIRING: Final = "INSERT OR REPLACE INTO firing_events (alert_key, event_payload) VALUES (?, ?)"
 _SAVE_ALERTS: Final = "INSERT OR REPLACE INTO alert_state (id, json, saved_at) VALUES (1, ?, ?)"
 _COLUMNS: Final = (
     "seq, event_id, alert_key, event_topic, event_payload, alert_topic, alert_payload,"
@@ -348,7 +342,6 @@ class Store:
         ]
         state = None if alerts is None else _dump_alerts(alerts)
         events = [(e.alert_key, e.event_payload) for e in items if e.event_topic]
-        firing, resolved = _firing_and_resolved(events)
         queued = [
             (destination, key, payload, now)
             for destination in self._destinations
@@ -359,10 +352,6 @@ class Store:
                 db.executemany(_INSERT, rows)
             if queued:
                 db.executemany(_QUEUE, queued)
-            if resolved:
-                db.executemany("DELETE FROM firing_events WHERE alert_key = ?", resolved)
-            if firing:
-                db.executemany(_FIRING, firing)
             if state is not None:
                 db.execute(_SAVE_ALERTS, (state, now))
         self._depth += len(rows)
@@ -446,12 +435,6 @@ class Store:
     def queue_depth(self, destination: str) -> int:
         """How many records wait for `destination` (a counter: no query)."""
         return self._destinations.get(destination, 0)
-
-    def firing_events(self) -> list[bytes]:
-        """The last firing event payload of each alert still firing, oldest alert first."""
-        with self._errors("read the firing alerts"):
-            rows = self._conn().execute("SELECT event_payload FROM firing_events ORDER BY rowid")
-            return [bytes(payload) for (payload,) in rows]
 
     # -- dead letters -----------------------------------------------------------------------
 
@@ -616,27 +599,6 @@ class _Checkpointer(threading.Thread):
         self._stopping = True
         self._wake.set()
         self.join()
-
-
-def _firing_and_resolved(
-    events: Sequence[tuple[str, bytes]],
-) -> tuple[list[tuple[str, bytes]], list[tuple[str]]]:
-    """The (alert key, payload) of the firing events and the (alert key,) of the
-    others (resolved), for `firing_events`. Read from the payload (schema
-    riskmon.alert.v1): the entry itself does not say."""
-    firing: dict[str, bytes] = {}
-    resolved: list[tuple[str]] = []
-    for key, payload in events:
-        try:
-            status = json.loads(payload).get("status")
-        except (ValueError, TypeError, AttributeError):
-            continue
-        if status == "firing":
-            firing[key] = payload
-        else:
-            firing.pop(key, None)
-            resolved.append((key,))
-    return list(firing.items()), resolved
 
 
 def _dump_alerts(alerts: list[dict[str, Any]]) -> str:

@@ -100,16 +100,6 @@ def test_no_destination_queues_nothing_and_an_entry_without_event_is_not_queued(
     assert store.queue_depth("http://am-a:9093") == 0
 
 
-def test_the_alerts_still_firing_are_kept_for_resends(store: Store) -> None:
-    store.append([entry(account="19816"), entry(account="19817")])
-    assert [json.loads(p)["account"] for p in store.firing_events()] == ["19816", "19817"]
-    store.append([entry("resolved", account="19816", at=T0 + 60)])
-    assert [json.loads(p)["account"] for p in store.firing_events()] == ["19817"]
-    # fired and resolved in one append: not firing
-    store.append([entry(account="19818"), entry("resolved", account="19818", at=T0 + 1)])
-    assert [json.loads(p)["account"] for p in store.firing_events()] == ["19817"]
-
-
 # -- the alert posted --------------------------------------------------------------------------
 
 
@@ -198,7 +188,8 @@ async def test_the_token_file_is_read_again_when_it_changes(
     config = AlertmanagerConfig(url, Secret.file("am token", token), resend_interval=0.05)
     store.set_destinations([url])
     store.append([entry()])
-    sender = AlertmanagerSender(config, store, api_url="http://r:1")
+    firing = [json.loads(entry().event_payload)]  # resent every 50 ms
+    sender = AlertmanagerSender(config, store, api_url="http://r:1", firing=lambda: firing)
     async with running(sender):
         await fake.until(1)
         assert fake.posts[0][0] == "Bearer token-1"
@@ -217,7 +208,9 @@ async def test_a_refused_batch_is_dropped_and_the_queue_moves_on(
     fake.status = 400
     store.set_destinations([url])
     store.append([entry()])
-    sender = AlertmanagerSender(AlertmanagerConfig(url, resend_interval=3600), store, api_url="")
+    sender = AlertmanagerSender(
+        AlertmanagerConfig(url, resend_interval=3600), store, api_url="", firing=list
+    )
     async with running(sender):
         await fake.until(1)
         fake.status = 200
@@ -236,7 +229,9 @@ async def test_a_failing_alertmanager_keeps_the_events_queued_and_gets_them_late
     fake.status = 503
     store.set_destinations([url])
     store.append([entry(), entry("resolved", at=T0 + 60)])
-    sender = AlertmanagerSender(AlertmanagerConfig(url, resend_interval=3600), store, api_url="")
+    sender = AlertmanagerSender(
+        AlertmanagerConfig(url, resend_interval=3600), store, api_url="", firing=list
+    )
     async with running(sender):
         await fake.until(1)
         assert store.queue_depth(url) == 2

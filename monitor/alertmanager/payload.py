@@ -1,4 +1,4 @@
-"""An event payload (schema riskmon.alert.v1) as an alert of Alertmanager's API v2.
+"""An event (its payload, schema riskmon.alert.v1) as an alert of Alertmanager's API v2.
 
 `POST /api/v2/alerts` takes a list of `{labels, annotations, startsAt, endsAt,
 generatorURL}`, as Prometheus sends them:
@@ -21,6 +21,7 @@ generatorURL}`, as Prometheus sends them:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -37,12 +38,14 @@ class PayloadError(ValueError):
     """A queued record that is not an event payload (it cannot be sent)."""
 
 
-def am_alert(payload: bytes, *, now: float, lookahead: float, api_url: str) -> dict[str, Any]:
-    """The Alertmanager alert of one event payload (see the module docstring): a firing
-    one ends at `now + lookahead` unless sent again; `api_url` is riskmon's HTTP API
-    (`http://host:port`)."""
+def am_alert(
+    payload: bytes | Mapping[str, Any], *, now: float, lookahead: float, api_url: str
+) -> dict[str, Any]:
+    """The Alertmanager alert of one event payload, as JSON or parsed (see the module
+    docstring): a firing one ends at `now + lookahead` unless sent again; `api_url` is
+    riskmon's HTTP API (`http://host:port`)."""
     try:
-        event = json.loads(payload)
+        event = json.loads(payload) if isinstance(payload, bytes) else payload
         labels = {str(k): str(v) for k, v in (event.get("labels") or {}).items() if str(v) != ""}
         for name in _CORE_LABELS:
             value = str(event[name])

@@ -10,8 +10,8 @@ with back-off (1 s doubling to 30 s), the records staying queued; a 400 (Alertma
 refuses the alerts themselves: trying again would not help) drops the batch, logged
 with Alertmanager's reason and counted.
 
-When its queue is empty the sender sends every alert still firing again
-(`Store.firing_events`) every `resend_interval` (1 minute), each with endsAt pushed
+When its queue is empty the sender sends every alert still firing again (`firing`:
+the daemon's, as event payloads) every `resend_interval` (1 minute), each with endsAt pushed
 forward (Prometheus' resend_delay), so Alertmanager keeps them firing while riskmon
 lives; and at once after an outage, since an Alertmanager that restarted has forgotten
 them (it keeps silences and notification logs on disk, not alerts).
@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import aiohttp
@@ -54,7 +55,8 @@ class _Refused(Exception):
 class AlertmanagerSender:
     """Delivers the `delivery_queue` of destination `config.url` (module docstring).
 
-    `api_url` is riskmon's own HTTP API (for generatorURL). Counters: `sent`, `failed`
+    `api_url` is riskmon's own HTTP API (for generatorURL); `firing()` gives the event
+    payloads of the alerts still firing (the resends). Counters: `sent`, `failed`
     (alerts in posts that failed), `dropped` (alerts Alertmanager refused with 400).
     """
 
@@ -64,11 +66,13 @@ class AlertmanagerSender:
         store: Store,
         *,
         api_url: str,
+        firing: Callable[[], Sequence[Mapping[str, Any]]],
     ) -> None:
         self.config = config
         self.name = config.url
         self._store = store
         self._api_url = api_url
+        self._firing = firing
         self._resend_interval = config.resend_interval
         self._wake = asyncio.Event()
         self._next_resend = 0.0  # time.monotonic(): at once when the queue is first empty
@@ -132,7 +136,7 @@ class AlertmanagerSender:
             return ok
         if time.monotonic() < self._next_resend:
             return None
-        alerts = self._alerts(self._store.firing_events(), now)
+        alerts = self._alerts(self._firing(), now)
         ok = True
         if alerts:
             with contextlib.suppress(_Refused):
@@ -142,7 +146,9 @@ class AlertmanagerSender:
         self._next_resend = time.monotonic() + self._resend_interval
         return None
 
-    def _alerts(self, payloads: list[bytes], now: float) -> list[dict[str, Any]]:
+    def _alerts(
+        self, payloads: Sequence[bytes | Mapping[str, Any]], now: float
+    ) -> list[dict[str, Any]]:
         alerts = []
         for payload in payloads:
             try:
