@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,13 @@ import pytest
 from aiohttp import web
 from conftest import _free_port
 from test_config import CS, EXAMPLES, PEM, error, folder, parse
+from test_mqtt import _certificates
 
 from monitor.alertmanager import metrics as am_metrics
 from monitor.alertmanager.payload import am_alert
 from monitor.alertmanager.sender import AlertmanagerSender
 from monitor.config import load_config
-from monitor.config.model import AlertmanagerConfig
+from monitor.config.model import AlertmanagerConfig, TlsConfig
 from monitor.config.secret import Secret
 from monitor.engine.lifecycle import AlertEvent
 from monitor.publish.events import to_entry
@@ -243,6 +245,35 @@ async def test_a_failing_alertmanager_keeps_the_events_queued_and_gets_them_late
     metrics = am_metrics.render([sender]).decode()
     assert f'riskmon_alertmanager_alerts_failed_total{{alertmanager="{url}"}} 2\n' in metrics
     assert f'riskmon_alertmanager_pending{{alertmanager="{url}"}} 0\n' in metrics
+
+
+async def test_https_with_a_private_ca(store: Store, tmp_path: Path) -> None:
+    ca, cert, key = _certificates(tmp_path / "tls", "localhost")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    fake = FakeAlertmanager()
+    app = web.Application()
+    app.router.add_post("/api/v2/alerts", fake.handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    port = _free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_tls).start()
+    url = f"https://localhost:{port}"
+    store.set_destinations([url])
+    store.append([entry()])
+    # the system's CAs do not know this one: the post goes through only with ca_file
+    trusted = AlertmanagerSender(
+        AlertmanagerConfig(url, tls=TlsConfig(ca_file=ca), resend_interval=3600),
+        store,
+        api_url="",
+        firing=list,
+    )
+    try:
+        async with running(trusted):
+            await fake.until(1)
+        assert fake.posts[0][1][0]["labels"]["account"] == "19816"
+    finally:
+        await runner.cleanup()
 
 
 # -- the config ------------------------------------------------------------------------------
