@@ -28,6 +28,8 @@ from typing import Any, TextIO
 import structlog
 
 from monitor import __version__
+from monitor.alertmanager import metrics as alertmanager_metrics
+from monitor.alertmanager.sender import AlertmanagerSender
 from monitor.api import (
     AsyncHttpServer,
     account_json,
@@ -54,7 +56,7 @@ from monitor.engine.builtin import (
 from monitor.engine.check import config_problems
 from monitor.engine.evaluate import Evaluator
 from monitor.engine.expr import CONTEXT, EvalError
-from monitor.engine.lifecycle import AlertBook, AlertEvent
+from monitor.engine.lifecycle import AlertBook, AlertEvent, firing_event
 from monitor.engine.model import Rule, RuleSet
 from monitor.engine.param_usage import params_read
 from monitor.engine.params_check import ParamPlaces
@@ -67,7 +69,7 @@ from monitor.metrics import Metrics
 from monitor.outbox_metrics import OutboxMetrics
 from monitor.outbox_writer import OutboxWriter
 from monitor.poller import AccountState, PollListener, VenuePoller
-from monitor.publish.events import to_entry
+from monitor.publish.events import event_payload, to_entry
 from monitor.publish.mqtt import MqttPublisher
 from monitor.recording import write_record
 from monitor.shard import Shard
@@ -125,6 +127,8 @@ class Daemon(PollListener):
         except StoreError as exc:
             raise self._startup_error(("state_dir",), f"state_dir: {exc}") from None
         try:
+            # every event is queued for each Alertmanager too (alertmanagers change at restart)
+            forgotten = self.store.set_destinations([am.url for am in config.alertmanagers])
             self.book = AlertBook.from_json(self.store.load_alerts())
         except StoreError as exc:
             self.store.close()
@@ -159,6 +163,7 @@ class Daemon(PollListener):
         self.pollers: dict[str, VenuePoller] = {}
         self.poller_tasks: dict[str, asyncio.Task[None]] = {}
         self.publisher: MqttPublisher | None = None
+        self.alertmanagers: list[AlertmanagerSender] = []  # created once HTTP listens
         self.broker: EmbeddedBroker | None = None
         self.http_port = 0
         self.loop_lag = 0.0
@@ -180,6 +185,12 @@ class Daemon(PollListener):
         self._param_defaults_of: RuleSet | None = None
         self._unsettled: set[str] = set()  # venues whose discovery has not answered yet
         self._next_prune = 0.0  # when to look for journal records past history_retention
+        for url, count in forgotten.items():
+            log.warning(
+                "events queued for an Alertmanager no longer configured are dropped",
+                alertmanager=url,
+                events=count,
+            )
         try:
             self._requeue_dead_letters("at start-up")
         except StoreError as exc:
@@ -215,6 +226,7 @@ class Daemon(PollListener):
             self._supervised("tick", self._tick_forever),
             self._supervised("rule-watch", self._watch_rules),
             self._supervised("reload", self._reload_on_request),
+            *(self._supervised(f"alertmanager {am.name}", am.run) for am in self.alertmanagers),
         ]
         for venue in self.config.venues:
             self._start_venue(venue)
@@ -308,6 +320,11 @@ class Daemon(PollListener):
                 ("http", "listen"), f"http.listen {listen}: {_reason(exc)}"
             ) from None
         self.http_port = server.port
+        api_url = _api_url(listen, server.port)
+        self.alertmanagers = [
+            AlertmanagerSender(am, self.store, api_url=api_url, firing=self._firing_payloads)
+            for am in self.config.alertmanagers
+        ]
         return server, publisher, mqtt.url
 
     def _startup_error(self, setting: KeyPath, message: str) -> SourceError:
@@ -581,9 +598,20 @@ class Daemon(PollListener):
         self.metrics.set_alerts(self.book.active())
         self.metrics.set_outbox_pending(self.store.depth())
 
+    def _firing_payloads(self) -> list[dict[str, Any]]:
+        """The alerts firing now as event payloads: what each Alertmanager is sent
+        again every minute (Prometheus' resends)."""
+        now = time.time()
+        return [
+            event_payload(firing_event(alert, now), event_id="", instance=self.config.instance)
+            for alert in self.book.firing()
+        ]
+
     def _notify_publisher(self) -> None:
         if self.publisher is not None:
             self.publisher.notify()
+        for alertmanager in self.alertmanagers:
+            alertmanager.notify()
 
     def _requeue_dead_letters(self, when: str) -> None:
         """Dead letters back into the outbox: the operator fixed the broker's ACL."""
@@ -789,6 +817,7 @@ class Daemon(PollListener):
                 ("http", self.config.http, new.http),
                 ("state_dir", self.config.state_dir, new.state_dir),
                 ("instance", self.config.instance, new.instance),
+                ("alertmanagers", self.config.alertmanagers, new.alertmanagers),
             )
             if old != fresh
         ]
@@ -814,6 +843,7 @@ class Daemon(PollListener):
             http=self.config.http,
             state_dir=self.config.state_dir,
             instance=self.config.instance,
+            alertmanagers=self.config.alertmanagers,
         )
         self.rule_source = source
         try:
@@ -891,7 +921,11 @@ class Daemon(PollListener):
     def metrics_text(self) -> bytes:
         self.metrics.set_health_problems(self.health_problems())
         self.metrics.set_asyncio_tasks(len(asyncio.all_tasks()))
-        return self.metrics.render() + self.outbox_metrics.render()
+        return (
+            self.metrics.render()
+            + self.outbox_metrics.render()
+            + alertmanager_metrics.render(self.alertmanagers)
+        )
 
     def health_problems(self) -> dict[str, str]:
         problems = self.problems.reasons()
@@ -1004,3 +1038,12 @@ async def run_daemon(config_path: Path, *, shard: Shard | None) -> int:
     collect_young_less_often()
     daemon = Daemon(load_config(config_path), shard=shard)
     return await daemon.run()
+
+
+def _api_url(listen: str, port: int) -> str:
+    """riskmon's API as others reach it (Alertmanager's generatorURL): the listen
+    address with the port bound, the host's name for a wildcard address."""
+    host = listen.rsplit(":", 1)[0]
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = socket.gethostname()
+    return f"http://{host}:{port}"

@@ -54,6 +54,7 @@ account's currency):
 | `riskmon_asyncio_tasks` (tasks alive on the event loop, when last set) | gauge | |
 | `riskmon_event_delivery_seconds` (venue answer to PUBACK) | histogram | |
 | dead letters, refused publishes, failed outbox writes (`monitor/outbox_metrics.py`) | | |
+| delivery to each Alertmanager (`monitor/alertmanager/metrics.py`) | | alertmanager |
 | `riskmon_build_info` (always 1) | gauge | version, python |
 | `riskmon_start_time_seconds` | gauge | |
 | `riskmon_internal_errors_total` (crashes of riskmon's own tasks) | counter | task |

@@ -31,10 +31,14 @@ Tables: `outbox` (the events, with when the venue answer behind each arrived),
 `dead_letters` (records the broker refused again and again, moved aside with the reason
 so that the records behind them flow: `dead_letter`; back into the outbox, in their
 place, with `requeue_dead_letters`), `alert_state` (one row: the AlertBook's JSON),
-`meta` (the schema version, the journal's head and anchor), and `journal`: the
+`meta` (the schema version, the journal's head and anchor), `journal`: the
 history (monitor/history/journal.py), whose records are written in the same
-transactions as the events they record. A file that is not a riskmon database, is
-corrupt or was written by a newer riskmon gives a `StoreError` naming the file.
+transactions as the events they record, and for the other destinations
+(Alertmanager, with `set_destinations`): `delivery_queue` (each event a second time
+per destination, written in the same transaction as the outbox record, read and
+deleted by that destination's sender on its own: a slow destination holds back
+neither MQTT nor another one). A file that is not a riskmon database, is corrupt or
+was written by a newer riskmon gives a `StoreError` naming the file.
 
 The folder is created 0700 and the file 0600; a `riskmon.db` that is a symlink is
 refused (monitor/statefiles.py).
@@ -103,6 +107,14 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_at REAL NOT NULL,
     superseded INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS delivery_queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT NOT NULL,
+    alert_key TEXT NOT NULL,
+    event_payload BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delivery_queue_destination ON delivery_queue (destination, id);
 CREATE TABLE IF NOT EXISTS alert_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     json TEXT NOT NULL,
@@ -113,6 +125,10 @@ CREATE TABLE IF NOT EXISTS alert_state (
 _INSERT: Final = (
     "INSERT INTO outbox (event_id, alert_key, event_topic, event_payload,"
     " alert_topic, alert_payload, created_at, answered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_QUEUE: Final = (
+    "INSERT INTO delivery_queue (destination, alert_key, event_payload, created_at)"
+    " VALUES (?, ?, ?, ?)"
 )
 _SAVE_ALERTS: Final = "INSERT OR REPLACE INTO alert_state (id, json, saved_at) VALUES (1, ?, ?)"
 _COLUMNS: Final = (
@@ -212,6 +228,7 @@ class Store:
         self._checkpointer: _Checkpointer | None = None
         self._depth = 0
         self._dead = 0
+        self._destinations: dict[str, int] = {}  # destination -> records queued for it
         self._keep_journal = journal
         self.journal: Journal = NullJournal()
         try:
@@ -334,13 +351,23 @@ class Store:
             for e in items
         ]
         state = None if alerts is None else _dump_alerts(alerts)
+        events = [(e.alert_key, e.event_payload) for e in items if e.event_topic]
+        queued = [
+            (destination, key, payload, now)
+            for destination in self._destinations
+            for key, payload in events
+        ]
         with self._transaction("append to the outbox") as db:
             if rows:
                 db.executemany(_INSERT, rows)
+            if queued:
+                db.executemany(_QUEUE, queued)
             if state is not None:
                 db.execute(_SAVE_ALERTS, (state, now))
             journaled = self.journal.write(db)
         self._depth += len(rows)
+        for destination in self._destinations:
+            self._destinations[destination] += len(events)
         if journaled is not None:
             journaled()
 
@@ -365,6 +392,62 @@ class Store:
         """How many records wait to be published (a counter: no query). Still valid
         after `close`."""
         return self._depth
+
+    # -- the other destinations -------------------------------------------------------------
+
+    def set_destinations(self, names: Sequence[str]) -> dict[str, int]:
+        """From now on `append` queues every event for each destination named (besides
+        the outbox, which is MQTT's). What was queued for a destination no longer named
+        is deleted: how many records, by destination."""
+        wanted = list(dict.fromkeys(names))
+        with self._transaction("set the delivery destinations") as db:
+            dropped = {
+                str(name): int(count)
+                for name, count in db.execute(
+                    "SELECT destination, COUNT(*) FROM delivery_queue GROUP BY destination"
+                )
+                if name not in wanted
+            }
+            db.executemany(
+                "DELETE FROM delivery_queue WHERE destination = ?", [(d,) for d in dropped]
+            )
+            depths = {
+                name: int(
+                    db.execute(
+                        "SELECT COUNT(*) FROM delivery_queue WHERE destination = ?", (name,)
+                    ).fetchone()[0]
+                )
+                for name in wanted
+            }
+        self._destinations = depths
+        return dropped
+
+    def queued(self, destination: str, limit: int = 64) -> list[tuple[int, bytes]]:
+        """Up to `limit` (id, event payload) queued for `destination`, oldest first."""
+        with self._errors("read the delivery queue"):
+            rows = self._conn().execute(
+                "SELECT id, event_payload FROM delivery_queue WHERE destination = ?"
+                " ORDER BY id LIMIT ?",
+                (destination, limit),
+            )
+            return [(int(row_id), bytes(payload)) for row_id, payload in rows]
+
+    def delivered(self, destination: str, ids: Sequence[int]) -> None:
+        """Delete the queued records `ids` of `destination` (it took them)."""
+        if not ids:
+            return
+        with self._transaction("acknowledge delivered records") as db:
+            count = db.executemany(
+                "DELETE FROM delivery_queue WHERE id = ? AND destination = ?",
+                [(i, destination) for i in ids],
+            ).rowcount
+        if destination in self._destinations:
+            left = self._destinations[destination] - max(count, 0)
+            self._destinations[destination] = max(0, left)
+
+    def queue_depth(self, destination: str) -> int:
+        """How many records wait for `destination` (a counter: no query)."""
+        return self._destinations.get(destination, 0)
 
     # -- dead letters -----------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ SELF_ALERTS = {
     "RiskmonInternalErrors",
     "RiskmonEventsDeadLettered",
     "RiskmonStoreWritesFailing",
+    "RiskmonAlertmanagerUndelivered",
     "RiskmonUnhealthy",
 }
 SCRAPES = 4  # successful scrapes of riskmon before the dashboard's queries run

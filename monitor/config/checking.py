@@ -483,8 +483,8 @@ class Checker:
             return None
         return text
 
-    def tls(self, mqtt: Section) -> TlsConfig:
-        s = self.section(mqtt.at("tls"), mqtt.data["tls"], "mqtt tls", _TLS_KEYS)
+    def tls(self, parent: Section, where: str = "mqtt tls") -> TlsConfig:
+        s = self.section(parent.at("tls"), parent.data["tls"], where, _TLS_KEYS)
         ca_file = self.field(s, "ca_file", None, self.readable_file)
         cert_file = self.field(s, "cert_file", None, self.readable_file)
         key_file = self.field(s, "key_file", None, self.readable_file)

@@ -29,6 +29,7 @@ from monitor.config.http_section import check_http
 from monitor.config.model import (
     HISTORY_RETENTION,
     AccountConfig,
+    AlertmanagerConfig,
     Config,
     DiscoveryConfig,
     HttpConfig,
@@ -61,7 +62,9 @@ _TOP_KEYS = (
     "record_snapshots",
     "builtin_alerts",
     "history_retention",
+    "alertmanagers",
 )
+_ALERTMANAGER_KEYS = ("url", "bearer_token_file", "timeout", "tls", "resend_interval")
 _VENUE_KEYS = (
     "name",
     "kind",
@@ -151,6 +154,9 @@ class _ConfigChecker(AccountChecker):
         http = self.http(top)
         mqtt = self.mqtt(top)
         builtin_alerts = check_builtin_alerts(self, top, self.labels)
+        alertmanagers: tuple[AlertmanagerConfig, ...] = self.field(
+            top, "alertmanagers", (), self.alertmanagers
+        )
         venues: tuple[VenueConfig, ...] = ()
         if self.require(top, "venues"):
             venues = self.venues(top.at("venues"), top.data["venues"], stale_after)
@@ -167,6 +173,7 @@ class _ConfigChecker(AccountChecker):
             record_snapshots=record,
             builtin_alerts=builtin_alerts,
             history_retention=retention,
+            alertmanagers=alertmanagers,
         )
 
     def instance(self, path: KeyPath, value: Any) -> str | None:
@@ -204,6 +211,39 @@ class _ConfigChecker(AccountChecker):
             self.error(path, f"listen: {exc}")
             return None
         return str(address)
+
+    def alertmanagers(self, path: KeyPath, value: Any) -> tuple[AlertmanagerConfig, ...] | None:
+        if not isinstance(value, list):
+            self.error(
+                path,
+                "alertmanagers: expected a list of {url: http://alertmanager:9093, ...}, "
+                f"got {self.show(path, value)}",
+            )
+            return None
+        result: list[AlertmanagerConfig] = []
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            where = f"alertmanagers[{i}]"
+            s = self.section((*path, i), item, where, _ALERTMANAGER_KEYS)
+            before = len(self.problems)
+            url = self.field(s, "url", "", self.http_url, required=True)
+            token = self.field(
+                s,
+                "bearer_token_file",
+                None,
+                lambda p, v: self.secret_file(p, v, "alertmanager bearer_token_file", header=True),
+            )
+            timeout = self.field(s, "timeout", 10.0, self.duration)
+            resend = self.field(s, "resend_interval", 60.0, self.duration)
+            tls = self.tls(s, f"{where} tls") if s.has("tls") else None
+            if url in seen:
+                self.error(
+                    s.at("url"), f"alertmanager {self.show(s.at('url'), url)} is listed twice"
+                )
+            seen.add(url)
+            if len(self.problems) == before and url:
+                result.append(AlertmanagerConfig(url, token, timeout, tls, resend))
+        return tuple(result)
 
     # -- venues ------------------------------------------------------------------------
 

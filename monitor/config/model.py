@@ -105,6 +105,17 @@ class HttpTlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertmanagerConfig:
+    """One `alertmanagers` entry: riskmon posts its alerts to `{url}/api/v2/alerts`."""
+
+    url: str  # http(s), without a trailing slash
+    bearer_token: Secret | None = None
+    timeout: float = 10.0
+    tls: TlsConfig | None = None
+    resend_interval: float = 60.0  # the alerts still firing are sent again this often
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig:
     listen: str = "127.0.0.1:9817"
     tls: HttpTlsConfig | None = None
@@ -162,6 +173,7 @@ class Config:
     record_snapshots: Path | None = None  # JSON lines of every snapshot, for `riskmon replay`
     builtin_alerts: BuiltinAlertsConfig = field(default_factory=BuiltinAlertsConfig)
     history_retention: float = HISTORY_RETENTION  # seconds the journal keeps a record
+    alertmanagers: tuple[AlertmanagerConfig, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def venue(self, name: str) -> VenueConfig:

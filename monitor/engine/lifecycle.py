@@ -379,6 +379,12 @@ def _event(alert: Alert, status: EventStatus, now: float, reason: str | None = N
     )
 
 
+def firing_event(alert: Alert, now: float) -> AlertEvent:
+    """A firing event of `alert` as it stands (for a destination that is sent the
+    alerts still firing again: Alertmanager)."""
+    return _event(alert, "firing", now)
+
+
 def _resolve(alert: Alert, now: float, reason: str | None = None) -> AlertEvent:
     """Firing -> INACTIVE; the resolved event (annotations as they are on `alert`)."""
     alert.phase = _INACTIVE
