@@ -675,7 +675,10 @@ class Metrics:
             phase = alert.phase
             if phase not in _ACTIVE_PHASES:
                 continue
-            key = (alert.alertname, alert.venue, alert.account, alert.severity, phase.value)
+            # a suppressed firing alert is state "suppressed" (Alertmanager's word), not a
+            # `suppressed` label: `riskmon_alert_active{state="firing"}` stays what pages
+            state = "suppressed" if phase is AlertPhase.FIRING and alert.suppressed else phase.value
+            key = (alert.alertname, alert.venue, alert.account, alert.severity, state)
             if key in new:
                 continue
             text = old.get(key)
