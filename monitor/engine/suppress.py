@@ -30,6 +30,7 @@ from monitor.schema import Matcher, parse_matcher
 
 __all__ = [
     "BUILTIN_INHIBIT_RULES",
+    "NOT_SUPPRESSED",
     "InhibitRule",
     "Silence",
     "SilenceState",
