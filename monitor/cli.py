@@ -205,6 +205,35 @@ def _add_pagerduty(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
 
 
+def _add_silence(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "silence",
+        help="mute alerts for a while, through the daemon's API (as amtool does)",
+        description="Set, list and expire silences on a running daemon, through its "
+        "Alertmanager-shaped API (/api/v2/silences): amtool sees the same silences.",
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("RISKMON_URL", "http://127.0.0.1:9817"),
+        help="the daemon's HTTP API (default $RISKMON_URL, or http://127.0.0.1:9817)",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="silence the alerts all MATCHERs match; prints its id")
+    add.add_argument(
+        "matchers", nargs="+", metavar="MATCHER", help='alertname=VenueDown, venue="cs" ...'
+    )
+    add.add_argument(
+        "--duration", type=_duration_arg, required=True, help="how long: 30m, 2h, 1h30m"
+    )
+    add.add_argument("--comment", required=True, help="why (shown to everyone on call)")
+    add.add_argument("--author", help="who (default: your user name)")
+    listing = actions.add_parser("list", help="the active and pending silences")
+    listing.add_argument("--expired", action="store_true", help="the expired ones too")
+    listing.add_argument("--json", action="store_true", help="as Alertmanager's JSON")
+    expire = actions.add_parser("expire", help="end silences now")
+    expire.add_argument("ids", nargs="+", metavar="ID")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="riskmon", description="Real-time risk monitoring for trading accounts."
@@ -225,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(commands)
     _add_demo(commands)
     _add_pagerduty(commands)
+    _add_silence(commands)
     return parser
 
 
@@ -356,6 +386,29 @@ def _pagerduty(args: argparse.Namespace) -> int:
     return eventloop.run(run_bridge(Path(args.config)))
 
 
+def _silence(args: argparse.Namespace) -> int:
+    from monitor import silence_cmd
+
+    try:
+        if args.action == "add":
+            silence_id = silence_cmd.add(
+                args.url,
+                args.matchers,
+                duration=args.duration,
+                comment=args.comment,
+                author=args.author,
+            )
+            print(silence_id)
+        elif args.action == "list":
+            silence_cmd.list_silences(args.url, sys.stdout, expired=args.expired, as_json=args.json)
+        else:
+            silence_cmd.expire(args.url, args.ids)
+    except silence_cmd.SilenceCommandError as exc:
+        print(f"riskmon silence: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level or ("info" if args.command == "run" else "warning"))
@@ -368,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": _replay,
         "simulate": _simulate,
         "pagerduty": _pagerduty,
+        "silence": _silence,
     }
     try:
         code = handlers[args.command](args)
