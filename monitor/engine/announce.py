@@ -19,9 +19,12 @@ One delay, for the end of an inhibition: when a venue comes back, its `VenueDown
 resolves at the first account that answers while the others are still stale until
 their next poll; announcing their `AccountDataStale` then would page once per account
 for data that is about to be fresh. So an alert whose inhibition ended is announced
-only once its account has been polled again since (`polls_of`) and it still fires;
-venue-wide alerts (no account polls) and the end of a silence (an operator's
-decision) are announced at once.
+only if it still fires once its account has had `SETTLE_POLLS` polls end since
+(`polls_of`): one answer resolves a stale account at once, while a poll in flight
+when the venue came back, or one that lost its deadline to the venue's Retry-After,
+still fails (seen with 500 accounts); three failures in a row after the outage are
+the account's own. Venue-wide alerts (no account polls) and the end of a silence (an
+operator's decision) are announced at once.
 
 Pure: time, the silences and the poll counts are passed in.
 """
@@ -34,7 +37,11 @@ from collections.abc import Callable, Iterable, Sequence
 from monitor.engine.lifecycle import Alert, AlertBook, AlertEvent, AlertPhase, firing_event
 from monitor.engine.suppress import NOT_SUPPRESSED, InhibitRule, Silence, Suppression, suppressions
 
-__all__ = ["Announcer", "Refresh"]
+__all__ = ["SETTLE_POLLS", "Announcer", "Refresh"]
+
+#: Polls of its account that must end, after an alert's inhibition ended, before it is
+#: announced if it still fires (see the module docstring).
+SETTLE_POLLS = 3
 
 #: (venue, account) -> how many polls of the account have ended so far; None for a
 #: venue-wide alert or an account no poller holds.
@@ -144,7 +151,7 @@ class Announcer:
         if since is None:
             self._waiting[fp] = polls
             return True
-        if polls == since:
+        if polls - since < SETTLE_POLLS:
             return True
         del self._waiting[fp]
         return False
