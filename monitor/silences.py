@@ -116,8 +116,9 @@ def silence_from_json(data: Any, *, silence_id: str, updated_at: float) -> Silen
     matchers = tuple(_matcher(item, i) for i, item in enumerate(raw))
     if all(m.matches({}) for m in matchers):
         raise SilenceError("matchers: at least one matcher must not match the empty text")
-    starts_at = parse_time(data.get("startsAt"), "startsAt")
-    ends_at = parse_time(data.get("endsAt"), "endsAt")
+    # to the millisecond, as riskmon writes times (and saves the silence)
+    starts_at = round(parse_time(data.get("startsAt"), "startsAt"), 3)
+    ends_at = round(parse_time(data.get("endsAt"), "endsAt"), 3)
     if ends_at < starts_at:
         raise SilenceError("endsAt: before startsAt")
     return Silence(
@@ -127,7 +128,7 @@ def silence_from_json(data: Any, *, silence_id: str, updated_at: float) -> Silen
         ends_at=ends_at,
         created_by=_text(data, "createdBy"),
         comment=_text(data, "comment"),
-        updated_at=updated_at,
+        updated_at=round(updated_at, 3),
     )
 
 
