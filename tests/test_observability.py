@@ -440,9 +440,15 @@ async def firing(riskmon: RiskmonProcess, *alertnames: str) -> bool:
 async def test_every_dashboard_query_returns_series_from_a_running_riskmon(
     riskmon: RiskmonProcess, prometheus: PrometheusProcess, simulator: Simulator
 ) -> None:
-    # a margin call fires at once; 19817 fails every poll: poll errors, a stale account
+    # a margin call fires at once and inhibits the Reg T shortfall beside it (a suppressed
+    # alert); 19817 fails every poll: poll errors, a stale account
     simulator.set_fields(
-        "clearstreet", "19818", {"margin_details.maintenance_margin_excess": "-5.00"}
+        "clearstreet",
+        "19818",
+        {
+            "margin_details.maintenance_margin_excess": "-5.00",
+            "margin_details.initial_margin_excess": "-5.00",
+        },
     )
     simulator.add_fault(
         {"venue": "clearstreet", "account": "19817", "kind": "status", "status": 503}
@@ -451,7 +457,8 @@ async def test_every_dashboard_query_returns_series_from_a_running_riskmon(
     riskmon.start()
     await riskmon.ready()
     await riskmon.until(
-        lambda: firing(riskmon, "MaintenanceMarginCall", "AccountDataStale"), "alerts firing"
+        lambda: firing(riskmon, "MaintenanceMarginCall", "RegTShortfall", "AccountDataStale"),
+        "alerts firing",
     )
     await prometheus.until(
         f'count_over_time(up{{job="riskmon"}}[1m]) >= {SCRAPES} and up{{job="riskmon"}} == 1',
