@@ -13,7 +13,13 @@ from monitor.engine.evaluate import Evaluator
 from monitor.engine.lifecycle import Alert, AlertBook, AlertEvent, AlertPhase
 from monitor.engine.model import InhibitRule
 from monitor.engine.rulefile import load_rules, load_rules_partial
-from monitor.engine.suppress import BUILTIN_INHIBIT_RULES, Silence, suppressions
+from monitor.engine.suppress import (
+    BUILTIN_INHIBIT_RULES,
+    NOT_SUPPRESSED,
+    Silence,
+    suppression_of,
+    suppressions,
+)
 from monitor.schema import parse_matcher
 from monitor.snapshot import Snapshot
 
@@ -291,3 +297,28 @@ def test_mistakes_in_inhibit_rules_are_placed(
     path.write_text(text)
     loaded = load_rules_partial([path])
     assert [str(p).removeprefix(f"{path}:") for p in loaded.errors] == problems
+
+
+def test_one_alerts_suppression_agrees_with_the_whole_books() -> None:
+    alerts = [
+        firing("VenueAuthFailed", "cs", "*"),
+        firing("VenueDown", "cs", "*"),
+        firing("AccountDataStale", "cs", "1"),
+        firing("AccountDataStale", "pmx", "2"),
+        firing("Band", "cs", "1", tier="x"),
+        firing("Band", "cs", "2", tier="x"),
+        firing("BuyingPowerBelowFloor", "cs", "1"),
+        firing("BuyingPowerNearFloor", "cs", "1"),
+    ]
+    rules = [
+        *BUILTIN_INHIBIT_RULES,
+        rule('alertname="Band"', 'alertname="Band"', "tier"),
+        rule('alertname=~"Buying.*Below.*"', 'severity="critical"', "venue", "account"),
+    ]
+    silences = [silence("venue=pmx")]
+    whole = suppressions(alerts, rules, silences, 10)
+    for alert in alerts:
+        assert suppression_of(alert, alerts, rules, silences, 10) == whole.get(
+            alert.fingerprint, NOT_SUPPRESSED
+        ), alert.alertname
+    assert whole  # the scenario suppresses something

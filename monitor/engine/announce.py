@@ -35,7 +35,14 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 
 from monitor.engine.lifecycle import Alert, AlertBook, AlertEvent, AlertPhase, firing_event
-from monitor.engine.suppress import NOT_SUPPRESSED, InhibitRule, Silence, Suppression, suppressions
+from monitor.engine.suppress import (
+    NOT_SUPPRESSED,
+    InhibitRule,
+    Silence,
+    Suppression,
+    suppression_of,
+    suppressions,
+)
 
 __all__ = ["SETTLE_POLLS", "Announcer", "Refresh"]
 
@@ -76,7 +83,6 @@ class Announcer:
     def filter(self, events: Iterable[AlertEvent], book: AlertBook, now: float) -> list[AlertEvent]:
         """The lifecycle's events, each marked announced or not (and with what
         suppresses its alert); the firing alerts in `book` are marked the same way."""
-        found: dict[str, Suppression] | None = None
         out: list[AlertEvent] = []
         for event in events:
             if event.status == "resolved":
@@ -87,9 +93,7 @@ class Announcer:
             if alert is None:  # resolved within the same batch: the lifecycle's word
                 out.append(event)
                 continue
-            if found is None:
-                found = self._suppressions(book, now)
-            why = found.get(event.fingerprint, NOT_SUPPRESSED)
+            why = suppression_of(alert, book.active(), self._inhibit_rules(), self._silences(), now)
             alert.inhibited_by, alert.silenced_by = why.inhibited_by, why.silenced_by
             alert.announced = not why
             out.append(

@@ -15,7 +15,10 @@ An alert's labels, as matchers see them, are its static labels plus `alertname`,
 
 `suppressions` computes both for a set of alerts at once: the sources of each inhibit
 rule are indexed by their `equal` values first, so the cost is one pass over the
-alerts per rule. Pure: no clock, no I/O.
+alerts per rule. `suppression_of` computes them for one alert (an event's, as it
+fires): one pass over the firing alerts per rule whose target side matches it. Both
+reject an alert by its alertname before building its labels when a side has an
+`alertname="..."` matcher, as most do. Pure: no clock, no I/O.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ __all__ = [
     "SilenceState",
     "Suppression",
     "alert_labels",
+    "suppression_of",
     "suppressions",
 ]
 
@@ -99,6 +103,49 @@ class Suppression:
 NOT_SUPPRESSED: Final = Suppression()
 
 
+def _may_match(matchers: Sequence[Matcher], alertname: str) -> bool:
+    """False when an `alertname="..."` matcher rules `alertname` out (a cheap test
+    before the labels are built); True when the labels must decide."""
+    return all(m.name != "alertname" or m.op != "=" or m.value == alertname for m in matchers)
+
+
+def _matches(matchers: Sequence[Matcher], alert: Alert, labels: Mapping[str, str]) -> bool:
+    return _may_match(matchers, alert.alertname) and all(m.matches(labels) for m in matchers)
+
+
+def suppression_of(
+    target: Alert,
+    alerts: Iterable[Alert],
+    rules: Iterable[InhibitRule],
+    silences: Iterable[Silence],
+    now: float,
+) -> Suppression:
+    """What suppresses the firing alert `target`, the source alerts taken from the
+    firing ones of `alerts` (see `suppressions`, which this agrees with)."""
+    labels = alert_labels(target)
+    applying = [rule for rule in rules if _matches(rule.target, target, labels)]
+    by: set[str] = set()
+    if applying:
+        firing = [a for a in alerts if a.phase is AlertPhase.FIRING and a is not target]
+        for rule in applying:
+            want = tuple(labels.get(name, "") for name in rule.equal)
+            two_sided = _matches(rule.source, target, labels)
+            for alert in firing:
+                if not _may_match(rule.source, alert.alertname):
+                    continue
+                theirs = alert_labels(alert)
+                if not all(m.matches(theirs) for m in rule.source):
+                    continue
+                if tuple(theirs.get(name, "") for name in rule.equal) != want:
+                    continue
+                if two_sided and _matches(rule.target, alert, theirs):
+                    continue
+                if alert.fingerprint != target.fingerprint:
+                    by.add(alert.fingerprint)
+    silenced = sorted(s.id for s in silences if s.state(now) == "active" and s.matches(labels))
+    return Suppression(tuple(sorted(by)), tuple(silenced))
+
+
 def suppressions(
     alerts: Sequence[Alert],
     rules: Iterable[InhibitRule],
@@ -114,19 +161,19 @@ def suppressions(
     for rule in rules:
         sources: dict[tuple[str, ...], list[tuple[str, bool]]] = {}
         for alert, labels in firing:
-            if all(m.matches(labels) for m in rule.source):
+            if _matches(rule.source, alert, labels):
                 key = tuple(labels.get(name, "") for name in rule.equal)
-                also_target = all(m.matches(labels) for m in rule.target)
+                also_target = _matches(rule.target, alert, labels)
                 sources.setdefault(key, []).append((alert.fingerprint, also_target))
         if not sources:
             continue
         for alert, labels in firing:
-            if not all(m.matches(labels) for m in rule.target):
+            if not _matches(rule.target, alert, labels):
                 continue
             found = sources.get(tuple(labels.get(name, "") for name in rule.equal))
             if not found:
                 continue
-            two_sided = all(m.matches(labels) for m in rule.source)
+            two_sided = _matches(rule.source, alert, labels)
             by = {
                 fp
                 for fp, also_target in found
