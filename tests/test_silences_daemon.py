@@ -114,6 +114,8 @@ async def test_amtool_silences_a_breach_which_is_announced_when_the_silence_is_e
     assert alert["status"] == {"state": "suppressed", "silencedBy": [silence_id], "inhibitedBy": []}
     assert alert["labels"]["account"] == "19816"
     assert alert["receivers"] == [{"name": "riskmon"}]
+    [v1] = (await api(riskmon, "/api/v1/alerts?account=19816"))["alerts"]
+    assert v1["suppressed_by"] == {"inhibited_by": [], "silenced_by": [silence_id]}
     await subscriber.wait_for(lambda _: bool(subscriber.on(RETAINED)))
     retained = json.loads(subscriber.on(RETAINED)[-1].payload)
     assert retained["suppressed_by"] == {"inhibited_by": [], "silenced_by": [silence_id]}
