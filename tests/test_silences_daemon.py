@@ -167,6 +167,15 @@ async def test_riskmon_silence_commands_and_a_resolve_that_was_announced(
     assert listed.returncode == 0, listed.stderr
     assert silence_id in listed.stdout
     assert 'alertname="BuyingPowerBelowFloor" venue="cs"' in listed.stdout
+    # a reload keeps the silences (they live in state_dir, not in the config)
+    assert riskmon.process is not None
+    riskmon.process.send_signal(signal.SIGHUP)
+
+    async def reloaded() -> bool:
+        return '"event": "reloaded"' in riskmon.log()
+
+    await riskmon.until(reloaded, "the reload")
+    assert silence_id in riskmon_silence(riskmon, "list").stdout
 
     async def silenced() -> bool:
         alerts = await api(riskmon, "/api/v2/alerts")
