@@ -76,6 +76,7 @@ async def test_amtool_silences_a_breach_which_is_announced_when_the_silence_is_e
 ) -> None:
     riskmon.start()
     await riskmon.ready()
+    amtool(riskmon, "config", "show")  # /api/v2/status, which amtool reads as Alertmanager's
     out = amtool(
         riskmon,
         "silence",
