@@ -51,6 +51,11 @@ Transitions, per evaluation (`step`)
   reference, and turned into exact strings only when read (`Alert.values`, events,
   `to_dict`).
 
+Suppression (inhibit rules, silences) is not decided here: `monitor.engine.announce`
+marks each event `announced` or not, keeps `Alert.announced` (whether the firing reached
+the pager) and what suppresses a firing alert (`inhibited_by`, `silenced_by`), and a
+resolved event made here is announced exactly when its firing was.
+
 Restarts: `AlertBook.to_json` / `AlertBook.from_json` carry the pending and firing
 alerts across a restart. A restored firing alert whose condition still holds is not
 announced again; one that cleared while the daemon was down resolves at its first
