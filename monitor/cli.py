@@ -217,6 +217,13 @@ def _add_silence(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=os.environ.get("RISKMON_URL", "http://127.0.0.1:9817"),
         help="the daemon's HTTP API (default $RISKMON_URL, or http://127.0.0.1:9817)",
     )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=os.environ.get("RISKMON_TOKEN_FILE") or None,
+        help="a file holding the API's bearer token, sent as Authorization: Bearer "
+        "(default $RISKMON_TOKEN_FILE)",
+    )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = actions.add_parser("add", help="silence the alerts all MATCHERs match; prints its id")
     add.add_argument(
@@ -389,10 +396,11 @@ def _pagerduty(args: argparse.Namespace) -> int:
 def _silence(args: argparse.Namespace) -> int:
     from monitor import silence_cmd
 
+    daemon = silence_cmd.Daemon(args.url, args.token_file)
     try:
         if args.action == "add":
             silence_id = silence_cmd.add(
-                args.url,
+                daemon,
                 args.matchers,
                 duration=args.duration,
                 comment=args.comment,
@@ -400,9 +408,9 @@ def _silence(args: argparse.Namespace) -> int:
             )
             print(silence_id)
         elif args.action == "list":
-            silence_cmd.list_silences(args.url, sys.stdout, expired=args.expired, as_json=args.json)
+            silence_cmd.list_silences(daemon, sys.stdout, expired=args.expired, as_json=args.json)
         else:
-            silence_cmd.expire(args.url, args.ids)
+            silence_cmd.expire(daemon, args.ids)
     except silence_cmd.SilenceCommandError as exc:
         print(f"riskmon silence: {exc}", file=sys.stderr)
         return 1

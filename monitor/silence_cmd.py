@@ -13,12 +13,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from monitor import schema
 from monitor.silences import matcher_json, parse_time, time_text
 
-__all__ = ["SilenceCommandError", "add", "expire", "list_silences"]
+__all__ = ["Daemon", "SilenceCommandError", "add", "expire", "list_silences"]
 
 TIMEOUT = 10.0  # seconds for each request to the daemon
 
@@ -27,13 +29,33 @@ class SilenceCommandError(Exception):
     """The daemon cannot be reached or refused the request; the message says why."""
 
 
-def _request(url: str, method: str, path: str, body: Any = None) -> Any:
+@dataclass(frozen=True, slots=True)
+class Daemon:
+    """Where the daemon's API is, and the bearer token file it wants, if any."""
+
+    url: str
+    token_file: Path | None = None
+
+    def headers(self) -> dict[str, str]:
+        if self.token_file is None:
+            return {}
+        try:
+            token = self.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SilenceCommandError(
+                f"cannot read the token file {self.token_file}: {exc.strerror}"
+            ) from None
+        return {"Authorization": f"Bearer {token}"}
+
+
+def _request(daemon: Daemon, method: str, path: str, body: Any = None) -> Any:
+    url = daemon.url
     data = None if body is None else json.dumps(body).encode("utf-8")
+    headers = daemon.headers()
+    if data is not None:
+        headers["Content-Type"] = "application/json"
     request = urllib.request.Request(
-        url.rstrip("/") + path,
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json"} if data is not None else {},
+        url.rstrip("/") + path, data=data, method=method, headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
@@ -52,7 +74,7 @@ def _request(url: str, method: str, path: str, body: Any = None) -> Any:
 
 
 def add(
-    url: str,
+    daemon: Daemon,
     matchers: Sequence[str],
     *,
     duration: float,
@@ -77,13 +99,15 @@ def add(
         "createdBy": author or getpass.getuser(),
         "comment": comment,
     }
-    answer = _request(url, "POST", "/api/v2/silences", body)
+    answer = _request(daemon, "POST", "/api/v2/silences", body)
     return str(answer["silenceID"])
 
 
-def list_silences(url: str, out: TextIO, *, expired: bool = False, as_json: bool = False) -> None:
+def list_silences(
+    daemon: Daemon, out: TextIO, *, expired: bool = False, as_json: bool = False
+) -> None:
     """Print the active and pending silences (with `expired`, the expired ones too)."""
-    found: list[dict[str, Any]] = _request(url, "GET", "/api/v2/silences")
+    found: list[dict[str, Any]] = _request(daemon, "GET", "/api/v2/silences")
     shown = [s for s in found if expired or s["status"]["state"] != "expired"]
     shown.sort(key=lambda s: parse_time(s["endsAt"], "endsAt"))
     if as_json:
@@ -118,6 +142,6 @@ def _matcher_text(matcher: dict[str, Any]) -> str:
     return f"{matcher['name']}{op}{json.dumps(matcher['value'], ensure_ascii=False)}"
 
 
-def expire(url: str, silence_ids: Sequence[str]) -> None:
+def expire(daemon: Daemon, silence_ids: Sequence[str]) -> None:
     for silence_id in silence_ids:
-        _request(url, "DELETE", f"/api/v2/silence/{urllib.parse.quote(silence_id, safe='')}")
+        _request(daemon, "DELETE", f"/api/v2/silence/{urllib.parse.quote(silence_id, safe='')}")

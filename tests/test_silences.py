@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from monitor import silence_cmd
 from monitor.silences import RETENTION, SilenceBook, SilenceError, parse_time, silence_json
 from monitor.store import Store
 
@@ -103,3 +107,37 @@ def test_an_update_keeps_the_id(tmp_path: Path) -> None:
         second = book.add(postable(id=first.id, comment="longer"), NOW + 1)
         assert second.id == first.id
         assert [s.comment for s in book.all] == ["longer"]
+
+
+async def test_riskmon_silence_sends_the_token_from_its_file(tmp_path: Path) -> None:
+    seen: list[str | None] = []
+
+    async def silences(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_get("/api/v2/silences", silences)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        (tmp_path / "token").write_text("s3cret\n")
+        daemon = silence_cmd.Daemon(f"http://127.0.0.1:{port}", tmp_path / "token")
+        out = io.StringIO()
+        await asyncio.to_thread(silence_cmd.list_silences, daemon, out)
+        assert seen == ["Bearer s3cret"]
+        assert out.getvalue().split() == [
+            "ID",
+            "STATE",
+            "MATCHERS",
+            "ENDS",
+            "AT",
+            "CREATED",
+            "BY",
+            "COMMENT",
+        ]
+    finally:
+        await runner.cleanup()
