@@ -209,6 +209,9 @@ def test_the_dashboard_shows_what_on_call_needs() -> None:
         'param="excess_capital_floor"',
         'riskmon_alert_active{instance=~"$instance", venue=~"$venue", account=~"$account", '
         'state="firing"}',
+        # suppressed alerts apart from firing ones
+        'riskmon_alert_active{instance=~"$instance", venue=~"$venue", account=~"$account", '
+        'state="suppressed"}',
         "time() - riskmon_last_success_timestamp_seconds",
         # the accounts' labels from riskmon.yaml, joined on: the desk variable and column
         "group_left (desk) riskmon_account_info",
