@@ -6,7 +6,8 @@ So that `amtool --alertmanager.url=http://riskmon:9817 silence add|query|expire`
 
 - `GET /api/v2/silences[?filter=MATCHER...]`: `[gettableSilence]`;
 - `POST /api/v2/silences`: a `postableSilence` (with `id`: update that silence);
-  200 `{"silenceID": "..."}`, 400 with the reason as text (as Alertmanager answers);
+  200 `{"silenceID": "..."}`, 400 with the reason as text (as Alertmanager answers),
+  503 when the state database refuses to save it (a full disk);
 - `GET /api/v2/silence/{id}`: the `gettableSilence`, 404 when unknown;
 - `DELETE /api/v2/silence/{id}`: expires it; 200, 404 when unknown;
 - `GET /api/v2/alerts[?active=&silenced=&inhibited=&unprocessed=&filter=...]`: the
@@ -25,7 +26,7 @@ from aiohttp import web
 from monitor import __version__, schema
 from monitor.engine.lifecycle import Alert
 from monitor.engine.suppress import alert_labels
-from monitor.silences import SilenceError, time_text
+from monitor.silences import SilenceError, SilenceNotSaved, time_text
 
 __all__ = ["AlertmanagerSource", "add_routes", "alertmanager_alert", "alertmanager_status"]
 
@@ -169,6 +170,8 @@ async def _post_silence(request: web.Request) -> web.Response:
         silence_id = request.app[_SOURCE].silence_add(data)
     except SilenceError as exc:
         return _refused(str(exc))
+    except SilenceNotSaved as exc:
+        return _refused(f"the silence could not be saved: {exc}", 503)
     return _json({"silenceID": silence_id})
 
 
@@ -185,6 +188,8 @@ async def _delete_silence(request: web.Request) -> web.Response:
             return _refused("silence not found", 404)
     except SilenceError as exc:
         return _refused(str(exc))
+    except SilenceNotSaved as exc:
+        return _refused(f"the silence could not be saved: {exc}", 503)
     return web.Response(status=200)
 
 

@@ -21,12 +21,13 @@ from typing import Any, Final
 from monitor import schema
 from monitor.engine.suppress import Silence
 from monitor.publish.events import rfc3339
-from monitor.store import Store
+from monitor.store import Store, StoreError
 
 __all__ = [
     "RETENTION",
     "SilenceBook",
     "SilenceError",
+    "SilenceNotSaved",
     "matcher_json",
     "parse_time",
     "silence_from_json",
@@ -41,6 +42,10 @@ _MAX_TEXT: Final = 4096  # characters of a comment, author, matcher value
 
 class SilenceError(ValueError):
     """A silence that cannot be accepted; the message says why."""
+
+
+class SilenceNotSaved(Exception):
+    """The state database refused the change (a full or failing disk): nothing changed."""
 
 
 def time_text(at: float) -> str:
@@ -206,15 +211,22 @@ class SilenceBook:
         return silence
 
     def prune(self, now: float) -> None:
-        """Drop the silences expired more than RETENTION ago."""
+        """Drop the silences expired more than RETENTION ago (kept, to try again at the
+        next call, while the database refuses to delete them)."""
         old = [s.id for s in self._silences.values() if s.ends_at + RETENTION < now]
         if old:
-            self._store.delete_silences(old)
+            try:
+                self._store.delete_silences(old)
+            except StoreError:
+                return
             for silence_id in old:
                 del self._silences[silence_id]
             self.all = tuple(self._silences.values())
 
     def _put(self, silence: Silence) -> None:
-        self._store.save_silence(silence.id, {**silence_json(silence, silence.updated_at)})
+        try:
+            self._store.save_silence(silence.id, silence_json(silence, silence.updated_at))
+        except StoreError as exc:
+            raise SilenceNotSaved(str(exc)) from None
         self._silences[silence.id] = silence
         self.all = tuple(self._silences.values())

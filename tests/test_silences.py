@@ -11,7 +11,14 @@ import pytest
 from aiohttp import web
 
 from monitor import silence_cmd
-from monitor.silences import RETENTION, SilenceBook, SilenceError, parse_time, silence_json
+from monitor.silences import (
+    RETENTION,
+    SilenceBook,
+    SilenceError,
+    SilenceNotSaved,
+    parse_time,
+    silence_json,
+)
 from monitor.store import Store
 
 NOW = 1_800_000_000.0
@@ -141,3 +148,16 @@ async def test_riskmon_silence_sends_the_token_from_its_file(tmp_path: Path) -> 
         ]
     finally:
         await runner.cleanup()
+
+
+def test_a_silence_the_database_refuses_changes_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "riskmon.db")
+    book = SilenceBook(store)
+    kept = book.add(postable(), NOW)
+    store.close()  # every write now fails, as on a failing disk
+    with pytest.raises(SilenceNotSaved, match=r"riskmon\.db"):
+        book.add(postable(), NOW)
+    with pytest.raises(SilenceNotSaved):
+        book.expire(kept.id, NOW + 10)
+    book.prune(kept.ends_at + RETENTION + 1)  # tried again later, no error now
+    assert book.all == (kept,)
