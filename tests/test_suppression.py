@@ -322,3 +322,18 @@ def test_one_alerts_suppression_agrees_with_the_whole_books() -> None:
             alert.fingerprint, NOT_SUPPRESSED
         ), alert.alertname
     assert whole  # the scenario suppresses something
+
+
+def test_an_inhibit_rule_naming_no_known_alert_is_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        RULES
+        + "  - source_matchers: ['alertname=\"Lwo\"']\n"
+        + "    target_matchers: [alertname=AccountDataStale]\n"  # a built-in one: known
+    )
+    loaded = load_rules_partial([path])
+    assert loaded.errors == []
+    assert [str(p).removeprefix(f"{path}:") for p in loaded.warnings] == [
+        "14:5: warning: inhibit rule: source alertname 'Lwo' is no alert of these rule files "
+        "nor a built-in one; did you mean 'Low'?"
+    ]

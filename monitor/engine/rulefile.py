@@ -43,6 +43,7 @@ from typing import Any, Final, TypeVar
 
 from monitor import schema
 from monitor.config.checking import Checker
+from monitor.engine.builtin import BUILTIN_ALERTNAMES
 from monitor.engine.expr import CompiledExpr, compile_expression, param_uses
 from monitor.engine.model import (
     ON_MISSING,
@@ -212,8 +213,34 @@ def load_rules_partial(paths: Sequence[str | Path]) -> LoadedRules:
         groups.extend(group for group in built if group.name not in taken)
         errors.extend(_sorted([*parser.errors, *file_errors]))
         warnings.extend(_sorted(parser.warnings))
+    warnings.extend(_unknown_alertnames(inhibit_rules, groups))
     rules = RuleSet(tuple(groups), tuple(files), tuple(inhibit_rules))
     return LoadedRules(rules, errors, warnings)
+
+
+def _unknown_alertnames(
+    inhibit_rules: Sequence[InhibitRule], groups: Sequence[RuleGroup]
+) -> list[Problem]:
+    """Warnings for inhibit rules whose `alertname="..."` names no alert of the loaded
+    rule files nor a built-in one: a typo there silently never inhibits."""
+    known = {rule.alert for group in groups for rule in group.rules} | BUILTIN_ALERTNAMES
+    found: list[Problem] = []
+    for inhibit in inhibit_rules:
+        for side, matchers in (("source", inhibit.source), ("target", inhibit.target)):
+            for matcher in matchers:
+                if matcher.name != "alertname" or matcher.op != "=" or matcher.value in known:
+                    continue
+                close = difflib.get_close_matches(matcher.value, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                found.append(
+                    Problem(
+                        inhibit.location or Location("<inhibit_rules>", 1, 1),
+                        f"inhibit rule: {side} alertname {matcher.value!r} is no alert of "
+                        f"these rule files nor a built-in one{hint}",
+                        "warning",
+                    )
+                )
+    return found
 
 
 # ------------------------------------------------------------------------- reading
