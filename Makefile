@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-# Mosquitto (the tests' broker and the demo's), Prometheus with promtool (the
-# deploy/ tests) and Alertmanager with amtool come from Debian's packages, installed when missing and installable.
+# Mosquitto (the tests' broker and the demo's), Prometheus with promtool (the deploy/
+# tests) and Alertmanager with amtool (the silence tests) come from Debian's packages,
+# installed when missing and installable.
 broker:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 	  { command -v apt-get >/dev/null 2>&1 && \
@@ -27,10 +28,10 @@ tools: broker
 	  { command -v apt-get >/dev/null 2>&1 && \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
 	    || echo "warning: prometheus/promtool not installed; their tests will be skipped" >&2; }
-	@command -v prometheus-alertmanager >/dev/null 2>&1 || \
+	@{ command -v prometheus-alertmanager >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1; } || \
 	  { command -v apt-get >/dev/null 2>&1 && \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null; } \
-	    || echo "warning: prometheus-alertmanager not installed; its tests will be skipped" >&2; }
+	    || echo "warning: prometheus-alertmanager/amtool not installed; their tests will be skipped" >&2; }
 
 lint: install
 	$(BIN)/ruff check monitor tests bench

@@ -216,6 +216,12 @@ def alert_json(alert: Alert) -> dict[str, Any]:
         "last_evaluated_at": iso_time(alert.last_evaluated_at),
         "fingerprint": alert.fingerprint,
         "rule": alert.rule_key,
+        # as in the retained MQTT message: what keeps a firing alert from the pager
+        "suppressed_by": (
+            {"inhibited_by": list(alert.inhibited_by), "silenced_by": list(alert.silenced_by)}
+            if alert.suppressed
+            else None
+        ),
     }
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from monitor.config.model import HttpTlsConfig
+if TYPE_CHECKING:  # the config's checks use this module: no import cycle at run time
+    from monitor.config.model import HttpTlsConfig
 
 __all__ = ["client_ssl_context", "server_ssl_context"]
 

@@ -233,6 +233,49 @@ def _add_history(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
 
 
+def _add_silence(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "silence",
+        help="mute alerts for a while, through the daemon's API (as amtool does)",
+        description="Set, list and expire silences on a running daemon, through its "
+        "Alertmanager-shaped API (/api/v2/silences): amtool sees the same silences.",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        help="the daemon's config: its http section gives the API's address, token and TLS "
+        "(monitor/api_client.py; RISKMON_API_URL and RISKMON_API_TOKEN_FILE override)",
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("RISKMON_URL"),
+        help="the daemon's HTTP API instead (default $RISKMON_URL, or without -c "
+        "http://127.0.0.1:9817)",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=os.environ.get("RISKMON_TOKEN_FILE") or None,
+        help="with --url: a file holding the API's bearer token, sent as Authorization: "
+        "Bearer (default $RISKMON_TOKEN_FILE)",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="silence the alerts all MATCHERs match; prints its id")
+    add.add_argument(
+        "matchers", nargs="+", metavar="MATCHER", help='alertname=VenueDown, venue="cs" ...'
+    )
+    add.add_argument(
+        "--duration", type=_duration_arg, required=True, help="how long: 30m, 2h, 1h30m"
+    )
+    add.add_argument("--comment", required=True, help="why (shown to everyone on call)")
+    add.add_argument("--author", help="who (default: your user name)")
+    listing = actions.add_parser("list", help="the active and pending silences")
+    listing.add_argument("--expired", action="store_true", help="the expired ones too")
+    listing.add_argument("--json", action="store_true", help="as Alertmanager's JSON")
+    expire = actions.add_parser("expire", help="end silences now")
+    expire.add_argument("ids", nargs="+", metavar="ID")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="riskmon", description="Real-time risk monitoring for trading accounts."
@@ -254,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     _add_pagerduty(commands)
     _add_history(commands)
+    _add_silence(commands)
     return parser
 
 
@@ -410,6 +454,43 @@ def _pagerduty(args: argparse.Namespace) -> int:
     return eventloop.run(run_bridge(Path(args.config)))
 
 
+def _silence(args: argparse.Namespace) -> int:
+    from monitor import silence_cmd
+    from monitor.api_client import ApiError, ApiTarget, api_target
+    from monitor.config import Secret, load_config
+    from monitor.yamlsource import SourceError
+
+    try:
+        if args.url is None and args.config is not None:
+            daemon = api_target(load_config(args.config))
+        else:
+            token = (
+                None if args.token_file is None else Secret.file("--token-file", args.token_file)
+            )
+            daemon = ApiTarget((args.url or "http://127.0.0.1:9817").rstrip("/"), token)
+    except (ApiError, SourceError) as exc:
+        print(f"riskmon silence: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.action == "add":
+            silence_id = silence_cmd.add(
+                daemon,
+                args.matchers,
+                duration=args.duration,
+                comment=args.comment,
+                author=args.author,
+            )
+            print(silence_id)
+        elif args.action == "list":
+            silence_cmd.list_silences(daemon, sys.stdout, expired=args.expired, as_json=args.json)
+        else:
+            silence_cmd.expire(daemon, args.ids)
+    except silence_cmd.SilenceCommandError as exc:
+        print(f"riskmon silence: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level or ("info" if args.command == "run" else "warning"))
@@ -423,6 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "simulate": _simulate,
         "pagerduty": _pagerduty,
         "history": _history,
+        "silence": _silence,
     }
     try:
         code = handlers[args.command](args)

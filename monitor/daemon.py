@@ -40,9 +40,12 @@ from monitor.api import (
 )
 from monitor.api_auth import ApiAuth, is_loopback_listen
 from monitor.api_tls import server_ssl_context
+from monitor.api_v2 import add_routes as add_alertmanager_routes
+from monitor.api_v2 import alertmanager_alert, alertmanager_status
 from monitor.broker import BrokerUnavailable, EmbeddedBroker
 from monitor.config import Config, VenueConfig, load_config
 from monitor.config.http_section import token_file_exposure
+from monitor.engine.announce import Announcer
 from monitor.engine.builtin import (
     RISKMON,
     VENUE_WIDE,
@@ -56,12 +59,13 @@ from monitor.engine.builtin import (
 from monitor.engine.check import config_problems
 from monitor.engine.evaluate import Evaluator
 from monitor.engine.expr import CONTEXT, EvalError
-from monitor.engine.lifecycle import AlertBook, AlertEvent, firing_event
-from monitor.engine.model import Rule, RuleSet
+from monitor.engine.lifecycle import Alert, AlertBook, AlertEvent, firing_event
+from monitor.engine.model import InhibitRule, Rule, RuleSet
 from monitor.engine.param_usage import params_read
 from monitor.engine.params_check import ParamPlaces
 from monitor.engine.reload import RuleSource, Validate
 from monitor.engine.runbook import runbook_template
+from monitor.engine.suppress import BUILTIN_INHIBIT_RULES
 from monitor.errors import VenueAuthError, VenueError
 from monitor.health import HealthProblems
 from monitor.history.journal import file_digest
@@ -69,10 +73,11 @@ from monitor.metrics import Metrics
 from monitor.outbox_metrics import OutboxMetrics
 from monitor.outbox_writer import OutboxWriter
 from monitor.poller import AccountState, PollListener, VenuePoller
-from monitor.publish.events import event_payload, to_entry
+from monitor.publish.events import event_payload, rfc3339, to_entry
 from monitor.publish.mqtt import MqttPublisher
 from monitor.recording import write_record
 from monitor.shard import Shard
+from monitor.silences import SilenceBook, SilenceError, silence_json
 from monitor.snapshot import Snapshot
 from monitor.store import Store, StoreError
 from monitor.supervise import Supervisor
@@ -130,7 +135,8 @@ class Daemon(PollListener):
             # every event is queued for each Alertmanager too (alertmanagers change at restart)
             forgotten = self.store.set_destinations([am.url for am in config.alertmanagers])
             self.book = AlertBook.from_json(self.store.load_alerts())
-        except StoreError as exc:
+            self.silences = SilenceBook(self.store)
+        except (StoreError, SilenceError) as exc:
             self.store.close()
             raise self._startup_error(("state_dir",), f"state_dir: {exc}") from None
         runbook_url = runbook_template(config.builtin_alerts.runbook_url)
@@ -145,6 +151,8 @@ class Daemon(PollListener):
             builtin_rules(config.builtin_alerts), self.book, runbook_url=runbook_url
         )
         self.stale_hold = StaleHold()  # AccountDataStale waits while VenueDown is pending
+        # which events reach the pager: inhibitions and silences (monitor/engine/announce.py)
+        self.announcer = Announcer(self._inhibit_rules, lambda: self.silences.all, self._polls_of)
         self.metrics = Metrics()
         self.problems = HealthProblems()  # what keeps riskmon from alerting: /healthz
         self.outbox = OutboxWriter(self.store, self.problems, notify=self._notify_publisher)
@@ -313,8 +321,10 @@ class Daemon(PollListener):
             tls = None if http.tls is None else server_ssl_context(http.tls)
         except (OSError, ssl.SSLError) as exc:
             raise self._startup_error(("http", "tls"), f"http.tls: {exc}") from None
+        app = create_app(self, auth, history=self.store.path)
+        add_alertmanager_routes(app, self)
         try:
-            server = await start_http(create_app(self, auth, history=self.store.path), listen, tls)
+            server = await start_http(app, listen, tls)
         except OSError as exc:
             raise self._startup_error(
                 ("http", "listen"), f"http.listen {listen}: {_reason(exc)}"
@@ -563,10 +573,22 @@ class Daemon(PollListener):
 
     # -- events out -------------------------------------------------------------------------
 
-    def _emit(self, events: Iterable[AlertEvent], *, answered_at: float | None = None) -> None:
+    def _emit(
+        self,
+        events: Iterable[AlertEvent],
+        *,
+        answered_at: float | None = None,
+        announced: bool = False,
+        retained: Iterable[Alert] = (),
+    ) -> None:
         """Events to the outbox (with the alert state they lead to), then to MQTT.
-        `answered_at`: when the venue answer that caused them arrived, if one did."""
+        `answered_at`: when the venue answer that caused them arrived, if one did.
+        Suppressed alerts' events change their retained message only
+        (`Announcer.filter`); `retained`: firing alerts whose retained message changes
+        without an event (their suppression changed)."""
         events = list(events)
+        if events and not announced:
+            events = self.announcer.filter(events, self.book, time.time())
         entries = [
             to_entry(
                 event,
@@ -576,23 +598,39 @@ class Daemon(PollListener):
             )
             for event in events
         ]
+        now = time.time()
+        entries += [
+            to_entry(
+                firing_event(alert, now),
+                prefix=self.config.mqtt.topic_prefix,
+                instance=self.config.instance,
+                announce=False,
+            )
+            for alert in retained
+        ]
         if not entries:
             return
         journal = self.store.journal
-        for entry, event in zip(entries, events, strict=True):
-            journal.record_event(event, event_id=entry.event_id, published=True)
+        for entry, event in zip(entries, events, strict=False):  # then retained-only entries
+            journal.record_event(
+                event,
+                event_id=entry.event_id if event.announced else None,
+                published=event.announced,
+                suppressed_by=_suppressed_by(event),
+            )
         alerts = self.book.to_json()
         self.outbox.append(entries, alerts, time.time())
         self._saved_alerts = alerts
-        for entry, event in zip(entries, events, strict=True):
+        for entry, event in zip(entries, events, strict=False):
             log.info(
-                "alert " + event.status,
+                "alert " + event.status + ("" if event.announced else " (not announced)"),
                 alertname=event.alertname,
                 severity=event.severity,
                 venue=event.venue,
                 account=event.account,
                 event_id=entry.event_id,
                 values=event.values,
+                **_suppression_fields(event),
             )
         self._notify_publisher()
         self.metrics.set_alerts(self.book.active())
@@ -605,7 +643,25 @@ class Daemon(PollListener):
         return [
             event_payload(firing_event(alert, now), event_id="", instance=self.config.instance)
             for alert in self.book.firing()
+            # what riskmon suppresses goes nowhere, as on MQTT
+            if alert.announced and not (alert.inhibited_by or alert.silenced_by)
         ]
+
+    def _follow_suppression(self, now: float) -> None:
+        """Announce the alerts whose suppression ended; retained messages follow what
+        suppresses each firing alert (`Announcer.refresh`)."""
+        found = self.announcer.refresh(self.book, now)
+        if found.events or found.retained:
+            self._emit(found.events, announced=True, retained=found.retained)
+
+    def _inhibit_rules(self) -> tuple[InhibitRule, ...]:
+        return (*BUILTIN_INHIBIT_RULES, *self.evaluator.rules.inhibit_rules)
+
+    def _polls_of(self, venue: str, account: str) -> int | None:
+        """How many polls of an account have ended (None: no poller holds it)."""
+        poller = self.pollers.get(venue)
+        state = None if poller is None else poller.accounts.get(account)
+        return None if state is None else state.polls
 
     def _notify_publisher(self) -> None:
         if self.publisher is not None:
@@ -709,6 +765,8 @@ class Daemon(PollListener):
         riskmon = riskmon_snapshot(self.store.dead_letters(), now, instance=self.config.instance)
         events.extend(self.health.evaluate(riskmon, now))
         self._emit(events)
+        self.silences.prune(now)
+        self._follow_suppression(now)
         if self._unsettled:
             answered = {name for name in self._unsettled if self.pollers[name].accounts_settled}
             if answered:
@@ -954,6 +1012,50 @@ class Daemon(PollListener):
     def alerts(self) -> list[dict[str, Any]]:
         return [alert_json(alert) for alert in self.book.active()]
 
+    # -- Alertmanager's API v2 (monitor/api_v2.py) ------------------------------------------
+
+    def silence_list(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [silence_json(silence, now) for silence in self.silences.all]
+
+    def silence_get(self, silence_id: str) -> dict[str, Any] | None:
+        silence = self.silences.get(silence_id)
+        return None if silence is None else silence_json(silence, time.time())
+
+    def silence_add(self, data: Any) -> str:
+        now = time.time()
+        silence = self.silences.add(data, now)
+        log.info(
+            "silence set",
+            silence=silence.id,
+            matchers=[str(m) for m in silence.matchers],
+            starts_at=rfc3339(silence.starts_at),
+            ends_at=rfc3339(silence.ends_at),
+            created_by=silence.created_by,
+        )
+        self.store.journal.record_silence("set", silence_json(silence, now))
+        self._follow_suppression(now)
+        self.outbox.write_journal(now)
+        return silence.id
+
+    def silence_expire(self, silence_id: str) -> bool:
+        now = time.time()
+        if self.silences.get(silence_id) is None:
+            return False
+        expired = self.silences.expire(silence_id, now)
+        log.info("silence expired", silence=silence_id)
+        self.store.journal.record_silence("expired", silence_json(expired, now))
+        self._follow_suppression(now)
+        self.outbox.write_journal(now)
+        return True
+
+    def v2_alerts(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [alertmanager_alert(alert, now) for alert in self.book.firing()]
+
+    def v2_status(self) -> dict[str, Any]:
+        return alertmanager_status(self.config.instance, self.started_at)
+
     def status(self) -> dict[str, Any]:
         at, successful, problems = self._last_reload
         running = self.rule_source
@@ -975,6 +1077,24 @@ class Daemon(PollListener):
             for poller in self.pollers.values()
             for state in poller.accounts.values()
         ]
+
+
+def _suppressed_by(event: AlertEvent) -> list[str]:
+    """What suppresses the alert of an event, for the history journal."""
+    return [
+        *(f"inhibited by {fingerprint}" for fingerprint in event.inhibited_by),
+        *(f"silence {silence}" for silence in event.silenced_by),
+    ]
+
+
+def _suppression_fields(event: AlertEvent) -> dict[str, Any]:
+    """What suppresses the alert of an event, for its log line."""
+    fields: dict[str, Any] = {}
+    if event.inhibited_by:
+        fields["inhibited_by"] = list(event.inhibited_by)
+    if event.silenced_by:
+        fields["silenced_by"] = list(event.silenced_by)
+    return fields
 
 
 def rule_check(config: Config, document: YamlDocument | None) -> Validate:

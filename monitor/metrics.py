@@ -40,7 +40,7 @@ account's currency):
 | `riskmon_account_param` (rule params in effect) | gauge | venue, account, param |
 | `riskmon_account_info` (always 1) | gauge | venue, account, the account's labels |
 | `riskmon_alert_active` (1 per pending/firing alert) | gauge | alertname, venue, account, |
-| | | severity, state (pending, firing) |
+| | | severity, state (pending, firing, suppressed: firing but inhibited or silenced) |
 | `riskmon_poll_duration_seconds` | histogram | venue |
 | `riskmon_polls_total` | counter | venue, outcome |
 | `riskmon_venue_up`, `riskmon_venue_accounts` | gauge | venue |
@@ -329,7 +329,10 @@ _LABEL_GETTERS: Final = (
 _INFO_GETTER: Final = itemgetter(_INFO)
 _SHORT_GETTER: Final = itemgetter(_LABELS_SHORT)
 _ALERT_ACTIVE: Final = _family(
-    "riskmon_alert_active", "gauge", "1 for each pending or firing alert; state says which."
+    "riskmon_alert_active",
+    "gauge",
+    "1 for each pending or firing alert; state says which (suppressed: firing, but inhibited"
+    " or silenced).",
 )
 _ACCOUNT_PARAM: Final = _family(
     "riskmon_account_param",
@@ -608,7 +611,10 @@ class Metrics:
             phase = alert.phase
             if phase not in _ACTIVE_PHASES:
                 continue
-            key = (alert.alertname, alert.venue, alert.account, alert.severity, phase.value)
+            # a suppressed firing alert is state "suppressed" (Alertmanager's word), not a
+            # `suppressed` label: `riskmon_alert_active{state="firing"}` stays what pages
+            state = "suppressed" if phase is AlertPhase.FIRING and alert.suppressed else phase.value
+            key = (alert.alertname, alert.venue, alert.account, alert.severity, state)
             if key in new:
                 continue
             text = old.get(key)

@@ -31,6 +31,7 @@ Tables: `outbox` (the events, with when the venue answer behind each arrived),
 `dead_letters` (records the broker refused again and again, moved aside with the reason
 so that the records behind them flow: `dead_letter`; back into the outbox, in their
 place, with `requeue_dead_letters`), `alert_state` (one row: the AlertBook's JSON),
+`silences` (one JSON object per silence, `monitor/silences.py`),
 `meta` (the schema version, the journal's head and anchor), `journal`: the
 history (monitor/history/journal.py), whose records are written in the same
 transactions as the events they record, and for the other destinations
@@ -115,6 +116,10 @@ CREATE TABLE IF NOT EXISTS delivery_queue (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS delivery_queue_destination ON delivery_queue (destination, id);
+CREATE TABLE IF NOT EXISTS silences (
+    id TEXT PRIMARY KEY,
+    json TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS alert_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     json TEXT NOT NULL,
@@ -539,6 +544,35 @@ class Store:
         if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
             raise StoreError(f"{self.path}: the saved alert state is not a list of objects")
         return data
+
+    # -- silences (monitor/silences.py) -------------------------------------------------------
+
+    def save_silence(self, silence_id: str, data: dict[str, Any]) -> None:
+        """Create or replace one silence (its JSON object)."""
+        with self._transaction("save a silence") as db:
+            db.execute(
+                "INSERT OR REPLACE INTO silences (id, json) VALUES (?, ?)",
+                (silence_id, json.dumps(data, separators=(",", ":"))),
+            )
+
+    def delete_silences(self, ids: Sequence[str]) -> None:
+        with self._transaction("delete silences") as db:
+            db.executemany("DELETE FROM silences WHERE id = ?", [(i,) for i in ids])
+
+    def load_silences(self) -> list[dict[str, Any]]:
+        """Every saved silence's JSON object, by id."""
+        with self._errors("read the silences"):
+            rows = self._conn().execute("SELECT json FROM silences ORDER BY id").fetchall()
+        found: list[dict[str, Any]] = []
+        for (text,) in rows:
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                raise StoreError(f"{self.path}: a saved silence is not JSON: {exc}") from None
+            if not isinstance(data, dict):
+                raise StoreError(f"{self.path}: a saved silence is not an object")
+            found.append(data)
+        return found
 
     # -- the rest ---------------------------------------------------------------------------
 

@@ -344,6 +344,7 @@ async def test_alerts_shape(server: AsyncHttpServer, client: aiohttp.ClientSessi
         "last_evaluated_at": "2026-09-21T14:14:50.000Z",
         "fingerprint": "0123456789abcdef0123456789abcdef",
         "rule": "capital/BuyingPowerBelowFloor",
+        "suppressed_by": None,
     }
 
 

@@ -4,10 +4,13 @@ real HTTPS, with certificates made here by a test CA."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import os
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,3 +360,39 @@ async def test_writes_need_a_token_unless_the_listener_is_loopback(
 )
 def test_is_loopback_listen(listen: str, loopback: bool) -> None:
     assert is_loopback_listen(listen) is loopback
+
+
+async def test_riskmon_silence_finds_a_secured_daemon_by_its_config(
+    secured: RiskmonProcess, pki: Pki, simulator: Simulator
+) -> None:
+    secured.start()
+    await wait_ready(secured, HttpsClient(secured, pki))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RISKMON_")}
+        return subprocess.run(
+            [sys.executable, "-m", "monitor", "silence", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+
+    async def silence(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(run, *args)
+
+    config = str(secured.config)
+    added = await silence(
+        "-c", config, "add", "alertname=VenueDown", "--duration", "1h", "--comment", "drill"
+    )
+    assert added.returncode == 0, added.stderr
+    silence_id = added.stdout.strip()
+    listed = await silence("-c", config, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert silence_id in listed.stdout
+    # the same daemon by its URL alone: no token, so refused, and the token never shown
+    refused = await silence("--url", f"https://127.0.0.1:{secured.http_port}", "list")
+    assert refused.returncode == 1
+    assert TOKEN not in refused.stderr + refused.stdout
+    assert (await silence("-c", config, "expire", silence_id)).returncode == 0

@@ -322,6 +322,13 @@ def check_annotations(alert: dict[str, Any]) -> None:
 
 def check_events(records: list[OutboxRecord]) -> None:
     for record in records:
+        if not record.event_topic:  # a suppressed alert's record: its retained message only
+            assert not record.event_payload
+            if record.alert_payload:
+                retained = strict_json(record.alert_payload, record.alert_topic)
+                EVENT_VALIDATOR.validate(retained)
+                check_annotations(retained)
+            continue
         event = strict_json(record.event_payload, f"event {record.event_topic}")
         EVENT_VALIDATOR.validate(event)
         check_annotations(event)

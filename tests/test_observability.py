@@ -210,6 +210,9 @@ def test_the_dashboard_shows_what_on_call_needs() -> None:
         'param="excess_capital_floor"',
         'riskmon_alert_active{instance=~"$instance", venue=~"$venue", account=~"$account", '
         'state="firing"}',
+        # suppressed alerts apart from firing ones
+        'riskmon_alert_active{instance=~"$instance", venue=~"$venue", account=~"$account", '
+        'state="suppressed"}',
         "time() - riskmon_last_success_timestamp_seconds",
         # the accounts' labels from riskmon.yaml, joined on: the desk variable and column
         "group_left (desk) riskmon_account_info",
@@ -441,9 +444,15 @@ async def firing(riskmon: RiskmonProcess, *alertnames: str) -> bool:
 async def test_every_dashboard_query_returns_series_from_a_running_riskmon(
     riskmon: RiskmonProcess, prometheus: PrometheusProcess, simulator: Simulator
 ) -> None:
-    # a margin call fires at once; 19817 fails every poll: poll errors, a stale account
+    # a margin call fires at once and inhibits the Reg T shortfall beside it (a suppressed
+    # alert); 19817 fails every poll: poll errors, a stale account
     simulator.set_fields(
-        "clearstreet", "19818", {"margin_details.maintenance_margin_excess": "-5.00"}
+        "clearstreet",
+        "19818",
+        {
+            "margin_details.maintenance_margin_excess": "-5.00",
+            "margin_details.initial_margin_excess": "-5.00",
+        },
     )
     simulator.add_fault(
         {"venue": "clearstreet", "account": "19817", "kind": "status", "status": 503}
@@ -452,7 +461,8 @@ async def test_every_dashboard_query_returns_series_from_a_running_riskmon(
     riskmon.start()
     await riskmon.ready()
     await riskmon.until(
-        lambda: firing(riskmon, "MaintenanceMarginCall", "AccountDataStale"), "alerts firing"
+        lambda: firing(riskmon, "MaintenanceMarginCall", "RegTShortfall", "AccountDataStale"),
+        "alerts firing",
     )
     await prometheus.until(
         f'count_over_time(up{{job="riskmon"}}[1m]) >= {SCRAPES} and up{{job="riskmon"}} == 1',

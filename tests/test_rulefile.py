@@ -234,7 +234,7 @@ groups:
         "r.yaml:5:5: missing required key 'rules' in group 'empty'",
     ]
     assert _problems("other: 1\n") == [
-        "r.yaml:1:1: unknown key 'other' in the rule file (known keys: groups)",
+        "r.yaml:1:1: unknown key 'other' in the rule file (known keys: groups, inhibit_rules)",
         "r.yaml:1:1: missing required key 'groups' in the rule file",
     ]
 

@@ -68,6 +68,8 @@ DEFAULT_FOR: Final[Mapping[str, float]] = {
     VENUE_AUTH_FAILED: 0.0,  # a refusal is no glitch, and riskmon backs off 30 s anyway
     EVENTS_UNDELIVERABLE: 0.0,  # five refusals with back-off made the dead letters
 }
+#: Every built-in alert's name (inhibit rules may name them).
+BUILTIN_ALERTNAMES: Final = frozenset(DEFAULT_FOR)
 #: The venue-wide alerts that, while pending, hold back AccountDataStale of their venue.
 _HOLDING_BACK: Final = (VENUE_DOWN, VENUE_AUTH_FAILED)
 _RUNBOOK_URL: Final = "{{ runbook_url }}"  # the config's builtin_alerts.runbook_url

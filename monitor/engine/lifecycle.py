@@ -51,6 +51,11 @@ Transitions, per evaluation (`step`)
   reference, and turned into exact strings only when read (`Alert.values`, events,
   `to_dict`).
 
+Suppression (inhibit rules, silences) is not decided here: `monitor.engine.announce`
+marks each event `announced` or not, keeps `Alert.announced` (whether the firing reached
+the pager) and what suppresses a firing alert (`inhibited_by`, `silenced_by`), and a
+resolved event made here is announced exactly when its firing was.
+
 Restarts: `AlertBook.to_json` / `AlertBook.from_json` carry the pending and firing
 alerts across a restart. A restored firing alert whose condition still holds is not
 announced again; one that cleared while the daemon was down resolves at its first
@@ -87,6 +92,7 @@ __all__ = [
     "EventStatus",
     "Observation",
     "fingerprint",
+    "firing_event",
     "format_value",
     "step",
 ]
@@ -207,6 +213,14 @@ class AlertEvent:
     reason: str | None = None
     #: The values the alert fired with (equal to `values` in a firing event).
     firing_values: Mapping[str, str] = field(default_factory=dict)
+    #: Whether the event reaches the pager: False for a firing event of a suppressed
+    #: alert, and for the resolved event of an alert whose firing was never announced
+    #: (`monitor.engine.announce`).
+    announced: bool = True
+    #: What suppresses the alert (`monitor.engine.suppress`): the fingerprints of the
+    #: alerts that inhibit it, the ids of the silences that silence it.
+    inhibited_by: tuple[str, ...] = ()
+    silenced_by: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (for an outbox); `AlertEvent.from_dict` reads it back."""
@@ -227,6 +241,9 @@ class AlertEvent:
             "fingerprint": self.fingerprint,
             "reason": self.reason,
             "firing_values": dict(self.firing_values),
+            "announced": self.announced,
+            "inhibited_by": list(self.inhibited_by),
+            "silenced_by": list(self.silenced_by),
         }
 
     @classmethod
@@ -259,6 +276,9 @@ class AlertEvent:
             fingerprint=_str(d, "fingerprint", what),
             reason=reason,
             firing_values=_strmap(d, "firing_values", what),
+            announced=d.get("announced", True) is not False,
+            inhibited_by=_strs(d, "inhibited_by", what),
+            silenced_by=_strs(d, "silenced_by", what),
         )
 
 
@@ -286,6 +306,15 @@ class Alert:
     annotations: dict[str, str] = field(default_factory=dict)  # rendered at the last transition
     #: The field values of the evaluation that fired it, as strings; empty while pending.
     firing_values: dict[str, str] = field(default_factory=dict)
+    #: Whether its firing reached the pager (`monitor.engine.announce` decides).
+    announced: bool = False
+    #: What suppresses it now (`monitor.engine.suppress`); kept by the announcer.
+    inhibited_by: tuple[str, ...] = ()
+    silenced_by: tuple[str, ...] = ()
+
+    @property
+    def suppressed(self) -> bool:
+        return bool(self.inhibited_by or self.silenced_by)
 
     @property
     def values(self) -> dict[str, str]:
@@ -312,6 +341,9 @@ class Alert:
             "values": self.values,
             "annotations": dict(self.annotations),
             "firing_values": dict(self.firing_values),
+            "announced": self.announced,
+            "inhibited_by": list(self.inhibited_by),
+            "silenced_by": list(self.silenced_by),
         }
 
     @classmethod
@@ -345,6 +377,10 @@ class Alert:
             last_evaluated_at=_opt_time(d, "last_evaluated_at", what),
             raw_values=_strmap(d, "values", what),
             annotations=_strmap(d, "annotations", what),
+            # state saved before suppression existed: its firing alerts were announced
+            announced=d.get("announced", True) is not False,
+            inhibited_by=_strs(d, "inhibited_by", what),
+            silenced_by=_strs(d, "silenced_by", what),
         )
         if "firing_values" in d:
             alert.firing_values = _strmap(d, "firing_values", what)
@@ -376,12 +412,17 @@ def _event(alert: Alert, status: EventStatus, now: float, reason: str | None = N
         fingerprint=alert.fingerprint,
         reason=reason,
         firing_values=dict(alert.firing_values),
+        # a resolve reaches the pager exactly when its firing did
+        announced=status == "firing" or alert.announced,
+        inhibited_by=alert.inhibited_by,
+        silenced_by=alert.silenced_by,
     )
 
 
 def firing_event(alert: Alert, now: float) -> AlertEvent:
-    """A firing event of `alert` as it stands (for a destination that is sent the
-    alerts still firing again: Alertmanager)."""
+    """A firing event of `alert` as it stands, made at `now` (annotations as rendered
+    when it fired): for an alert announced late, when its suppression ended, and for a
+    destination that is sent the alerts still firing again (Alertmanager)."""
     return _event(alert, "firing", now)
 
 
@@ -659,6 +700,13 @@ def _strmap(d: Mapping[str, Any], name: str, what: str) -> dict[str, str]:
     ):
         raise ValueError(f"{what}: {name} must map strings to strings")
     return dict(value)
+
+
+def _strs(d: Mapping[str, Any], name: str, what: str) -> tuple[str, ...]:
+    value = d.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{what}: {name} must be a list of strings")
+    return tuple(value)
 
 
 def _opt_time(d: Mapping[str, Any], name: str, what: str) -> float | None:

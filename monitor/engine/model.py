@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from monitor.engine.expr import CompiledExpr
+from monitor.schema import Matcher
 from monitor.yamlsource import Location
 
 Severity = Literal["critical", "error", "warning", "info"]
@@ -70,9 +71,21 @@ class RuleGroup:
 
 
 @dataclass(frozen=True, slots=True)
+class InhibitRule:
+    """While a source alert fires, target alerts with the same `equal` labels are
+    inhibited (Alertmanager's meaning; `monitor.engine.suppress` applies it)."""
+
+    source: tuple[Matcher, ...]
+    target: tuple[Matcher, ...]
+    equal: tuple[str, ...] = ()
+    location: Location | None = None  # in its rule file; None for the built-in ones
+
+
+@dataclass(frozen=True, slots=True)
 class RuleSet:
     groups: tuple[RuleGroup, ...] = ()
     files: tuple[str, ...] = ()
+    inhibit_rules: tuple[InhibitRule, ...] = ()
 
     @property
     def rules(self) -> tuple[Rule, ...]:

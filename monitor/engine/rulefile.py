@@ -42,10 +42,13 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from monitor import schema
+from monitor.config.checking import Checker
+from monitor.engine.builtin import BUILTIN_ALERTNAMES
 from monitor.engine.expr import CompiledExpr, compile_expression, param_uses
 from monitor.engine.model import (
     ON_MISSING,
     SEVERITIES,
+    InhibitRule,
     Rule,
     RuleGroup,
     RuleSet,
@@ -81,7 +84,8 @@ RESERVED_LABELS: Final = frozenset({"alertname", "venue", "account", "severity"}
 #: `labels.*` and `params.*`).
 IDENTITY_FIELDS: Final = frozenset({"venue", "venue_kind", "account", "currency"})
 
-_TOP_KEYS: Final = ("groups",)
+_TOP_KEYS: Final = ("groups", "inhibit_rules")
+_INHIBIT_KEYS: Final = ("source_matchers", "target_matchers", "equal")
 _GROUP_KEYS: Final = ("name", "venues", "labels", "rules")
 _RULE_KEYS: Final = (
     "alert",
@@ -174,6 +178,7 @@ def load_rules_partial(paths: Sequence[str | Path]) -> LoadedRules:
     """Like `load_rules`, but never raises: the groups and rules that are valid, and the
     problems. `riskmon check` lints what loaded while reporting what did not."""
     groups: list[RuleGroup] = []
+    inhibit_rules: list[InhibitRule] = []
     files: list[str] = []
     errors: list[Problem] = []
     warnings: list[Problem] = []
@@ -194,6 +199,7 @@ def load_rules_partial(paths: Sequence[str | Path]) -> LoadedRules:
             errors.extend(exc.problems)
             continue
         built = parser.parse()
+        inhibit_rules.extend(parser.inhibit_rules)
         taken: set[str] = set()
         for group_name, where in parser.group_names.items():  # groups with errors too
             first = first_group.get(group_name)
@@ -207,7 +213,34 @@ def load_rules_partial(paths: Sequence[str | Path]) -> LoadedRules:
         groups.extend(group for group in built if group.name not in taken)
         errors.extend(_sorted([*parser.errors, *file_errors]))
         warnings.extend(_sorted(parser.warnings))
-    return LoadedRules(RuleSet(tuple(groups), tuple(files)), errors, warnings)
+    warnings.extend(_unknown_alertnames(inhibit_rules, groups))
+    rules = RuleSet(tuple(groups), tuple(files), tuple(inhibit_rules))
+    return LoadedRules(rules, errors, warnings)
+
+
+def _unknown_alertnames(
+    inhibit_rules: Sequence[InhibitRule], groups: Sequence[RuleGroup]
+) -> list[Problem]:
+    """Warnings for inhibit rules whose `alertname="..."` names no alert of the loaded
+    rule files nor a built-in one: a typo there silently never inhibits."""
+    known = {rule.alert for group in groups for rule in group.rules} | BUILTIN_ALERTNAMES
+    found: list[Problem] = []
+    for inhibit in inhibit_rules:
+        for side, matchers in (("source", inhibit.source), ("target", inhibit.target)):
+            for matcher in matchers:
+                if matcher.name != "alertname" or matcher.op != "=" or matcher.value in known:
+                    continue
+                close = difflib.get_close_matches(matcher.value, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                found.append(
+                    Problem(
+                        inhibit.location or Location("<inhibit_rules>", 1, 1),
+                        f"inhibit rule: {side} alertname {matcher.value!r} is no alert of "
+                        f"these rule files nor a built-in one{hint}",
+                        "warning",
+                    )
+                )
+    return found
 
 
 # ------------------------------------------------------------------------- reading
@@ -387,7 +420,9 @@ class _Compiled:
 class _FileParser:
     def __init__(self, text: str, file: str) -> None:
         self.file = file
+        self.text = text
         self.lines = schema.split_lines(text)
+        self.inhibit_rules: list[InhibitRule] = []
         self.doc: YamlDocument = parse_yaml(text, file)  # SourceError on invalid YAML
         self.errors: list[Problem] = []
         self.warnings: list[Problem] = []
@@ -437,7 +472,15 @@ class _FileParser:
         if value is None:
             self.warn_at(Location(self.file, 1, 1), "empty rule file: no groups")
             return []
-        top = self.mapping((), value, "the rule file", _TOP_KEYS, ("groups",))
+        top = self.mapping(
+            (),
+            value,
+            "the rule file",
+            _TOP_KEYS,
+            () if isinstance(value, dict) and "inhibit_rules" in value else ("groups",),
+        )
+        if top is not None and "inhibit_rules" in top:
+            self.inhibit_rules = self.inhibitions(("inhibit_rules",), top["inhibit_rules"])
         if top is None or "groups" not in top:
             return []
         groups = top["groups"]
@@ -455,6 +498,65 @@ class _FileParser:
             if group is not None:
                 built.append(group)
         return built
+
+    def inhibitions(self, path: KeyPath, value: Any) -> list[InhibitRule]:
+        """`inhibit_rules`: Alertmanager's `source_matchers`, `target_matchers`, `equal`."""
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.error(
+                path,
+                "inhibit_rules: expected a list (- source_matchers: [...]), "
+                f"got {_describe(value)}",
+            )
+            return []
+        checker = Checker(self.doc, self.text, Path(self.file).parent, {}, expand_env=False)
+        built: list[InhibitRule] = []
+        for index, item in enumerate(value):
+            where = (*path, index)
+            data = self.mapping(
+                where,
+                item,
+                f"inhibit rule {index + 1}",
+                _INHIBIT_KEYS,
+                ("source_matchers", "target_matchers"),
+            )
+            if data is None:
+                continue
+            sides: list[tuple[schema.Matcher, ...]] = []
+            for key in ("source_matchers", "target_matchers"):
+                raw = data.get(key)
+                if not isinstance(raw, list) or not raw:
+                    if key in data:
+                        self.error(
+                            (*where, key),
+                            f"{key}: expected a list of label matchers such as "
+                            f"['alertname=\"VenueDown\"'], got {_describe(raw)}",
+                        )
+                    sides.append(())
+                    continue
+                found = [checker.matcher((*where, key, i), text) for i, text in enumerate(raw)]
+                sides.append(tuple(m for m in found if m is not None))
+            equal = data.get("equal", [])
+            names: list[str] = []
+            if not isinstance(equal, list):
+                self.error(
+                    (*where, "equal"),
+                    f"equal: expected a list of label names, got {_describe(equal)}",
+                )
+            else:
+                for i, name in enumerate(equal):
+                    if not isinstance(name, str) or not schema.LABEL_NAME.fullmatch(name):
+                        self.error(
+                            (*where, "equal", i),
+                            f"equal: {_describe(name)} is not a label name "
+                            "(letters, digits and _, not starting with a digit)",
+                        )
+                    else:
+                        names.append(name)
+            built.append(InhibitRule(sides[0], sides[1], tuple(names), self.doc.at(where)))
+        self.errors.extend(checker.problems)
+        return [rule for rule in built if rule.source and rule.target]
 
     def group(self, path: KeyPath, value: Any) -> RuleGroup | None:
         raw_name = value.get("name") if isinstance(value, dict) else None

@@ -18,6 +18,7 @@ tests:
       - at: 50s
         firing: [BuyingPowerBelowFloor]
         pending: []                    # optional: exactly these are pending
+        inhibited: []                  # optional: exactly these firing ones are inhibited
         alerts:                        # optional: labels (a subset) and annotations
           - alertname: BuyingPowerBelowFloor
             labels: {severity: critical}
@@ -43,6 +44,7 @@ from monitor.engine.evaluate import Evaluator
 from monitor.engine.lifecycle import Alert, AlertPhase
 from monitor.engine.model import RuleSet
 from monitor.engine.rulefile import load_rules
+from monitor.engine.suppress import NOT_SUPPRESSED, suppressions
 from monitor.snapshot import FieldSchema, Snapshot, flatten
 from monitor.yamlsource import KeyPath, Problem, SourceError, YamlDocument, parse_yaml, read_source
 
@@ -55,7 +57,7 @@ _TERM = re.compile(
 _ANY = FieldSchema(types={})
 _FILE_KEYS = {"rule_files", "tests"}
 _TEST_KEYS = {"name", "venue_kind", "account", "interval", "fields", "series", "expect"}
-_EXPECT_KEYS = {"at", "firing", "pending", "alerts"}
+_EXPECT_KEYS = {"at", "firing", "pending", "inhibited", "alerts"}
 _ALERT_KEYS = {"alertname", "labels", "annotations", "state"}
 
 
@@ -100,6 +102,7 @@ class Expectation:
     pending: tuple[str, ...] | None
     alerts: tuple[AlertExpectation, ...]
     where: str
+    inhibited: tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -298,6 +301,7 @@ def _parse_test(
                 _names(doc, (*where, "pending"), item.get("pending"), problems),
                 tuple(alerts),
                 str(doc.at(where)),
+                _names(doc, (*where, "inhibited"), item.get("inhibited"), problems),
             )
         )
     if len(problems) > before:
@@ -359,10 +363,10 @@ def run_test(test: RuleTest, rules: RuleSet) -> list[str]:
     for index in range(samples):
         now = index * test.interval
         while pending and pending[0].at < now:
-            failures.extend(_check(pending.pop(0), evaluator))
+            failures.extend(_check(pending.pop(0), evaluator, rules))
         evaluator.evaluate(_snapshot(test, index, now), now)
     for expectation in pending:
-        failures.extend(_check(expectation, evaluator))
+        failures.extend(_check(expectation, evaluator, rules))
     return failures
 
 
@@ -370,12 +374,22 @@ def _fmt(names: Sequence[str]) -> str:
     return "[" + ", ".join(names) + "]"
 
 
-def _check(expect: Expectation, evaluator: Evaluator) -> list[str]:
+def _check(expect: Expectation, evaluator: Evaluator, rules: RuleSet) -> list[str]:
     active = evaluator.book.active()
     firing = tuple(sorted(a.alertname for a in active if a.phase is AlertPhase.FIRING))
     pending = tuple(sorted(a.alertname for a in active if a.phase is AlertPhase.PENDING))
     at = f"at {expect.at:g}s ({expect.where})"
     lines = []
+    if expect.inhibited is not None:
+        found = suppressions(active, rules.inhibit_rules, (), expect.at)
+        inhibited = tuple(
+            sorted(a.alertname for a in active if found.get(a.fingerprint, NOT_SUPPRESSED))
+        )
+        if inhibited != expect.inhibited:
+            lines.append(
+                f"{at}: inhibited\n      expected {_fmt(expect.inhibited)}\n"
+                f"      got      {_fmt(inhibited)}"
+            )
     if expect.firing is not None and firing != expect.firing:
         lines.append(
             f"{at}: firing\n      expected {_fmt(expect.firing)}\n      got      {_fmt(firing)}"

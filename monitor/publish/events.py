@@ -36,7 +36,9 @@ resolve-time summary, both sets of values in `custom_details`) instead of a bare
 "resolved".
 
 The retained alert message is the same JSON as the event while the alert fires; an
-empty payload clears it on resolve.
+empty payload clears it on resolve. While the alert is suppressed (inhibited or
+silenced, `monitor.engine.announce`) no event is published, and the retained message
+carries `suppressed_by` (see `to_entry`).
 """
 
 from __future__ import annotations
@@ -223,19 +225,35 @@ def to_entry(
     instance: str,
     event_id: str | None = None,
     answered_at: float | None = None,
+    announce: bool | None = None,
 ) -> OutboxEntry:
     """The outbox entry of `event`: its event message and the retained alert message
     (the same JSON while firing, empty to clear it when resolved). `event_id` is a new
     UUID4 unless given; `answered_at` is when the venue answer that caused the event
-    arrived (`Snapshot.taken_at`), if one did."""
+    arrived (`Snapshot.taken_at`), if one did.
+
+    An event that is not announced (`announce`, by default `event.announced`: its alert
+    is suppressed, or its firing never reached the pager) is an entry without an event
+    message (`event_topic` ""): only the retained message changes. A suppressed alert's
+    JSON says what suppresses it: `suppressed_by` with `inhibited_by` (fingerprints of
+    the alerts that inhibit it) and `silenced_by` (silence ids)."""
     eid = str(uuid.uuid4()) if event_id is None else event_id
-    body = encode(event_payload(event, event_id=eid, instance=instance))
+    payload = event_payload(event, event_id=eid, instance=instance)
+    if event.inhibited_by or event.silenced_by:
+        payload["suppressed_by"] = {
+            "inhibited_by": list(event.inhibited_by),
+            "silenced_by": list(event.silenced_by),
+        }
+    body = encode(payload)
     venue, account, alertname = event.venue, event.account, event.alertname
+    announced = event.announced if announce is None else announce
     return OutboxEntry(
         event_id=eid,
         alert_key=event.fingerprint,
-        event_topic=event_topic(prefix, event.severity, venue, account, alertname),
-        event_payload=body,
+        event_topic=event_topic(prefix, event.severity, venue, account, alertname)
+        if announced
+        else "",
+        event_payload=body if announced else b"",
         alert_topic=alert_topic(prefix, venue, account, alertname),
         alert_payload=body if event.status == "firing" else b"",
         answered_at=answered_at,

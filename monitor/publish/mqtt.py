@@ -139,6 +139,7 @@ class _InFlight:
     answered_at: float | None  # the record's: when the venue answer behind it arrived
     acks: tuple[asyncio.Future[ReasonCode | None], ...] = ()
     acked_at: float | None = None  # when the last of its PUBACKs was read
+    event: bool = True  # False: a suppressed alert's record, its retained message only
 
     def stamp(self) -> None:
         self.acked_at = time.time()
@@ -463,17 +464,20 @@ class MqttPublisher:
         sent = False
         for record in self._store.pending(limit=room, after=active.cursor):
             retained = bool(record.alert_topic)  # not for a dead letter whose alert moved on
-            topics = (record.event_topic, record.alert_topic) if retained else (record.event_topic,)
-            flight = _InFlight(record.seq, now, topics, record.answered_at)
-            flight.acks = (
-                link.send(
-                    record.event_topic,
-                    record.event_payload,
-                    qos=1,
-                    properties=self._properties(record.event_payload),
-                    on_ack=flight.stamp,
-                ),
-            )
+            # no event message for a suppressed alert's record: its retained message only
+            announced = bool(record.event_topic)
+            topics = tuple(t for t in (record.event_topic, record.alert_topic) if t)
+            flight = _InFlight(record.seq, now, topics, record.answered_at, event=announced)
+            if announced:
+                flight.acks += (
+                    link.send(
+                        record.event_topic,
+                        record.event_payload,
+                        qos=1,
+                        properties=self._properties(record.event_payload),
+                        on_ack=flight.stamp,
+                    ),
+                )
             if retained:
                 flight.acks += (
                     link.send(
@@ -636,10 +640,10 @@ class MqttPublisher:
         if self._on_delivery is not None:
             now = time.time()
             for record in records:
-                if record.answered_at is not None:
+                if record.answered_at is not None and record.event:
                     acked_at = now if record.acked_at is None else record.acked_at
                     self._delivered(max(0.0, acked_at - record.answered_at))
-        self.published_total += len(records)
+        self.published_total += sum(1 for record in records if record.event)
         seqs = self._unacknowledged + [record.seq for record in records]
         try:
             self._store.acknowledge(seqs)
