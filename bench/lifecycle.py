@@ -14,6 +14,7 @@ separately). Target: well under 1 us per step.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 
 from bench.timing import best_of
@@ -40,7 +41,7 @@ def _rules(for_: float) -> list[Rule]:
     ]
 
 
-def _no_annotations() -> dict[str, str]:
+def _no_annotations(resolved: bool, firing_values: Mapping[str, str]) -> dict[str, str]:
     return {}
 
 
