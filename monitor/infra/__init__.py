@@ -14,6 +14,8 @@
 - `ratelimit`: `RateLimiter`, a token bucket (GCRA) with fair, in-order waiting.
 - `http_post`: `JsonPoster`, one pooled HTTP client that POSTs JSON and reads a capped
   answer, its failures as `PostFailed`.
+- `supervise`: `Supervisor`, background tasks that never die silently (a crash is
+  logged, reported and the task started again with back-off).
 - `event_wire`: the event payload's contract between the daemon that writes it and the
   bridge that reads it (schema name, PagerDuty's limits, the JSON encoding).
 

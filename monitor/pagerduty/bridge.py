@@ -63,11 +63,11 @@ from monitor.infra.mqtt_link import (
 )
 from monitor.infra.ratelimit import RateLimiter
 from monitor.infra.reconnect import RECONNECT, reconnect_forever
+from monitor.infra.supervise import Supervisor
 from monitor.pagerduty.config import PagerDutyConfig, Route, load_pagerduty_config
 from monitor.pagerduty.inbound import BadEvent, InboundEvent, parse_event
 from monitor.pagerduty.sender import EventsApi
 from monitor.pagerduty.store import BridgeStore, StoreError
-from monitor.supervise import Supervisor
 
 __all__ = ["STORE_FILE", "PagerDutyBridge", "run_bridge"]
 
