@@ -14,8 +14,9 @@ __all__ = ["retry_after_seconds"]
 def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
     """Seconds to wait: `retry-after-ms` (milliseconds, as OpenAI's and Stripe's APIs
     send it) when it is a number, else `Retry-After` as delta-seconds or an HTTP date
-    (`now`, epoch seconds, is the time it is measured from). A time in the past is 0;
-    None when neither header holds a usable value. `headers` must be case-insensitive
+    (`now`, epoch seconds, is the time it is measured from). A time in the past is 0,
+    a number too large for a float infinite (callers cap it); None when neither header
+    holds a usable value. `headers` must be case-insensitive
     (aiohttp's, httpx's, `HttpResponse.headers`)."""
     millis = headers.get("retry-after-ms")
     if millis is not None:
@@ -42,4 +43,4 @@ def _number(text: str) -> float | None:
         value = float(text.strip())
     except ValueError:
         return None
-    return value if math.isfinite(value) else None  # "nan", "inf": no hint
+    return None if math.isnan(value) else value  # a huge value is "much later": the caller caps
