@@ -42,13 +42,13 @@ neither MQTT nor another one). A file that is not a riskmon database, is corrupt
 was written by a newer riskmon gives a `StoreError` naming the file.
 
 The folder is created 0700 and the file 0600; a `riskmon.db` that is a symlink is
-refused (monitor/statefiles.py).
+refused (monitor/infra/statefiles.py); the lock and WAL set-up are the PagerDuty
+bridge's too (monitor/infra/locked_sqlite.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import sqlite3
@@ -57,10 +57,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 from monitor.history.journal import Journal, NullJournal, rfc3339_ms
-from monitor.statefiles import UnsafeStatePath, prepare_database
+from monitor.infra.locked_sqlite import StateLock, StoreError, StoreLocked, connect_wal
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -161,14 +161,6 @@ _PENDING: Final = (
 )
 
 
-class StoreError(Exception):
-    """The database cannot be opened, read or written; the message names the file."""
-
-
-class StoreLocked(StoreError):
-    """Another Store (another riskmon, most likely) has the database open."""
-
-
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
     """One event to publish, and the retained alert state it leaves behind.
@@ -229,18 +221,18 @@ class Store:
             raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
-        self._lock: IO[bytes] | None = None
+        self._lock: StateLock | None = None
         self._checkpointer: _Checkpointer | None = None
         self._depth = 0
         self._dead = 0
         self._destinations: dict[str, int] = {}  # destination -> records queued for it
         self._keep_journal = journal
         self.journal: Journal = NullJournal()
-        try:
-            prepare_database(self.path)
-        except UnsafeStatePath as exc:
-            raise StoreError(str(exc)) from None
-        self._lock = self._take_lock()
+        self._lock = StateLock(
+            self.path,
+            in_use=": in use by another riskmon process (or another Store in this one);"
+            " one instance per state_dir",
+        )
         try:
             self._db = self._open(mode)
         except BaseException:
@@ -251,41 +243,16 @@ class Store:
 
     # -- opening --------------------------------------------------------------------------
 
-    def _take_lock(self) -> IO[bytes]:
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        try:
-            lock = open(lock_path, "ab")  # noqa: SIM115 (held open while the Store lives)
-        except OSError as exc:
-            raise StoreError(f"{lock_path}: cannot open: {exc.strerror}") from None
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.close()
-            raise StoreLocked(
-                f"{self.path}: in use by another riskmon process (or another Store in this "
-                f"one); one instance per state_dir"
-            ) from None
-        return lock
-
     def _release_lock(self) -> None:
         if self._lock is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
-            self._lock.close()
+            self._lock.release()
             self._lock = None
 
     def _open(self, synchronous: str) -> sqlite3.Connection:
         if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
             raise StoreError(f"{self.path}: cannot read and write it (permissions)")
+        db = connect_wal(self.path, synchronous=synchronous, kind="riskmon database")
         try:
-            db = sqlite3.connect(self.path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
-        try:
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"{self.path}: cannot switch the database to WAL mode")
-            db.execute(f"PRAGMA synchronous={synchronous}")
             db.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
             check = db.execute("PRAGMA quick_check").fetchall()
             if check != [("ok",)]:

@@ -33,8 +33,8 @@ from monitor import __version__
 from monitor.config import Secret
 from monitor.config.model import MqttConfig, TlsConfig
 from monitor.engine.lifecycle import AlertEvent, fingerprint
+from monitor.infra.mqtt_link import call_on_change
 from monitor.publish.events import to_entry
-from monitor.publish.link import call_on_change
 from monitor.publish.mqtt import MqttPublisher
 from monitor.store import Store
 

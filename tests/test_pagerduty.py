@@ -26,16 +26,19 @@ import pytest
 import structlog
 from aiohttp import web
 from conftest import MosquittoBroker, MqttCollector
+from multidict import CIMultiDict
 
 from monitor.cli import main
 from monitor.engine.expr import compile_expression
 from monitor.engine.lifecycle import AlertBook, AlertEvent, Observation, fingerprint
 from monitor.engine.model import Rule
+from monitor.infra.backoff import Backoff
+from monitor.infra.retry_after import retry_after_seconds
 from monitor.logs import configure_logging
 from monitor.pagerduty import PagerDutyBridge, PagerDutyConfig, load_pagerduty_config
 from monitor.pagerduty.bridge import STORE_FILE
 from monitor.pagerduty.inbound import BadEvent, parse_event
-from monitor.pagerduty.sender import _error_text, _retry_after, scrub
+from monitor.pagerduty.sender import RETRY_AFTER_CAP, _error_text, retry_wait, scrub
 from monitor.pagerduty.store import BridgeStore, StoreLocked
 from monitor.publish.events import encode, event_payload, event_topic
 from monitor.yamlsource import Location, SourceError
@@ -58,6 +61,7 @@ WAIT = 15.0  # seconds any condition may take
 class Answer:
     status: int = 202
     retry_after: str | None = None
+    retry_after_ms: str | None = None
     drop: bool = False  # close the connection without an answer
 
 
@@ -112,7 +116,11 @@ class FakeEventsApi:
             assert request.transport is not None
             request.transport.close()
             return web.Response(status=500)  # never arrives
-        headers = {"Retry-After": answer.retry_after} if answer.retry_after else None
+        headers = {}
+        if answer.retry_after:
+            headers["Retry-After"] = answer.retry_after
+        if answer.retry_after_ms:
+            headers["retry-after-ms"] = answer.retry_after_ms
         if answer.status == 202:
             data = {"status": "success", "message": "Event processed", "dedup_key": "x"}
         elif answer.status == 400:  # PagerDuty's shape; it may quote what it got
@@ -480,6 +488,28 @@ async def test_429_and_500_and_network_errors_are_retried_until_accepted(
     assert other.at < attempts[1].at
 
 
+async def test_a_429_with_retry_after_ms_is_waited_out(
+    make_config: Callable[..., PagerDutyConfig],
+    fake_api: FakeEventsApi,
+    publisher: MqttCollector,
+    logs: io.StringIO,
+) -> None:
+    """PagerDuty (or a proxy in front of it) says when to come back in milliseconds:
+    the bridge waits that long, where its own back-off (10 to 50 ms here) would not."""
+    event = alert("critical")
+    eid = event[2]["event_id"]
+    fake_api.plan(eid, Answer(429, retry_after_ms="1500"))
+    changes = Changes()
+    async with running(make_config(), changes) as bridge:
+        await publish(publisher, event)
+        await changes.until(lambda: bridge.counts["forwarded"] == 1)
+    first, second = fake_api.of(eid)
+    assert second.at - first.at >= 1.5
+    (line,) = [x for x in log_lines(logs) if x["event"] == "pagerduty: not delivered; retrying"]
+    assert line["status"] == 429
+    assert line["retry_in"] == 1.5
+
+
 async def test_400_is_dropped_with_a_clear_error_and_not_retried(
     make_config: Callable[..., PagerDutyConfig],
     fake_api: FakeEventsApi,
@@ -716,14 +746,28 @@ def test_parse_event_refuses_what_pagerduty_would_refuse() -> None:
 
 
 def test_answers_and_retry_after() -> None:
-    assert _retry_after("7") == 7.0
-    assert _retry_after("-3") == 0.0
-    assert _retry_after(None) is None
-    assert _retry_after("soon") is None
-    later = _retry_after("Wed, 21 Oct 2099 07:28:00 GMT")
+    def hint(**headers: str) -> float | None:
+        return retry_after_seconds(
+            CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()})
+        )
+
+    assert hint(Retry_After="7") == 7.0
+    assert hint(Retry_After="-3") == 0.0
+    assert hint() is None
+    assert hint(Retry_After="soon") is None
+    assert hint(Retry_After="nan") is None
+    later = hint(Retry_After="Wed, 21 Oct 2099 07:28:00 GMT")
     assert later is not None
     assert later > 1e9
-    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert hint(Retry_After="Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert hint(retry_after_ms="1500") == 1.5
+    assert hint(retry_after_ms="1500", Retry_After="60") == 1.5  # the finer one wins
+    assert hint(retry_after_ms="soon", Retry_After="60") == 60.0
+    backoff = Backoff(initial=0.01, max=0.05)
+    assert 0.005 <= retry_wait(backoff, 0, None) <= 0.01
+    assert retry_wait(backoff, 10, 1.5) == 1.5  # a longer hint wins
+    assert retry_wait(backoff, 0, 0.001) <= 0.01  # a shorter one does not
+    assert retry_wait(backoff, 0, 86400) == RETRY_AFTER_CAP
     errors = ["a", f"key {KEY_RISK}"]
     answer = json.dumps({"message": "Event object is invalid", "errors": errors})
     assert _error_text(answer.encode(), KEY_RISK) == "Event object is invalid: a; key <routing_key>"

@@ -18,6 +18,7 @@ from monitor.engine.expr import compile_expression
 from monitor.engine.lifecycle import AlertBook, Observation
 from monitor.engine.model import Rule
 from monitor.pagerduty.store import BridgeStore
+from monitor.pagerduty.store import StoreError as PdStoreError
 from monitor.pagerduty.store import StoreLocked as PdStoreLocked
 from monitor.store import SCHEMA_VERSION, OutboxEntry, Store, StoreError, StoreLocked
 from monitor.yamlsource import Location
@@ -347,8 +348,22 @@ def test_the_pagerduty_store_shares_the_rules(tmp_path: Path) -> None:
     link = tmp_path / "pd2" / "pagerduty.db"
     link.parent.mkdir()
     link.symlink_to(tmp_path / "nowhere.db")
-    with pytest.raises(PdStoreLocked, match="is a symbolic link"):
+    with pytest.raises(PdStoreError, match="is a symbolic link"):
         BridgeStore(link, retention=60)
+
+
+def test_both_stores_share_one_lock_and_one_error_class(tmp_path: Path) -> None:
+    """The daemon's Store and the bridge's BridgeStore take the same lock
+    (monitor/infra/locked_sqlite.py), each with its own message."""
+    assert PdStoreLocked is StoreLocked
+    assert PdStoreError is StoreError
+    path = tmp_path / "pagerduty.db"
+    with (
+        BridgeStore(path, retention=60),
+        pytest.raises(StoreLocked, match=r"is in use by another riskmon pagerduty$"),
+    ):
+        BridgeStore(path, retention=60)
+    BridgeStore(path, retention=60).close()  # released with the first
 
 
 # -- dead letters (issue 11, item 1) --------------------------------------------------------

@@ -1,4 +1,4 @@
-"""monitor/supervise.py on a real event loop: crashes are logged with their traceback,
+"""monitor/infra/supervise.py on a real event loop: crashes are logged with their traceback,
 reported, and the work started again; nothing escapes unreported."""
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ import structlog
 from monitor.alertmanager.payload import LOOKAHEAD_RESENDS, PayloadError, am_alert
 from monitor.config.model import AlertmanagerConfig
 from monitor.config.secret import SecretUnavailable
-from monitor.publish.link import ssl_context
+from monitor.infra.mqtt_link import ssl_context
 from monitor.store import Store, StoreError
 
 __all__ = ["AlertmanagerSender"]

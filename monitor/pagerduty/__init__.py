@@ -6,7 +6,8 @@ event's ready `pagerduty` body plus `routing_key` to the Events API v2. Delivery
 least once and never twice per `event_id`: an event is stored before the broker gets
 its PUBACK, marked only once PagerDuty answered, and an `event_id` seen within
 `dedup_retention` is not forwarded again. 429, 5xx and network errors are retried with
-exponential backoff and jitter (Retry-After honoured), without holding back other
+exponential backoff and jitter (`retry-after-ms` or `Retry-After` honoured, as the
+venues do: `monitor/infra/retry_after.py`), without holding back other
 routing keys; a 400 is dropped with an error naming the event_id, the alertname and
 PagerDuty's message. Each routing key has a token bucket that keeps it under
 PagerDuty's limit. Routing keys come from files (re-read when they change) or the

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import signal
 from collections import Counter
 from collections.abc import Callable
@@ -43,7 +42,6 @@ from functools import partial
 from pathlib import Path
 from typing import Final
 
-import aiohttp
 import aiomqtt
 import structlog
 from paho.mqtt.packettypes import PacketTypes
@@ -52,12 +50,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from monitor import __version__
 from monitor.config.secret import SecretUnavailable
-from monitor.pagerduty.config import PagerDutyConfig, Route, load_pagerduty_config
-from monitor.pagerduty.inbound import BadEvent, InboundEvent, parse_event
-from monitor.pagerduty.ratelimit import TokenBucket
-from monitor.pagerduty.sender import EventsApi
-from monitor.pagerduty.store import BridgeStore, StoreLocked
-from monitor.publish.link import (
+from monitor.infra.backoff import Backoff
+from monitor.infra.http_post import JsonPoster
+from monitor.infra.mqtt_link import (
     Endpoint,
     Link,
     MqttVersion,
@@ -66,7 +61,13 @@ from monitor.publish.link import (
     open_link,
     ssl_context,
 )
-from monitor.supervise import Supervisor
+from monitor.infra.ratelimit import RateLimiter
+from monitor.infra.reconnect import RECONNECT, reconnect_forever
+from monitor.infra.supervise import Supervisor
+from monitor.pagerduty.config import PagerDutyConfig, Route, load_pagerduty_config
+from monitor.pagerduty.inbound import BadEvent, InboundEvent, parse_event
+from monitor.pagerduty.sender import EventsApi
+from monitor.pagerduty.store import BridgeStore, StoreError
 
 __all__ = ["STORE_FILE", "PagerDutyBridge", "run_bridge"]
 
@@ -84,7 +85,7 @@ class _Channel:
     """One routing key's queue, rate limit and worker."""
 
     key_id: str
-    bucket: TokenBucket
+    bucket: RateLimiter
     queue: asyncio.Queue[tuple[InboundEvent, Route]] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
 
@@ -105,8 +106,8 @@ class PagerDutyBridge:
         config: PagerDutyConfig,
         *,
         on_change: Callable[[], None] | None = None,
-        reconnect_min: float = 0.2,
-        reconnect_max: float = 30.0,
+        reconnect_min: float = RECONNECT.initial,
+        reconnect_max: float = RECONNECT.max,
         keepalive: int = 30,
     ) -> None:
         self.config = config
@@ -119,8 +120,7 @@ class PagerDutyBridge:
         self.counts: Counter[str] = Counter()
         self.ready = asyncio.Event()
         self._on_change = on_change
-        self._reconnect_min = reconnect_min
-        self._reconnect_max = reconnect_max
+        self._reconnect = Backoff(reconnect_min, reconnect_max)
         self._keepalive = keepalive
         self._version = MqttVersion()
         self.supervisor = Supervisor(self._crashed)
@@ -131,7 +131,7 @@ class PagerDutyBridge:
         self._channels: dict[str, _Channel] = {}
         for route in config.routes:
             if route.key_id not in self._channels:
-                bucket = TokenBucket(limit.per_second, limit.burst)
+                bucket = RateLimiter(limit.per_second, burst=limit.burst)
                 self._channels[route.key_id] = _Channel(route.key_id, bucket)
 
     @property
@@ -149,14 +149,15 @@ class PagerDutyBridge:
 
     async def run(self) -> None:
         """Receive and forward until `stop()`; raises StoreLocked when another bridge
-        owns the state folder, otherwise only CancelledError."""
+        owns the state folder (StoreError when it cannot be used), otherwise only
+        CancelledError."""
         config = self.config
         store = BridgeStore(config.state_dir / STORE_FILE, retention=config.dedup_retention)
         self._store = store
         try:
-            async with aiohttp.ClientSession() as session:
+            async with JsonPoster() as poster:
                 self._api = EventsApi(
-                    config.events_url, session, timeout=config.timeout, backoff=config.backoff
+                    config.events_url, poster, timeout=config.timeout, backoff=config.backoff
                 )
                 await self._serve(store)
         finally:
@@ -220,33 +221,22 @@ class PagerDutyBridge:
     # -- receiving --------------------------------------------------------------------------
 
     async def _mqtt_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        failures = 0
-        while not self._stopping.is_set():
-            began = loop.time()
-            try:
-                await self._session()
-                return  # only stop() ends a session without an error
-            except Exception as exc:  # every failure is retried: this task must not die
-                if loop.time() - began > self._reconnect_max:
-                    failures = 0
-                delay = min(self._reconnect_max, self._reconnect_min * 2**failures)
-                delay *= random.uniform(0.5, 1.0)
-                failures += 1
-                fields = {
-                    "host": self._endpoint.host,
-                    "port": self._endpoint.port,
-                    "error": describe_error(exc),
-                    "retry_in": round(delay, 2),
-                }
-                if isinstance(exc, _EXPECTED):
-                    log.warning("pagerduty bridge: mqtt connection failed", **fields)
-                else:
-                    log.error("pagerduty bridge: mqtt error", exc_info=exc, **fields)
-            self._changed()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._stopping.wait()
+        await reconnect_forever(
+            self._session, backoff=self._reconnect, stopping=self._stopping, failed=self._failed
+        )
+
+    def _failed(self, exc: Exception, delay: float) -> None:
+        fields = {
+            "host": self._endpoint.host,
+            "port": self._endpoint.port,
+            "error": describe_error(exc),
+            "retry_in": round(delay, 2),
+        }
+        if isinstance(exc, _EXPECTED):
+            log.warning("pagerduty bridge: mqtt connection failed", **fields)
+        else:
+            log.error("pagerduty bridge: mqtt error", exc_info=exc, **fields)
+        self._changed()
 
     async def _session(self) -> None:
         link = await self._connect()
@@ -454,7 +444,7 @@ async def run_bridge(config_path: Path) -> int:
     bridge.supervisor.install(loop)  # what escapes on the loop or in a thread: logged
     try:
         await bridge.run()
-    except StoreLocked as exc:
+    except StoreError as exc:  # StoreLocked: another bridge owns the state folder
         log.error("pagerduty bridge cannot start", error=str(exc))
         return 1
     finally:

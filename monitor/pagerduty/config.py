@@ -22,6 +22,7 @@ from typing import Any, Final
 from monitor.config.checking import Checker, Section
 from monitor.config.model import MqttConfig
 from monitor.config.secret import Secret
+from monitor.infra.backoff import Backoff
 from monitor.schema import ENV_NAME, LABEL_NAME
 from monitor.yamlsource import KeyPath, Location, SourceError, parse_yaml, read_source
 
@@ -111,13 +112,9 @@ class RateLimit:
         return self.events_per_minute / 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Retries of 429, 5xx and network errors: exponential from `initial`, doubling,
-    capped at `max`, with jitter; a longer Retry-After wins (up to 5 minutes)."""
-
-    initial: float = 1.0
-    max: float = 120.0
+#: Retries of 429, 5xx and network errors: exponential from 1 s, doubling, capped at
+#: 2 minutes, with jitter; a longer Retry-After wins (up to 5 minutes).
+DEFAULT_BACKOFF: Final = Backoff(initial=1.0, max=120.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +125,7 @@ class PagerDutyConfig:
     routes: tuple[Route, ...]
     events_url: str = DEFAULT_EVENTS_URL
     rate_limit: RateLimit = RateLimit()
-    backoff: Backoff = Backoff()
+    backoff: Backoff = DEFAULT_BACKOFF
     timeout: float = 10.0  # per request to the Events API
     session_expiry: float = 7 * 86400.0  # how long the broker keeps our queue offline
     dedup_retention: float = 7 * 86400.0  # how long a seen event_id is remembered
@@ -236,7 +233,7 @@ def _rate_limit(c: Checker, top: Section) -> RateLimit:
 
 
 def _backoff(c: Checker, top: Section) -> Backoff:
-    default = Backoff()
+    default = DEFAULT_BACKOFF
     s = c.section(top.at("backoff"), top.data.get("backoff"), "backoff", _BACKOFF_KEYS)
     initial = c.field(s, "initial", default.initial, c.duration)
     longest = c.field(s, "max", default.max, c.duration)

@@ -1,7 +1,8 @@
 """Reading an event payload (`riskmon.alert.v1`) off MQTT, for the bridge.
 
 Only what the bridge relies on is checked, by hand (the JSON Schema in
-`monitor/publish/alert-event.schema.json` is the full contract; jsonschema is not a
+`monitor/publish/alert-event.schema.json` is the full contract, `monitor/infra/event_wire.py`
+the part both sides share; jsonschema is not a
 runtime dependency): the schema name, `event_id`, `alertname`, `severity`, `labels` and
 a `pagerduty` body PagerDuty can take (an action, a dedup key, for a trigger a summary,
 a source and a severity), under PagerDuty's 512 KB. Anything else is a `BadEvent`
@@ -15,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from monitor.infra.event_wire import PAGERDUTY_BODY_LIMIT, SCHEMA, SUMMARY_LIMIT, encode
 from monitor.pagerduty.config import SEVERITIES
-from monitor.publish.events import PAGERDUTY_BODY_LIMIT, SCHEMA, SUMMARY_LIMIT, encode
 
 __all__ = ["BadEvent", "InboundEvent", "parse_event"]
 

@@ -4,8 +4,10 @@ PagerDuty's answers, as its documentation lists them: 202 accepted (any 2xx is t
 as accepted); 400 invalid event, never retried; 429 too many requests and 5xx, retried
 after a while; a network error, retried. Here: 400, 413 and 422 are refusals (the event
 is dropped: sending it again cannot succeed); 408, 429, 5xx, connection errors and
-timeouts are retried with exponential backoff and jitter (`Backoff`), a Retry-After
-longer than the backoff is honoured (up to 5 minutes); any other status (401, 403, 404,
+timeouts are retried with exponential backoff and jitter (`Backoff`), a server's hint
+longer than the backoff is honoured (up to 5 minutes): `retry-after-ms`, else
+`Retry-After` in seconds or as an HTTP date (`monitor/infra/retry_after.py`, the
+venues' parser too); any other status (401, 403, 404,
 a redirect: a wrong `events_url`, a proxy) is retried the same way and logged as an
 error, so a misconfiguration delays pages instead of losing them. Retries go on until
 the event is accepted or refused, or the bridge stops; every attempt takes a token of
@@ -18,23 +20,21 @@ text of PagerDuty's answer as logged (`scrub` removes it from there too).
 
 from __future__ import annotations
 
-import email.utils
 import json
-import random
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Final
 
-import aiohttp
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never
 
 from monitor.config.secret import Secret, SecretUnavailable
-from monitor.pagerduty.config import Backoff
+from monitor.infra.backoff import Backoff
+from monitor.infra.http_post import JsonPoster, PostFailed
+from monitor.infra.ratelimit import RateLimiter
+from monitor.infra.retry_after import retry_after_seconds
 from monitor.pagerduty.inbound import InboundEvent
-from monitor.pagerduty.ratelimit import TokenBucket
 
-__all__ = ["RETRY_AFTER_CAP", "EventsApi", "Outcome", "scrub"]
+__all__ = ["RETRY_AFTER_CAP", "EventsApi", "Outcome", "retry_wait", "scrub"]
 
 log = structlog.get_logger("riskmon.pagerduty")
 
@@ -74,18 +74,16 @@ class _Retry(Exception):
 
 
 class EventsApi:
-    """The Events API at `url`, through `session` (the caller owns both)."""
+    """The Events API at `url`, through `poster` (the caller owns both)."""
 
-    def __init__(
-        self, url: str, session: aiohttp.ClientSession, *, timeout: float, backoff: Backoff
-    ) -> None:
+    def __init__(self, url: str, poster: JsonPoster, *, timeout: float, backoff: Backoff) -> None:
         self.url = url
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._poster = poster
+        self._timeout = timeout
         self._backoff = backoff
 
     async def deliver(
-        self, event: InboundEvent, key: Secret, bucket: TokenBucket, *, route: str
+        self, event: InboundEvent, key: Secret, bucket: RateLimiter, *, route: str
     ) -> Outcome:
         """Send `event` with the routing key `key` until PagerDuty accepts or refuses it."""
 
@@ -127,15 +125,14 @@ class EventsApi:
         return outcome
 
     def _wait(self, state: RetryCallState) -> float:
-        """Exponential (doubling from `initial`, capped at `max`), half of it jittered;
-        a longer Retry-After wins."""
-        exponent = min(state.attempt_number - 1, 60)
-        ceiling = min(self._backoff.max, self._backoff.initial * 2.0**exponent)
-        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        """The back-off's delay (doubling from `initial`, capped at `max`, half of it
+        jittered); a longer server hint wins."""
         exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, _Retry) and exc.retry_after is not None:
-            delay = max(delay, min(exc.retry_after, RETRY_AFTER_CAP))
-        return delay
+        return retry_wait(
+            self._backoff,
+            state.attempt_number - 1,
+            exc.retry_after if isinstance(exc, _Retry) else None,
+        )
 
     async def _post(self, event: InboundEvent, key: Secret, attempts: int) -> Outcome:
         try:
@@ -145,23 +142,19 @@ class EventsApi:
         if not routing_key:
             raise _Retry(f"{key.name}: the routing key is empty", unexpected=True)
         try:
-            async with self._session.post(
+            answer = await self._poster.post(
                 self.url,
-                data=event.request(routing_key),
-                headers={"Content-Type": "application/json"},
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as response:
-                status = response.status
-                answer = await response.content.read(_ANSWER_LIMIT)
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            text = scrub(str(exc), routing_key)
-            reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-            raise _Retry(reason) from None
+                event.request(routing_key),
+                within=self._timeout,
+                max_bytes=_ANSWER_LIMIT,
+            )
+        except PostFailed as exc:
+            raise _Retry(scrub(str(exc), routing_key)) from None
+        status = answer.status
         if 200 <= status < 300:
             return Outcome(True, status, "", attempts)
-        error = _error_text(answer, routing_key) or f"HTTP {status}"
+        retry_after = retry_after_seconds(answer.headers)
+        error = _error_text(answer.body, routing_key) or f"HTTP {status}"
         if status in _REFUSED:
             return Outcome(False, status, error, attempts)
         retried = status in _RETRIED or status >= 500
@@ -191,18 +184,10 @@ def _error_text(answer: bytes, routing_key: str) -> str:
     return text if len(text) <= _TEXT_LIMIT else text[: _TEXT_LIMIT - 1] + "\u2026"
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return max(0.0, seconds) if seconds == seconds else None  # NaN: no answer
+def retry_wait(backoff: Backoff, failures: int, hint: float | None) -> float:
+    """The wait before the next attempt after `failures` failed ones before the last:
+    the back-off's, or the server's `hint` (capped at RETRY_AFTER_CAP) when longer."""
+    delay = backoff.delay(failures)
+    if hint is not None:
+        delay = max(delay, min(hint, RETRY_AFTER_CAP))
+    return delay

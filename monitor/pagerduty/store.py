@@ -10,22 +10,23 @@ finished; pending rows are never deleted.
 
 A committed `add` survives a crash of the process (WAL, `synchronous=NORMAL`). One
 process owns a state folder: a second `BridgeStore` on the same file fails with
-`StoreLocked`.
+`StoreLocked`; an unsafe path (a symlink, a folder that cannot be made) with its
+`StoreError`. The lock, the 0700/0600 rules and WAL are the daemon's store's too
+(`monitor/infra/locked_sqlite.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Final, Literal
+from typing import Final, Literal
 
-from monitor.statefiles import UnsafeStatePath, prepare_database
+from monitor.infra.locked_sqlite import StateLock, StoreError, StoreLocked, connect_wal
 
-__all__ = ["BridgeStore", "StoreLocked"]
+__all__ = ["BridgeStore", "StoreError", "StoreLocked"]
 
 State = Literal["pending", "sent", "dropped", "unrouted"]
 
@@ -42,30 +43,25 @@ CREATE INDEX IF NOT EXISTS events_done ON events (done_at) WHERE done_at IS NOT 
 """
 
 
-class StoreLocked(Exception):
-    """Another bridge already owns this state folder (or its database path is unsafe:
-    a symlink, a folder that cannot be made)."""
-
-
 class BridgeStore:
     def __init__(self, path: Path, *, retention: float) -> None:
-        try:
-            prepare_database(path)  # 0700 folder, 0600 file, no symlink
-        except UnsafeStatePath as exc:
-            raise StoreLocked(str(exc)) from None
         self.path = path
         self.retention = retention
-        self._lock: IO[bytes] | None = path.with_name(path.name + ".lock").open("ab")
+        self._lock = StateLock(path, in_use=" is in use by another riskmon pagerduty")
         try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            self._lock = None
-            raise StoreLocked(f"{path} is in use by another riskmon pagerduty") from None
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+            db = connect_wal(path, check_same_thread=False)
+        except BaseException:
+            self._lock.release()
+            raise
+        try:
+            db.executescript(_SCHEMA)
+        except BaseException as exc:
+            db.close()
+            self._lock.release()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{path}: not a readable database: {exc}") from None
+            raise
+        self._db = db
 
     def add(self, event_id: str, payload: bytes | None, state: State = "pending") -> bool:
         """Remember `event_id` (with its payload while pending); False when it was seen."""
@@ -109,9 +105,7 @@ class BridgeStore:
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        self._lock.release()
 
     def __enter__(self) -> BridgeStore:
         return self

@@ -6,9 +6,9 @@
 - `monitor.publish.mqtt`: `MqttPublisher`, which drains the outbox to an MQTT broker
   (QoS 1, deleting a record only after the broker's PUBACKs), keeps the instance's
   retained online/offline status and sends heartbeats.
-- `monitor.publish.link`: the MQTT connection pieces the publisher shares with the
-  PagerDuty bridge (`Endpoint`, `Link`, `open_link` with its MQTT 3.1.1 fallback,
-  `ssl_context`, `describe_error`).
+
+The MQTT connection itself (`Link`, the reconnect loop) and the payload's wire contract
+are in `monitor.infra`, which the PagerDuty bridge shares.
 
 `alert-event.schema.json` (beside this file) is the JSON Schema of an event payload.
 """

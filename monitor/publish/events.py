@@ -51,6 +51,7 @@ from typing import Any, Final, Literal
 
 from monitor.engine.builtin import EVENTS_UNDELIVERABLE
 from monitor.engine.lifecycle import AlertEvent
+from monitor.infra.event_wire import PAGERDUTY_BODY_LIMIT, SCHEMA, SUMMARY_LIMIT, encode
 from monitor.store import OutboxEntry
 
 __all__ = [
@@ -70,12 +71,6 @@ __all__ = [
     "topic_level",
 ]
 
-SCHEMA: Final = "riskmon.alert.v1"
-#: PagerDuty's limit on `payload.summary`, in characters.
-SUMMARY_LIMIT: Final = 1024
-#: PagerDuty's limit on a whole event body, in bytes; the body is kept 1 KiB below it so
-#: that `routing_key` (and a bridge's own whitespace) still fit.
-PAGERDUTY_BODY_LIMIT: Final = 512 * 1024
 _BODY_BUDGET: Final = PAGERDUTY_BODY_LIMIT - 1024
 _DETAIL_TEXT_LIMIT: Final = 1024  # characters per value when custom_details must shrink
 _PD_SEVERITIES: Final = frozenset({"critical", "error", "warning", "info"})
@@ -120,11 +115,6 @@ def rfc3339(t: float) -> str:
     """Seconds since the epoch as RFC 3339 UTC with milliseconds: `2026-11-21T10:00:00.000Z`."""
     seconds, millis = divmod(round(t * 1000), 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
-
-
-def encode(payload: Any) -> bytes:
-    """A payload as compact UTF-8 JSON (non-ASCII characters kept, not escaped)."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def event_payload(event: AlertEvent, *, event_id: str, instance: str) -> dict[str, Any]:

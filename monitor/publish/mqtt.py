@@ -61,7 +61,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -78,14 +77,8 @@ from monitor import __version__
 from monitor.config.model import MqttConfig
 from monitor.config.secret import SecretUnavailable
 from monitor.engine.builtin import EVENTS_UNDELIVERABLE
-from monitor.publish.events import (
-    encode,
-    heartbeat_topic,
-    rfc3339,
-    status_payload,
-    status_topic,
-)
-from monitor.publish.link import (
+from monitor.infra.backoff import Backoff
+from monitor.infra.mqtt_link import (
     Endpoint,
     Link,
     MqttVersion,
@@ -93,6 +86,14 @@ from monitor.publish.link import (
     describe_error,
     open_link,
     ssl_context,
+)
+from monitor.infra.reconnect import RECONNECT, reconnect_forever, wait_or_stop
+from monitor.publish.events import (
+    encode,
+    heartbeat_topic,
+    rfc3339,
+    status_payload,
+    status_topic,
 )
 from monitor.store import Store, StoreError
 
@@ -184,8 +185,8 @@ class MqttPublisher:
         started_at: float | None = None,
         window: int = 64,
         keepalive: int = 15,
-        reconnect_min: float = 0.2,
-        reconnect_max: float = 30.0,
+        reconnect_min: float = RECONNECT.initial,
+        reconnect_max: float = RECONNECT.max,
         ack_timeout: float = 30.0,
         max_refusals: int = 5,
         on_refused: Callable[[str], None] | None = None,
@@ -211,8 +212,7 @@ class MqttPublisher:
         self._started_at = time.time() if started_at is None else started_at
         self._window = window
         self._keepalive = keepalive
-        self._reconnect_min = reconnect_min
-        self._reconnect_max = reconnect_max
+        self._reconnect = Backoff(reconnect_min, reconnect_max)  # refusals back off so too
         self._ack_timeout = ack_timeout
         self._max_refusals = max_refusals
         self._on_refused = on_refused
@@ -281,32 +281,41 @@ class MqttPublisher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        failures = 0
-        while True:
-            if self._stopping.is_set() and (
-                self._store.depth() == 0 or loop.time() >= self._deadline
-            ):
-                return
-            began = loop.time()
+
+        def keep_trying() -> bool:  # a stop still flushes the outbox until its deadline
+            stopping = self._stopping.is_set()
+            return not stopping or (self._store.depth() > 0 and loop.time() < self._deadline)
+
+        async def attempt() -> None:
+            failed = False
             try:
-                await self._session()
-                return  # only stop() ends a session without an error
-            except Exception as exc:  # every failure is retried: this task must not die
-                if loop.time() - began > self._reconnect_max:
-                    failures = 0  # the connection held: start the backoff again
-                delay = min(self._reconnect_max, self._reconnect_min * 2**failures)
-                delay *= random.uniform(0.5, 1.0)  # jitter
-                failures += 1
-                self._failed(exc, delay)
-                self._hung_up(exc)
+                await self._session()  # only stop() ends a session without an error
+            except Exception:
+                failed = True  # `_failed` says "lost" or "failed" by `connected`
+                raise
             finally:
-                self._set_connected(False)
+                if not failed:
+                    self._set_connected(False)
+
+        def failed(exc: Exception, delay: float) -> None:
+            self._failed(exc, delay)
+            self._hung_up(exc)
+            self._set_connected(False)
+
+        async def pause(delay: float) -> None:
             if self._stopping.is_set():
                 await asyncio.sleep(min(delay, max(0.0, self._deadline - loop.time())))
             else:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._stopping.wait()
+                await wait_or_stop(self._stopping, delay)
+
+        await reconnect_forever(
+            attempt,
+            backoff=self._reconnect,
+            stopping=self._stopping,
+            failed=failed,
+            keep_trying=keep_trying,
+            pause=pause,
+        )
 
     async def stop(self, flush_timeout: float = 10.0) -> None:
         """Publish what can be published within `flush_timeout` seconds, publish the
@@ -556,8 +565,7 @@ class MqttPublisher:
         self.last_error = str(exc)
         refusals = self._refusal(seq, exc.topic, exc.reason, str(exc))
         if refusals is not None:
-            delay = min(self._reconnect_max, self._reconnect_min * 2 ** (refusals - 1))
-            delay *= random.uniform(0.5, 1.0)  # jitter
+            delay = self._reconnect.delay(refusals - 1)
             log.error(
                 "mqtt: the broker refused a publish; sending it again",
                 topic=exc.topic,

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import email.utils
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +19,9 @@ from typing import Any
 from monitor import __version__
 from monitor.config.model import VenueConfig, VenueTransport
 from monitor.errors import PollDeadlineExceeded, SnapshotParseError, VenueConnectionError
+
+# moved to the shared package; the venues import it from here
+from monitor.infra.retry_after import retry_after_seconds as retry_after_seconds
 from monitor.schema import redact_userinfo
 
 USER_AGENT = f"riskmon/{__version__}"
@@ -145,28 +146,3 @@ def check_size(size: int | None, max_bytes: int, status: int) -> None:
             "(max_response_bytes); stopped reading",
             status=status,
         )
-
-
-def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
-    """The server's retry hint: `retry-after-ms`, else `Retry-After` (seconds or a date)."""
-    millis = headers.get("retry-after-ms")
-    if millis is not None:
-        try:
-            value = float(millis) / 1000
-        except ValueError:
-            value = -1
-        if value >= 0:
-            return value
-    text = headers.get("retry-after")
-    if text is None:
-        return None
-    text = text.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    return max(0.0, seconds)

@@ -3,42 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
-from monitor.errors import PollDeadlineExceeded
+from monitor.infra.ratelimit import RateLimiter  # moved; the venues import it here
 
-
-class RateLimiter:
-    """At most `rate` requests per second on average, with bursts of `burst`.
-
-    Requests reserve their slot in call order, so waiting is fair; a caller whose slot
-    would come after its deadline does not reserve it and fails at once.
-    """
-
-    def __init__(
-        self, rate: float, *, burst: float = 1.0, clock: Callable[[], float] | None = None
-    ) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
-        self.interval = 1.0 / rate
-        self.tolerance = max(0.0, burst - 1.0) * self.interval
-        self._clock = clock
-        self._tat = 0.0  # theoretical arrival time of the next request
-
-    def _now(self) -> float:
-        return self._clock() if self._clock else asyncio.get_running_loop().time()
-
-    def reserve(self, deadline: float | None = None) -> float:
-        """Reserve the next slot; return how long to wait for it."""
-        now = self._now()
-        tat = max(self._tat, now)
-        wait = max(0.0, tat - self.tolerance - now)
-        if deadline is not None and now + wait > deadline:
-            raise PollDeadlineExceeded(
-                f"rate limit: next request slot in {wait:.3g}s is past the poll deadline"
-            )
-        self._tat = tat + self.interval
-        return wait
+__all__ = ["RateLimiter", "VenueLimits"]
 
 
 class VenueLimits:

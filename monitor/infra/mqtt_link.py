@@ -1,4 +1,4 @@
-"""The MQTT connection pieces shared by the publisher and the PagerDuty bridge.
+"""One MQTT connection, as the daemon's publisher and the PagerDuty bridge both make it.
 
 `Endpoint` is a broker's host, port and TLS flag from an `mqtt://` or `mqtts://` url;
 `Link` is one connection (aiomqtt's Client plus PUBACK reason codes, the broker's

@@ -1,0 +1,46 @@
+"""A server's hint of when to come back, from its 429 or 503 answer's headers."""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from collections.abc import Mapping
+from datetime import UTC
+
+__all__ = ["retry_after_seconds"]
+
+
+def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds to wait: `retry-after-ms` (milliseconds, as OpenAI's and Stripe's APIs
+    send it) when it is a number, else `Retry-After` as delta-seconds or an HTTP date
+    (`now`, epoch seconds, is the time it is measured from). A time in the past is 0,
+    a number too large for a float infinite (callers cap it); None when neither header
+    holds a usable value. `headers` must be case-insensitive
+    (aiohttp's, httpx's, `HttpResponse.headers`)."""
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        value = _number(millis)
+        if value is not None and value >= 0:
+            return value / 1000
+    text = headers.get("retry-after")
+    if text is None:
+        return None
+    seconds = _number(text)
+    if seconds is None:
+        try:
+            when = email.utils.parsedate_to_datetime(text.strip())
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000": UTC, by RFC 5322
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds)
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return None if math.isnan(value) else value  # a huge value is "much later": the caller caps
