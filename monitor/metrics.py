@@ -44,6 +44,8 @@ account's currency):
 | `riskmon_poll_duration_seconds` | histogram | venue |
 | `riskmon_polls_total` | counter | venue, outcome |
 | `riskmon_venue_up`, `riskmon_venue_accounts` | gauge | venue |
+| `riskmon_venue_request_budget` (requests/s allowed now) | gauge | venue |
+| `riskmon_venue_throttled_total` (429/503 with Retry-After that paused it) | counter | venue |
 | `riskmon_rule_evaluation_failures_total` | counter | alertname |
 | `riskmon_template_failures_total` (renders that failed or went past a bound) | counter | |
 | `riskmon_config_last_reload_successful` | gauge | |
@@ -447,6 +449,8 @@ class _Venue:
     labels: bytes  # venue="..."
     up: bool | None = None
     accounts: int | None = None
+    request_budget: float | None = None
+    throttled: int | None = None
     buckets: list[int] = field(default_factory=lambda: [0] * (len(POLL_DURATION_BUCKETS) + 1))
     duration_sum: float = 0.0
     duration_count: int = 0
@@ -655,6 +659,13 @@ class Metrics:
         record.up = up
         record.accounts = accounts
 
+    def set_venue_budget(self, venue: str, requests_per_second: float, throttled: int) -> None:
+        """`riskmon_venue_request_budget` (the rate allowed now: lower after the venue
+        throttled, 0 during its pause) and `riskmon_venue_throttled_total`."""
+        record = self._venue(venue)
+        record.request_budget = requests_per_second
+        record.throttled = throttled
+
     def remove_venue(self, venue: str) -> None:
         """The venue left the config: its series and its accounts' series go."""
         self._venues.pop(venue, None)
@@ -845,6 +856,35 @@ class Metrics:
             "Accounts of the venue monitored by this instance.",
             ((r.labels, r.accounts) for r in venues.values()),
         )
+        budgets = [
+            b"riskmon_venue_request_budget{%s} %s\n" % (r.labels, _float_text(r.request_budget))
+            for r in venues.values()
+            if r.request_budget is not None
+        ]
+        if budgets:
+            add(
+                _header(
+                    "riskmon_venue_request_budget",
+                    "gauge",
+                    "Requests per second riskmon allows itself to the venue now (lower after "
+                    "it throttled, 0 during its Retry-After pause).",
+                )
+            )
+            add(b"".join(budgets))
+        if any(r.throttled is not None for r in venues.values()):
+            add(
+                _header(
+                    "riskmon_venue_throttled_total",
+                    "counter",
+                    "429/503 answers with Retry-After that paused every request to the venue.",
+                )
+            )
+            for record in venues.values():
+                if record.throttled is not None:
+                    add(
+                        b"riskmon_venue_throttled_total{%s} %d\n"
+                        % (record.labels, record.throttled)
+                    )
 
     def _render_process(self, add: _Add) -> None:
         add(

@@ -37,6 +37,7 @@ from monitor.shard import Shard
 from monitor.snapshot import Snapshot
 from monitor.supervise import Supervisor
 from monitor.venues.base import VenueAdapter
+from monitor.venues.limits import RequestBudgetExceeded
 
 log = structlog.get_logger("riskmon.poller")
 
@@ -260,6 +261,12 @@ class VenuePoller:
                 self._resume[account_id] = turn + interval
             heapq.heappush(self._heap, (due, generation, account_id))
 
+    def cycle(self, now: float) -> float:
+        """The interval every account can be polled at within the venue's budget:
+        `poll_interval`, or longer when the accounts do not fit in it."""
+        rate = self.adapter.limits.budget.planning_rate(now)
+        return max(self.config.poll_interval, len(self.accounts) / rate)
+
     # -- running -----------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -290,6 +297,13 @@ class VenuePoller:
             due, generation, account_id = heapq.heappop(self._heap)
             if self._generation.get(account_id) != generation:
                 continue  # the account left or was rescheduled
+            paused_until = self.adapter.limits.budget.paused_until
+            if now < paused_until:
+                # The venue asked for a pause: the turn waits for its end (spread over the
+                # cycle the budget allows then), and is neither a failure nor a skip.
+                later = paused_until + phase_of(self.config.name, account_id) * self.cycle(now)
+                heapq.heappush(self._heap, (later, generation, account_id))
+                continue
             next_due = self._resume.pop(account_id, None)
             if next_due is None:  # an account on its phase: the same phase next interval
                 next_due = due + self.config.poll_interval
@@ -340,6 +354,10 @@ class VenuePoller:
         state.last_attempt = self.wall_clock()
         try:
             snapshot = await self.adapter.fetch(state.account, deadline)
+        except RequestBudgetExceeded:
+            # riskmon's own budget (or the venue's pause) had no turn for it in time:
+            # not the venue's failure; the account is polled at its next turn.
+            self.listener.on_skipped(state, "budget")
         except VenueError as error:
             duration = loop.time() - started
             self._failed(state, error, duration, loop)

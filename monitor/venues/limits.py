@@ -1,11 +1,20 @@
-"""Per-venue request pacing: a token bucket (GCRA) plus a concurrency cap."""
+"""Per-venue request pacing: a token bucket (GCRA) under the venue's request budget,
+a pause while the venue asked for one, and a concurrency cap."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 
-from monitor.errors import PollDeadlineExceeded
+from monitor.errors import PollDeadlineExceeded, VenueError
+from monitor.venues.budget import RequestBudget
+
+
+class RequestBudgetExceeded(PollDeadlineExceeded):
+    """The request's turn under riskmon's own budget (or the venue's pause) comes after
+    the poll's deadline. Not the venue's failure: the poller waits and polls again."""
+
+    outcome = "skipped_budget"
 
 
 class RateLimiter:
@@ -21,6 +30,7 @@ class RateLimiter:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.interval = 1.0 / rate
+        self.burst = burst
         self.tolerance = max(0.0, burst - 1.0) * self.interval
         self._clock = clock
         self._tat = 0.0  # theoretical arrival time of the next request
@@ -28,13 +38,22 @@ class RateLimiter:
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
 
+    def set_rate(self, rate: float) -> None:
+        """Pace at `rate` from the next reservation on (the budget changed)."""
+        self.interval = 1.0 / rate
+        self.tolerance = max(0.0, self.burst - 1.0) * self.interval
+
+    def hold_until(self, when: float) -> None:
+        """No slot before `when`, and no burst at it: the venue asked for a pause."""
+        self._tat = max(self._tat, when + self.tolerance)
+
     def reserve(self, deadline: float | None = None) -> float:
         """Reserve the next slot; return how long to wait for it."""
         now = self._now()
         tat = max(self._tat, now)
         wait = max(0.0, tat - self.tolerance - now)
         if deadline is not None and now + wait > deadline:
-            raise PollDeadlineExceeded(
+            raise RequestBudgetExceeded(
                 f"rate limit: next request slot in {wait:.3g}s is past the poll deadline"
             )
         self._tat = tat + self.interval
@@ -42,21 +61,48 @@ class RateLimiter:
 
 
 class VenueLimits:
-    """The concurrency cap and rate limit of one venue, applied to every request."""
+    """The concurrency cap, request budget and pacing of one venue, for every request."""
 
     def __init__(self, max_concurrency: int, max_requests_per_second: float) -> None:
         self.semaphore = asyncio.Semaphore(max_concurrency)
-        # A burst of one second's worth lets a cycle start promptly without exceeding
-        # the average rate the venue allows.
-        self.rate = RateLimiter(
-            max_requests_per_second, burst=max(1.0, min(max_requests_per_second, 50.0))
-        )
+        self.budget = RequestBudget(max_requests_per_second)
+        # No burst: the budget is never exceeded in any second (a burst of one second's
+        # worth let two seconds' requests into one). The poller spreads polls evenly.
+        self.rate = RateLimiter(max_requests_per_second)
+        self._paced_at = max_requests_per_second
 
     def slot(self, deadline: float) -> _Slot:
         """`async with limits.slot(deadline):` one request: a place among the venue's
-        `max_concurrency`, then its turn under the rate limit (PollDeadlineExceeded if
-        that turn comes after `deadline`)."""
+        `max_concurrency`, then its turn under the budget (RequestBudgetExceeded if that
+        turn comes after `deadline`)."""
         return _Slot(self, deadline)
+
+    def notice(self, error: VenueError) -> None:
+        """Every failed request's error: a 429 or 503 with a retry hint pauses the venue
+        (the status and hint come through the error, whatever the HTTP client)."""
+        if self.budget.note(error, asyncio.get_running_loop().time()):
+            self.rate.hold_until(self.budget.paused_until)
+
+    def pause_left(self, now: float, deadline: float) -> float:
+        """Seconds until the venue's pause ends (0 when none); RequestBudgetExceeded when
+        it ends after `deadline`."""
+        paused_until = self.budget.paused_until
+        if now >= paused_until:
+            return 0.0
+        if paused_until > deadline:
+            raise RequestBudgetExceeded(
+                f"the venue asked for no request for {paused_until - now:.3g}s more, "
+                "past the poll deadline"
+            )
+        return paused_until - now
+
+    def reserve(self, now: float, deadline: float) -> float:
+        """Reserve the next turn at the budget's rate now; how long to wait for it."""
+        rate = self.budget.rate(now)
+        if rate != self._paced_at:
+            self._paced_at = rate
+            self.rate.set_rate(rate)
+        return self.rate.reserve(deadline)
 
 
 class _Slot:
@@ -71,12 +117,23 @@ class _Slot:
         self._deadline = deadline
 
     async def __aenter__(self) -> None:
-        semaphore = self._limits.semaphore
+        limits = self._limits
+        semaphore = limits.semaphore
         await semaphore.acquire()
         try:
-            wait = self._limits.rate.reserve(self._deadline)
-            if wait > 0:  # nearly always 0, and then nothing to await
-                await asyncio.sleep(wait)
+            loop = asyncio.get_running_loop()
+            while True:
+                now = loop.time()
+                pause = limits.pause_left(now, self._deadline)
+                if pause:
+                    await asyncio.sleep(pause)
+                    continue
+                wait = limits.reserve(now, self._deadline)
+                if wait > 0:  # nearly always 0, and then nothing to await
+                    await asyncio.sleep(wait)
+                    if loop.time() < limits.budget.paused_until:
+                        continue  # a pause began while waiting: the turn is after it
+                return
         except BaseException:
             semaphore.release()
             raise
