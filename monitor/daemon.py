@@ -679,6 +679,7 @@ class Daemon(PollListener):
         states = poller.accounts.values()
         failing = sum(1 for s in states if s.consecutive_failures > 0)
         self.metrics.set_venue(venue, up=not states or failing < len(states), accounts=len(states))
+        self.metrics.set_poll_intervals(venue, poller.intervals)
         budget = poller.adapter.limits.budget
         self.metrics.set_venue_budget(
             venue, budget.rate(asyncio.get_running_loop().time()), budget.throttled_total

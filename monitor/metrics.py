@@ -45,6 +45,7 @@ account's currency):
 | `riskmon_polls_total` | counter | venue, outcome |
 | `riskmon_venue_up`, `riskmon_venue_accounts` | gauge | venue |
 | `riskmon_venue_request_budget` (requests/s allowed now) | gauge | venue |
+| `riskmon_account_poll_interval_seconds` (the interval planned now) | gauge | venue, account |
 | `riskmon_venue_throttled_total` (429/503 with Retry-After that paused it) | counter | venue |
 | `riskmon_rule_evaluation_failures_total` | counter | alertname |
 | `riskmon_template_failures_total` (renders that failed or went past a bound) | counter | |
@@ -472,6 +473,7 @@ class Metrics:
         self._entries: dict[AccountKey, list[bytes | None]] = {}  # the same lists, for render
         self._alerts: dict[AlertKey, bytes] = {}
         self._venues: dict[str, _Venue] = {}
+        self._poll_intervals: dict[str, Mapping[str, float]] = {}  # venue -> the poller's
         self._rule_failures: dict[str, int] = {}
         # id(defaults) -> (defaults, the ends of their riskmon_account_param lines)
         self._default_params: dict[int, tuple[Mapping[str, Any], tuple[bytes, ...]]] = {}
@@ -666,9 +668,15 @@ class Metrics:
         record.request_budget = requests_per_second
         record.throttled = throttled
 
+    def set_poll_intervals(self, venue: str, intervals: Mapping[str, float]) -> None:
+        """`riskmon_account_poll_interval_seconds`: the poller's own mapping of account
+        to the interval planned for it, read at each render (no copy is kept)."""
+        self._poll_intervals[venue] = intervals
+
     def remove_venue(self, venue: str) -> None:
         """The venue left the config: its series and its accounts' series go."""
         self._venues.pop(venue, None)
+        self._poll_intervals.pop(venue, None)
         for key in [k for k in self._accounts if k[0] == venue]:
             self.remove_account(*key)
 
@@ -871,6 +879,7 @@ class Metrics:
                 )
             )
             add(b"".join(budgets))
+        self._render_poll_intervals(add)
         if any(r.throttled is not None for r in venues.values()):
             add(
                 _header(
@@ -885,6 +894,23 @@ class Metrics:
                         b"riskmon_venue_throttled_total{%s} %d\n"
                         % (record.labels, record.throttled)
                     )
+
+    def _render_poll_intervals(self, add: _Add) -> None:
+        lines = [
+            b"riskmon_account_poll_interval_seconds{%s} %s\n"
+            % (_labels(venue=venue, account=account), _float_text(seconds))
+            for venue, intervals in self._poll_intervals.items()
+            for account, seconds in intervals.items()
+        ]
+        if lines:
+            add(
+                _header(
+                    "riskmon_account_poll_interval_seconds",
+                    "gauge",
+                    "The interval the account is polled at now, under the venue's budget.",
+                )
+            )
+            add(b"".join(lines))
 
     def _render_process(self, add: _Add) -> None:
         add(

@@ -17,6 +17,11 @@ at most once per interval; its first two polls may be up to two intervals apart,
 catch-up is made only when a venue's `stale_after` is at least three intervals (an
 account may then still miss a poll without turning stale), and only when it finishes
 within one interval; otherwise first polls keep their phases.
+
+"The interval" is the venue's cycle under its request budget (`monitor/schedule.py`):
+`poll_interval` while every account fits in `max_requests_per_second`, longer when they do
+not, so riskmon's own budget never fails a poll. It is planned again every
+`REPLAN_SECONDS` and whenever the accounts change; `intervals` holds each account's.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import structlog
 from monitor.config import AccountConfig, VenueConfig
 from monitor.config.model import account_id_problem
 from monitor.errors import VenueAuthError, VenueError
+from monitor.schedule import PLANNING_SHARE, uniform_cycle
 from monitor.shard import Shard
 from monitor.snapshot import Snapshot
 from monitor.supervise import Supervisor
@@ -51,6 +57,7 @@ CREDENTIAL_CHECK_SECONDS = 1.0
 # (bench/latency.py: 51% of a core against 36% with 5 ms, detection latency unchanged).
 START_WINDOW = 0.005
 CATCH_UP_MIN_STALE_INTERVALS = 3.0  # stale_after / poll_interval at which first polls catch up
+REPLAN_SECONDS = 1.0  # how often the intervals follow the budget (which recovers gradually)
 
 
 @dataclass(slots=True)
@@ -148,6 +155,9 @@ class VenuePoller:
         self._refused_credential: str | None = None  # digest of what the venue refused
         self._credential_watch: asyncio.Task[None] | None = None
         self._stopping = False
+        self.intervals: dict[str, float] = {}  # account -> the interval planned for it now
+        self._cycle = config.poll_interval  # the interval every account fits in now
+        self._next_plan = 0.0  # loop time
         # whether the accounts are known: at once without discovery, otherwise once
         # discovery has answered (until then an account may or may not be the venue's)
         self.accounts_settled = config.discovery is None
@@ -176,6 +186,7 @@ class VenuePoller:
                 self._generation.pop(account_id, None)
                 self._resume.pop(account_id, None)
                 self._never_polled.discard(account_id)
+                self.intervals.pop(account_id, None)
                 removed.append(account_id)
         for account_id, account in wanted.items():
             existing = self.accounts.get(account_id)
@@ -189,6 +200,8 @@ class VenuePoller:
             )
             self._never_polled.add(account_id)
             added.append(account_id)
+        if added or removed:
+            self._plan(asyncio.get_running_loop().time() if self._running else 0.0)
         if added and self._running:
             self._schedule_first(added, asyncio.get_running_loop().time())
         if added or removed:
@@ -220,11 +233,12 @@ class VenuePoller:
             else:
                 self._never_polled.add(account_id)
         self._check_first_cycle()
+        self._plan(0.0)
         return gone
 
     def _phase_turn(self, account_id: str, now: float) -> float:
         """The account's first turn at its phase at or after `now` (loop time)."""
-        interval = self.config.poll_interval
+        interval = self._cycle
         due = now - (now % interval) + phase_of(self.config.name, account_id) * interval
         return due + interval if due < now else due
 
@@ -233,14 +247,15 @@ class VenuePoller:
         never polled are caught up at the spare request rate where that is sooner than
         their phase, the others (a reloaded venue's) wait for their phase."""
         config = self.config
-        interval = config.poll_interval
+        interval = self._cycle
         turns = sorted((self._phase_turn(a, now), a) for a in account_ids)
         new = [t for t in turns if self.accounts[t[1]].polls == 0]
         spacing = 0.0
         start = max(now, self._catch_up_until)
         if new and config.stale_after >= CATCH_UP_MIN_STALE_INTERVALS * interval:
             # What the accounts already on their phases ask of the venue meanwhile.
-            spare = config.max_requests_per_second - (len(self.accounts) - len(new)) / interval
+            rate = self.adapter.limits.budget.planning_rate(now) * PLANNING_SHARE
+            spare = rate - (len(self.accounts) - len(new)) / interval
             if spare > 0 and start + len(new) / spare <= now + interval:
                 spacing = 1.0 / spare
                 self._catch_up_until = start + len(new) * spacing
@@ -261,11 +276,14 @@ class VenuePoller:
                 self._resume[account_id] = turn + interval
             heapq.heappush(self._heap, (due, generation, account_id))
 
-    def cycle(self, now: float) -> float:
-        """The interval every account can be polled at within the venue's budget:
-        `poll_interval`, or longer when the accounts do not fit in it."""
+    def _plan(self, now: float) -> None:
+        """Each account's interval under the venue's budget at `now` (loop time)."""
         rate = self.adapter.limits.budget.planning_rate(now)
-        return max(self.config.poll_interval, len(self.accounts) / rate)
+        self._cycle = uniform_cycle(len(self.accounts), rate, self.config.poll_interval)
+        if len(self.intervals) != len(self.accounts) or any(
+            interval != self._cycle for interval in self.intervals.values()
+        ):
+            self.intervals = dict.fromkeys(self.accounts, self._cycle)
 
     # -- running -----------------------------------------------------------------------
 
@@ -292,6 +310,9 @@ class VenuePoller:
 
     async def _run_due(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
+        if now >= self._next_plan:
+            self._plan(now)
+            self._next_plan = now + REPLAN_SECONDS
         horizon = now + START_WINDOW
         while self._heap and self._heap[0][0] <= horizon:
             due, generation, account_id = heapq.heappop(self._heap)
@@ -301,19 +322,21 @@ class VenuePoller:
             if now < paused_until:
                 # The venue asked for a pause: the turn waits for its end (spread over the
                 # cycle the budget allows then), and is neither a failure nor a skip.
-                later = paused_until + phase_of(self.config.name, account_id) * self.cycle(now)
+                later = paused_until + phase_of(self.config.name, account_id) * self._cycle
                 heapq.heappush(self._heap, (later, generation, account_id))
                 continue
             next_due = self._resume.pop(account_id, None)
+            interval = self.intervals.get(account_id, self._cycle)
             if next_due is None:  # an account on its phase: the same phase next interval
-                next_due = due + self.config.poll_interval
+                next_due = due + interval
             if next_due <= now:  # the loop fell behind: do not replay missed turns
-                next_due = now + self.config.poll_interval
+                next_due = now + interval
             heapq.heappush(self._heap, (next_due, generation, account_id))
             self._start_poll(account_id, loop)
-        timeout = (self._heap[0][0] - loop.time()) if self._heap else None
+        timeout = min(self._heap[0][0] if self._heap else self._next_plan, self._next_plan)
+        timeout -= loop.time()
         self._wakeup.clear()
-        if timeout is None or timeout > 0:
+        if timeout > 0:
             try:
                 async with asyncio.timeout(timeout):
                     await self._wakeup.wait()

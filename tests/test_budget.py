@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from itertools import pairwise
+from pathlib import Path
+
 import pytest
+from conftest import MqttCollector
+from test_daemon import RULES, RiskmonProcess, events
 from test_poller import fast, running
 
 from monitor.config import AccountConfig, VenueConfig
+from monitor.config.loader import parse_config
+from monitor.engine.check import run_check
 from monitor.errors import VenueRateLimited, VenueUnavailable
 from monitor.metrics import Metrics
 from monitor.simulator import Simulator
 from monitor.venues.budget import RECOVERY_STEP, RequestBudget
 from monitor.venues.http import HttpClient
+from monitor.yamlsource import SourceError
+
+
+@pytest.fixture
+async def subscriber(
+    mqtt_collector: Callable[..., MqttCollector],
+) -> AsyncIterator[MqttCollector]:
+    async with mqtt_collector(["riskmon/#"]) as collector:
+        yield collector
+
 
 # A request already on its way when the 429 came back may arrive just after it.
 IN_FLIGHT = 0.05
@@ -85,3 +106,144 @@ def test_budget_metrics_are_rendered_per_venue() -> None:
     text = metrics.render().decode()
     assert 'riskmon_venue_request_budget{venue="cs"} 12.5' in text
     assert 'riskmon_venue_throttled_total{venue="cs"} 2' in text
+
+
+async def test_an_over_subscribed_venue_stretches_its_cycle_instead_of_failing(
+    tmp_path: Path,
+    riskmon_config: Callable[..., tuple[Path, int]],
+    simulator: Simulator,
+    subscriber: MqttCollector,
+) -> None:
+    """200 accounts every 500 ms want 400 requests/s of a 20/s budget: each is polled
+    every 200 / (20 x 0.95) = 10.5 s instead, with no failure, no staleness, no VenueDown."""
+    ids = [str(200000 + i) for i in range(200)]
+    for account in ids:
+        simulator.add_account("clearstreet", account)
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "capital.yaml").write_text(RULES)
+    config, port = riskmon_config(
+        instance="budget",
+        rules="rules/*.yaml",
+        stale_after="30s",
+        cs_accounts=[{"id": i} for i in ids],
+        venue_settings={"max_requests_per_second": 20},
+    )
+    config.write_text(
+        config.read_text().replace("poll_interval: 200ms", "poll_interval: 500ms", 1)
+        + "builtin_alerts:\n  VenueDown: {for: 1s}\n"
+    )
+    riskmon = RiskmonProcess(tmp_path, config, port)
+    try:
+        riskmon.start()
+        await riskmon.ready()
+
+        async def every_account_polled_twice() -> bool:
+            polls = Counter(r["account"] for r in simulator.requests(endpoint="balances"))
+            return all(polls[i] >= 2 for i in ids)
+
+        await riskmon.until(every_account_polled_twice, "a second cycle", timeout=40)
+        metrics = await riskmon.metrics()
+    finally:
+        riskmon.stop()
+    cs = (("venue", "cs"),)
+    outcomes = {
+        dict(labels)["outcome"]: value
+        for (name, labels), value in metrics.items()
+        if name == "riskmon_polls_total" and ("venue", "cs") in labels
+    }
+    assert set(outcomes) == {"ok"}, outcomes
+    assert metrics[("riskmon_venue_up", cs)] == 1
+    intervals = [
+        value
+        for (name, labels), value in metrics.items()
+        if name == "riskmon_account_poll_interval_seconds" and ("venue", "cs") in labels
+    ]
+    assert len(intervals) == 200
+    assert all(value == pytest.approx(200 / 19) for value in intervals)
+    assert metrics[("riskmon_venue_request_budget", cs)] == 20
+    assert [e for e in events(subscriber) if e["venue"] == "cs"] == []  # no stale, no down
+    gaps = [
+        b - a
+        for account in ids
+        for a, b in pairwise(
+            r["t"] for r in simulator.requests(account=account, endpoint="balances")
+        )
+    ]
+    assert min(gaps) > 200 / 19 * 0.8  # the accounts' phases hold
+    per_second = Counter(int(r["t"]) for r in simulator.requests(venue="clearstreet"))
+    assert max(per_second.values()) <= 20
+
+
+def _venue(settings: str, accounts: int, *, discover: bool = False) -> str:
+    listed = ", ".join(f'{{id: "{100000 + i}"}}' for i in range(accounts))
+    if discover:
+        listed += ", {discover: true}"
+    return f"""\
+venues:
+  - name: cs
+    kind: clearstreet
+    base_url: https://api.clearstreet.com
+    api_key: k
+{settings}    accounts: [{listed}]
+"""
+
+
+def _config_errors(text: str) -> list[str]:
+    with pytest.raises(SourceError) as info:
+        parse_config(text, "riskmon.yaml", base_dir=Path("."), environ={})
+    return [str(p) for p in info.value.problems]
+
+
+def test_max_poll_interval_defaults_to_half_of_stale_after() -> None:
+    config = parse_config(_venue("", 3), "riskmon.yaml", base_dir=Path("."), environ={})
+    assert config.venue("cs").max_poll_interval == 15.0
+
+
+@pytest.mark.parametrize(
+    ("settings", "accounts", "expected"),
+    [
+        (
+            "    max_requests_per_second: 10\n",
+            300,
+            "riskmon.yaml:6:30: 300 accounts at 10 requests/s can be polled only every 31.6s, "
+            "slower than max_poll_interval (15s); at most 142 accounts fit: raise "
+            "max_requests_per_second or max_poll_interval, or split the accounts",
+        ),
+        (
+            "    poll_interval: 2s\n    max_poll_interval: 1s\n",
+            1,
+            "riskmon.yaml:7:24: max_poll_interval (1s) is shorter than poll_interval (2s); "
+            "it is the slowest an account may go",
+        ),
+        (
+            "    max_poll_interval: 30s\n",
+            1,
+            "riskmon.yaml:6:24: max_poll_interval (30s) must be shorter than stale_after "
+            "(30s), or accounts polled that slowly turn stale",
+        ),
+    ],
+)
+def test_a_budget_that_cannot_meet_max_poll_interval_is_an_error(
+    settings: str, accounts: int, expected: str
+) -> None:
+    assert _config_errors(_venue(settings, accounts)) == [expected]
+
+
+def test_check_prints_each_venues_budget_arithmetic(tmp_path: Path) -> None:
+    (tmp_path / "riskmon.yaml").write_text(
+        _venue("    poll_interval: 500ms\n", 200)
+        + _venue("    max_requests_per_second: 5\n", 2, discover=True)
+        .replace("venues:\n", "")
+        .replace("name: cs", "name: cs2")
+    )
+    out = io.StringIO()
+    with contextlib.chdir(tmp_path):
+        code = run_check(None, [], out, io.StringIO())
+    assert code == 0, out.getvalue()
+    assert out.getvalue().splitlines() == [
+        "venue cs: 200 accounts, 20 requests/s: each polled every 10.5s (poll_interval 0.5s); "
+        "285 fit at max_poll_interval 15s",
+        "venue cs2: 2 configured accounts and those discovery finds (unknown until riskmon "
+        "runs), 5 requests/s: 71 fit at max_poll_interval 15s",
+        "ok: 0 rules in 0 files",
+    ]

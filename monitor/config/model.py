@@ -75,6 +75,8 @@ class VenueConfig:
     currency: str = "USD"  # polymarket
     top_margin_contributors_limit: int | None = None  # clearstreet
     max_response_bytes: int = 1 << 20
+    # The slowest any account may be polled when the budget is short (stale_after / 2).
+    max_poll_interval: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
