@@ -22,6 +22,10 @@ within one interval; otherwise first polls keep their phases.
 `poll_interval` while every account fits in `max_requests_per_second`, longer when they do
 not, so riskmon's own budget never fails a poll. It is planned again every
 `REPLAN_SECONDS` and whenever the accounts change; `intervals` holds each account's.
+Given a `risk` source (the rules' proximity, `monitor/engine/proximity.py`), an
+over-subscribed venue's budget goes where the risk is (`monitor/schedule.py`): an account
+whose interval shrinks is polled at its new interval from its last poll, not at the turn
+planned before.
 """
 
 from __future__ import annotations
@@ -32,13 +36,20 @@ import heapq
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
 from monitor.config import AccountConfig, VenueConfig
 from monitor.config.model import account_id_problem
 from monitor.errors import VenueAuthError, VenueError
-from monitor.schedule import PLANNING_SHARE, uniform_cycle
+from monitor.schedule import (
+    PLANNING_SHARE,
+    RiskTrack,
+    plan_intervals,
+    uniform_cycle,
+    wanted_interval,
+)
 from monitor.shard import Shard
 from monitor.snapshot import Snapshot
 from monitor.supervise import Supervisor
@@ -108,6 +119,18 @@ class PollListener:
         """Every account of `venue` has been polled at least once since start."""
 
 
+class RiskSource(Protocol):
+    """What the risk-aware schedule needs to know of the rules (RuleProximity)."""
+
+    def gaps(self, snapshot: Snapshot) -> Sequence[float | None]:
+        """Each rule comparison's value - threshold on the snapshot."""
+        ...
+
+    def alerting(self, venue: str, account: str) -> bool:
+        """Whether an alert of the account is pending or firing."""
+        ...
+
+
 def _unreported(task: str, error: BaseException) -> None:
     """The default supervisor's report: the crash is logged, nothing else listens."""
 
@@ -130,9 +153,15 @@ class VenuePoller:
         shard: Shard | None = None,
         wall_clock: Callable[[], float] = time.time,
         supervisor: Supervisor | None = None,
+        risk: RiskSource | None = None,
     ) -> None:
         """`supervisor` starts discovery again when it crashes and reports crashed
-        polls (default: one that only logs them)."""
+        polls (default: one that only logs them); `risk`: where the budget goes when
+        the accounts do not all fit at poll_interval (without: to all alike)."""
+        self.risk = risk
+        self._tracks: dict[str, RiskTrack] = {}
+        self._last_start: dict[str, float] = {}  # loop time each account's poll started
+        self._due: dict[str, float] = {}  # the turn each account has in the heap
         self.config = config
         self.adapter = adapter
         self.listener = listener
@@ -187,6 +216,9 @@ class VenuePoller:
                 self._resume.pop(account_id, None)
                 self._never_polled.discard(account_id)
                 self.intervals.pop(account_id, None)
+                self._tracks.pop(account_id, None)
+                self._last_start.pop(account_id, None)
+                self._due.pop(account_id, None)
                 removed.append(account_id)
         for account_id, account in wanted.items():
             existing = self.accounts.get(account_id)
@@ -274,16 +306,52 @@ class VenuePoller:
                 self._resume.pop(account_id, None)
             else:
                 self._resume[account_id] = turn + interval
-            heapq.heappush(self._heap, (due, generation, account_id))
+            self._push(due, generation, account_id)
+
+    def _push(self, due: float, generation: int, account_id: str) -> None:
+        self._due[account_id] = due
+        heapq.heappush(self._heap, (due, generation, account_id))
+
+    @property
+    def budget_binds(self) -> bool:
+        """Whether the accounts do not all fit at poll_interval now."""
+        return self._cycle > self.config.poll_interval
 
     def _plan(self, now: float) -> None:
         """Each account's interval under the venue's budget at `now` (loop time)."""
         rate = self.adapter.limits.budget.planning_rate(now)
-        self._cycle = uniform_cycle(len(self.accounts), rate, self.config.poll_interval)
-        if len(self.intervals) != len(self.accounts) or any(
-            interval != self._cycle for interval in self.intervals.values()
-        ):
-            self.intervals = dict.fromkeys(self.accounts, self._cycle)
+        config = self.config
+        self._cycle = uniform_cycle(len(self.accounts), rate, config.poll_interval)
+        if self.risk is None or not self.budget_binds:
+            if len(self.intervals) != len(self.accounts) or any(
+                interval != self._cycle for interval in self.intervals.values()
+            ):
+                self.intervals = dict.fromkeys(self.accounts, self._cycle)
+            return
+        risk, venue, tracks = self.risk, config.name, self._tracks
+        wanted = {}
+        for account_id in self.accounts:
+            track = tracks.get(account_id)
+            wanted[account_id] = wanted_interval(
+                track.time_to_cross() if track is not None else None,
+                risk.alerting(venue, account_id),
+                config.poll_interval,
+                config.max_poll_interval,
+            )
+        planned = plan_intervals(wanted, rate, config.poll_interval, config.max_poll_interval)
+        self.intervals = planned
+        if not self._running:
+            return
+        for account_id, interval in planned.items():
+            # sooner than its turn in the heap: the account moved closer to a threshold
+            started = self._last_start.get(account_id)
+            due = self._due.get(account_id)
+            if started is None or due is None or started + interval >= due - START_WINDOW:
+                continue
+            generation = self._generation.get(account_id, 0) + 1
+            self._generation[account_id] = generation
+            self._resume.pop(account_id, None)
+            self._push(max(started + interval, now), generation, account_id)
 
     # -- running -----------------------------------------------------------------------
 
@@ -323,7 +391,7 @@ class VenuePoller:
                 # The venue asked for a pause: the turn waits for its end (spread over the
                 # cycle the budget allows then), and is neither a failure nor a skip.
                 later = paused_until + phase_of(self.config.name, account_id) * self._cycle
-                heapq.heappush(self._heap, (later, generation, account_id))
+                self._push(later, generation, account_id)
                 continue
             next_due = self._resume.pop(account_id, None)
             interval = self.intervals.get(account_id, self._cycle)
@@ -331,7 +399,8 @@ class VenuePoller:
                 next_due = due + interval
             if next_due <= now:  # the loop fell behind: do not replay missed turns
                 next_due = now + interval
-            heapq.heappush(self._heap, (next_due, generation, account_id))
+            self._push(next_due, generation, account_id)
+            self._last_start[account_id] = now
             self._start_poll(account_id, loop)
         timeout = min(self._heap[0][0] if self._heap else self._next_plan, self._next_plan)
         timeout -= loop.time()
@@ -403,12 +472,27 @@ class VenuePoller:
                 state.last_error = None
                 state.consecutive_failures = 0
                 self._auth_backoff = AUTH_BACKOFF_MIN
+                if self.risk is not None and self.budget_binds:
+                    self._observe_risk(state.id, snapshot, loop.time())
                 self.listener.on_snapshot(snapshot, duration)
         finally:
             state.in_flight = False
             state.polls += 1
             self._never_polled.discard(state.id)
             self._check_first_cycle()
+
+    def _observe_risk(self, account_id: str, snapshot: Snapshot, now: float) -> None:
+        assert self.risk is not None
+        try:
+            gaps = self.risk.gaps(snapshot)
+        except Exception:  # a bug there must not stop polling: the account goes uniform
+            log.exception("measuring the rules' proximity failed", venue=self.config.name)
+            self._tracks.pop(account_id, None)
+            return
+        track = self._tracks.get(account_id)
+        if track is None:
+            track = self._tracks[account_id] = RiskTrack()
+        track.observe(now, gaps)
 
     def _failed(
         self,

@@ -4,10 +4,19 @@ a pause while the venue asked for one, and a concurrency cap."""
 from __future__ import annotations
 
 import asyncio
+import math
+from collections import deque
 from collections.abc import Callable
 
 from monitor.errors import PollDeadlineExceeded, VenueError
 from monitor.venues.budget import RequestBudget
+
+# No more than the budget's requests in any window this long, by the times they were
+# actually sent: the token bucket spaces the turns evenly, but a turn taken late (the loop
+# was busy) beside one on time would put one request too many into some second. The 10 ms
+# beyond the second covers the requests' way to the venue varying.
+SEND_WINDOW = 1.01
+SEND_LOG = 1000  # above this many requests a second the window is not kept (nor needed)
 
 
 class RequestBudgetExceeded(PollDeadlineExceeded):
@@ -70,6 +79,9 @@ class VenueLimits:
         # worth let two seconds' requests into one). The poller spreads polls evenly.
         self.rate = RateLimiter(max_requests_per_second)
         self._paced_at = max_requests_per_second
+        self._sent: deque[float] = deque(
+            maxlen=max(1, min(math.floor(max_requests_per_second), SEND_LOG))
+        )
 
     def slot(self, deadline: float) -> _Slot:
         """`async with limits.slot(deadline):` one request: a place among the venue's
@@ -95,6 +107,17 @@ class VenueLimits:
                 "past the poll deadline"
             )
         return paused_until - now
+
+    def window_left(self, now: float) -> float:
+        """Seconds until one more request fits in the last SEND_WINDOW (0: now)."""
+        allowed = max(1, math.floor(self._paced_at))
+        sent = self._sent
+        if len(sent) < allowed:  # also when the budget is above SEND_LOG
+            return 0.0
+        return max(0.0, sent[-allowed] + SEND_WINDOW - now)
+
+    def sending(self, now: float) -> None:
+        self._sent.append(now)
 
     def reserve(self, now: float, deadline: float) -> float:
         """Reserve the next turn at the budget's rate now; how long to wait for it."""
@@ -133,6 +156,13 @@ class _Slot:
                     await asyncio.sleep(wait)
                     if loop.time() < limits.budget.paused_until:
                         continue  # a pause began while waiting: the turn is after it
+                while late := limits.window_left(loop.time()):
+                    if loop.time() + late > self._deadline:
+                        raise RequestBudgetExceeded(
+                            "rate limit: no request slot before the poll deadline"
+                        )
+                    await asyncio.sleep(late)
+                limits.sending(loop.time())
                 return
         except BaseException:
             semaphore.release()
