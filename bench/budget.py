@@ -2,8 +2,9 @@
 
 Run: `.venv/bin/python -m bench.budget [--seconds 75] [--seed 13]`.
 
-Real sockets and real processes: the simulator (in this process, so that its request
-log can be read) serves 1,000 Clear Street accounts; `riskmon run` (its own process)
+Real sockets and real processes: the simulator (its own process: in this one, its
+answers waited for this process's work and came in bursts) serves 1,000 Clear Street
+accounts; `riskmon run` (its own process)
 polls them with a budget of 50 requests/s (`max_requests_per_second: 50`; every account
 every 1,000 / (50 x 0.95) = 21 s when spread alike), `poll_interval: 1s`,
 `max_poll_interval: 60s`, one rule `buying_power < params.buying_power_floor` (50,000),
@@ -52,8 +53,7 @@ from bench.harness import (
     wait_ready,
 )
 from monitor.broker import free_port
-from monitor.simulator import Simulator
-from monitor.simulator.scenario import Scenario
+from monitor.simulator.process import simulator_process
 
 ACCOUNTS = 1000
 DRIFTING = 20
@@ -168,16 +168,48 @@ async def _firings(
                     done.set()
 
 
+async def _simulator_start(session: aiohttp.ClientSession, base: str) -> float:
+    """The wall time of the simulator's 0 s (its timeline runs from there)."""
+    before = time.time()
+    async with session.get(base + "/_sim/health") as response:
+        elapsed = (await response.json())["elapsed"]
+    return (before + time.time()) / 2 - float(elapsed)
+
+
 async def run_once(schedule: str, seed: int, seconds: float, broker: str) -> dict[str, Any]:
     scenario, crossing = plan(seed, seconds)
-    simulator = Simulator(Scenario.from_dict(scenario))
-    await simulator.start()
-    started = simulator.clock() - simulator.elapsed()  # wall time of the simulator's 0 s
+    with simulator_process(scenario) as (base_url, _pid):
+        async with aiohttp.ClientSession() as session:
+            started = await _simulator_start(session, base_url)
+            arrived = await _run_daemon(schedule, crossing, started, base_url, broker)
+            async with session.get(base_url + "/_sim/requests?venue=clearstreet") as response:
+                requests = await response.json()
+    end = started + max(crossing.values()) + LINGER
+    latencies = [arrived[a] - (started + t) for a, t in crossing.items() if a in arrived]
+    requests = [r for r in requests if r["t"] < end]
+    per_second = Counter(int(r["t"] - started) for r in requests)
+    return {
+        "schedule": schedule,
+        "breaches": DRIFTING,
+        "detected": len(latencies),
+        "p50_s": round(percentile(latencies, 50), 3),
+        "p99_s": round(percentile(latencies, 99), 3),
+        "max_s": round(max(latencies, default=math.nan), 3),
+        "requests": len(requests),
+        "seconds": round(end - started, 1),
+        "busiest_second": max(per_second.values(), default=0),
+    }
+
+
+async def _run_daemon(
+    schedule: str, crossing: dict[str, float], started: float, base_url: str, broker: str
+) -> dict[str, float]:
+    """Run riskmon until `LINGER` after the last crossing; when each firing arrived."""
     arrived: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="riskmon-bench-budget-") as name:
         folder = Path(name)
         http_port = free_port()
-        config = write_config(folder, simulator.base_url, broker, http_port)
+        config = write_config(folder, base_url, broker, http_port)
         env = {**os.environ, "RISKMON_LOG_LEVEL": "warning", "RISKMON_SCHEDULE": schedule}
         log = (folder / "riskmon.log").open("wb")
         ready, done = asyncio.Event(), asyncio.Event()
@@ -206,22 +238,7 @@ async def run_once(schedule: str, seed: int, seconds: float, broker: str) -> dic
             subscriber.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await subscriber
-            requests = simulator.requests(venue="clearstreet")
-            await simulator.stop()
-    latencies = [arrived[a] - (started + t) for a, t in crossing.items() if a in arrived]
-    requests = [r for r in requests if r["t"] < end]
-    per_second = Counter(int(r["t"] - started) for r in requests)
-    return {
-        "schedule": schedule,
-        "breaches": DRIFTING,
-        "detected": len(latencies),
-        "p50_s": round(percentile(latencies, 50), 3),
-        "p99_s": round(percentile(latencies, 99), 3),
-        "max_s": round(max(latencies, default=math.nan), 3),
-        "requests": len(requests),
-        "seconds": round(end - started, 1),
-        "busiest_second": max(per_second.values(), default=0),
-    }
+    return arrived
 
 
 async def _run(seed: int, seconds: float) -> dict[str, Any]:

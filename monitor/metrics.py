@@ -72,7 +72,8 @@ The currency label is left out when the venue does not name a currency. A family
 series is left out entirely (no HELP/TYPE either). `riskmon_polls_total` outcomes are
 `ok`, the `VenueError.outcome` values (`auth_failed`, `rate_limited`, `unavailable`,
 `connection_error`, `rejected`, `not_found`, `bad_response`, `timeout`, `error`), and
-`skipped_overrun` / `skipped_auth_backoff` for turns not polled.
+`skipped_overrun` / `skipped_auth_backoff` / `skipped_budget` (no turn under riskmon's
+own request budget before the poll's deadline) for turns not polled.
 `riskmon_rule_evaluation_failures_total` is labelled by `alertname` (bounded by the rule
 files) so that on-call sees which rule fails; `inc_rule_evaluation_failures(name, 0)`
 creates a rule's series at 0, so that `increase()` sees its first failure.
@@ -649,8 +650,8 @@ class Metrics:
         record.duration_count += 1
 
     def count_poll(self, venue: str, outcome: str) -> None:
-        """A turn that did not poll (`skipped_overrun`, `skipped_auth_backoff`): counted
-        in `riskmon_polls_total`, not timed."""
+        """A turn that did not poll (`skipped_overrun`, `skipped_auth_backoff`,
+        `skipped_budget`): counted in `riskmon_polls_total`, not timed."""
         record = self._venue(venue)
         record.polls[outcome] = record.polls.get(outcome, 0) + 1
 

@@ -69,6 +69,7 @@ CREDENTIAL_CHECK_SECONDS = 1.0
 START_WINDOW = 0.005
 CATCH_UP_MIN_STALE_INTERVALS = 3.0  # stale_after / poll_interval at which first polls catch up
 REPLAN_SECONDS = 1.0  # how often the intervals follow the budget (which recovers gradually)
+PULL_IN_BELOW = 0.5  # a turn is moved sooner when the new interval is under this share
 
 
 @dataclass(slots=True)
@@ -343,10 +344,12 @@ class VenuePoller:
         if not self._running:
             return
         for account_id, interval in planned.items():
-            # sooner than its turn in the heap: the account moved closer to a threshold
+            # Much sooner than its turn in the heap: the account moved closer to a
+            # threshold. Smaller changes wait for that turn: the estimates are noisy, and
+            # every poll made early is one more than planned.
             started = self._last_start.get(account_id)
             due = self._due.get(account_id)
-            if started is None or due is None or started + interval >= due - START_WINDOW:
+            if started is None or due is None or interval > (due - started) * PULL_IN_BELOW:
                 continue
             generation = self._generation.get(account_id, 0) + 1
             self._generation[account_id] = generation

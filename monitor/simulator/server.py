@@ -1092,7 +1092,8 @@ class Simulator:
         return self._json(result)
 
     async def _c_health(self, request: web.Request) -> web.Response:
-        return self._json({"ok": True})
+        # `elapsed`: where its clock is, for a client that times events against it
+        return self._json({"ok": True, "elapsed": self.elapsed()})
 
     async def _c_set(self, request: web.Request) -> web.Response:
         def fn(body: dict[str, Any]) -> Any:
