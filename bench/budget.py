@@ -171,7 +171,7 @@ async def _firings(
 async def _simulator_start(session: aiohttp.ClientSession, base: str) -> float:
     """The wall time of the simulator's 0 s (its timeline runs from there)."""
     before = time.time()
-    async with session.get(base + "/_sim/health") as response:
+    async with session.get(base + "/_sim/clock") as response:
         elapsed = (await response.json())["elapsed"]
     return (before + time.time()) / 2 - float(elapsed)
 

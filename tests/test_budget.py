@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from itertools import pairwise
 from pathlib import Path
 
+import aiohttp
 import pytest
 from conftest import MqttCollector
 from test_daemon import RULES, RiskmonProcess, events
@@ -247,3 +248,14 @@ def test_check_prints_each_venues_budget_arithmetic(tmp_path: Path) -> None:
         "runs), 5 requests/s: 71 fit at max_poll_interval 15s",
         "ok: 0 rules in 0 files",
     ]
+
+
+async def test_the_simulator_tells_where_its_clock_is(simulator: Simulator) -> None:
+    """bench/budget.py times the crossings of its scenario against it."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(simulator.base_url + "/_sim/clock") as response,
+    ):
+        clock = await response.json()
+    assert clock["elapsed"] == pytest.approx(simulator.elapsed(), abs=1.0)
+    assert clock["timeline"] == pytest.approx(simulator.timeline_time(), abs=1.0)

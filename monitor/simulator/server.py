@@ -407,6 +407,7 @@ class Simulator:
         r.add_post("/polymarket/v1/positions/balance", self._h_pm_balance)
         r.add_post("/polymarket/v1/positions/balances", self._h_pm_balances)
         r.add_get("/_sim/health", self._c_health)
+        r.add_get("/_sim/clock", self._c_clock)
         r.add_post("/_sim/set", self._c_set)
         r.add_get("/_sim/accounts/{venue}", self._c_list_accounts)
         r.add_post("/_sim/accounts", self._c_add_account)
@@ -1092,8 +1093,11 @@ class Simulator:
         return self._json(result)
 
     async def _c_health(self, request: web.Request) -> web.Response:
-        # `elapsed`: where its clock is, for a client that times events against it
-        return self._json({"ok": True, "elapsed": self.elapsed()})
+        return self._json({"ok": True})
+
+    async def _c_clock(self, request: web.Request) -> web.Response:
+        """Where the simulator's clock is, for a client that times events against it."""
+        return self._json({"elapsed": self.elapsed(), "timeline": self.timeline_time()})
 
     async def _c_set(self, request: web.Request) -> web.Response:
         def fn(body: dict[str, Any]) -> Any:
