@@ -160,7 +160,9 @@ async def test_an_over_subscribed_venue_stretches_its_cycle_instead_of_failing(
         if name == "riskmon_account_poll_interval_seconds" and ("venue", "cs") in labels
     ]
     assert len(intervals) == 200
-    assert all(value == pytest.approx(200 / 19) for value in intervals)
+    # 200 / 19 = 10.5 s spread alike; the risk-aware plan keeps 5% for early polls (and
+    # these accounts' balances stand still: none is nearer a threshold than another)
+    assert all(200 / 19 <= value <= 200 / 19 / 0.95 + 0.01 for value in intervals), intervals
     assert metrics[("riskmon_venue_request_budget", cs)] == 20
     assert [e for e in events(subscriber) if e["venue"] == "cs"] == []  # no stale, no down
     gaps = [
@@ -170,7 +172,7 @@ async def test_an_over_subscribed_venue_stretches_its_cycle_instead_of_failing(
             r["t"] for r in simulator.requests(account=account, endpoint="balances")
         )
     ]
-    assert min(gaps) > 200 / 19 * 0.8  # the accounts' phases hold
+    assert min(gaps) > 200 / 19 * 0.8  # no account polled sooner than the budget allows
     per_second = Counter(int(r["t"]) for r in simulator.requests(venue="clearstreet"))
     assert max(per_second.values()) <= 20
 
