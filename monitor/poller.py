@@ -396,8 +396,14 @@ class VenuePoller:
                 later = paused_until + phase_of(self.config.name, account_id) * self._cycle
                 self._push(later, generation, account_id)
                 continue
-            next_due = self._resume.pop(account_id, None)
             interval = self.intervals.get(account_id, self._cycle)
+            started = self._last_start.get(account_id)
+            if started is not None and due + START_WINDOW < started + interval:
+                # Its interval grew since this turn was planned (the budget went to
+                # others): the turn moves, or the venue would get more than planned.
+                self._push(started + interval, generation, account_id)
+                continue
+            next_due = self._resume.pop(account_id, None)
             if next_due is None:  # an account on its phase: the same phase next interval
                 next_due = due + interval
             if next_due <= now:  # the loop fell behind: do not replay missed turns
