@@ -32,6 +32,7 @@ BENCHMARKS = [
     "bench.latency",
     "bench.memory",
     "bench.startup",
+    "bench.budget",
 ]
 
 Row = tuple[str, str, str, str]  # figure, measured, target, verdict
@@ -204,6 +205,27 @@ def _lifecycle(r: Results) -> list[Row]:
     ]
 
 
+def _budget(r: Results) -> list[Row]:
+    uniform, risk = r["uniform"], r["risk_aware"]
+
+    def run(x: Results) -> str:
+        return (
+            f"p99 {x['p99_s']:.2f} s (p50 {x['p50_s']:.2f}, max {x['max_s']:.2f}), "
+            f"{x['requests']:,} requests, busiest second {x['busiest_second']}"
+        )
+
+    return [
+        (
+            f"breach to MQTT, {r['accounts']:,} accounts, {r['budget_requests_per_second']} req/s",
+            f"risk-aware {r['p99_ratio']}x sooner at p99",
+            f"p99 <= {r['target_p99_s']:g} s, >= {r['target_ratio']:g}x, no more requests",
+            _verdict(r["target_holds"]),
+        ),
+        ("  uniform schedule", run(uniform), "-", "info"),
+        ("  risk-aware schedule", run(risk), "-", "info"),
+    ]
+
+
 SUMMARY: dict[str, tuple[str, Callable[[Results], list[Row]]]] = {
     "bench.poll_cost": ("poll cost", _poll_cost),
     "bench.journal_cost": ("journal cost", _journal_cost),
@@ -213,6 +235,7 @@ SUMMARY: dict[str, tuple[str, Callable[[Results], list[Row]]]] = {
     "bench.startup": ("start-up", _startup),
     "bench.rule_eval": ("rule evaluation", _rule_eval),
     "bench.lifecycle": ("alert lifecycle", _lifecycle),
+    "bench.budget": ("request budget", _budget),
 }
 
 

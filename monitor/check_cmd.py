@@ -15,6 +15,7 @@ from monitor.config import Config, load_config
 from monitor.engine.check import config_problems, lint_rules
 from monitor.engine.params_check import ParamPlaces
 from monitor.engine.rulefile import expand_rule_globs, load_rules_partial
+from monitor.schedule import BudgetArithmetic
 from monitor.venue_fields import kind_fields_map
 from monitor.yamlsource import Location, Problem, SourceError, YamlDocument
 
@@ -87,6 +88,8 @@ def run_check(
     )
     for problem in problems:
         print(problem, file=out)
+    if config is not None:
+        print_budgets(config, out)
     errors = sum(p.severity != "warning" for p in problems)
     warnings = len(problems) - errors
     if problems:
@@ -103,6 +106,24 @@ def run_check(
     if strict and warnings and not errors:
         print("riskmon check: --strict: warnings count as errors", file=err)
     return 1 if errors or (strict and warnings) else 0
+
+
+def print_budgets(config: Config, out: TextIO) -> None:
+    """The request budget against the accounts of each venue where it binds: the
+    accounts do not all fit at poll_interval, or discovery adds an unknown number (SPEC
+    "Polling under a request budget"). `load_config` has already erred where even
+    max_poll_interval is missed; a venue with room to spare is not worth a line."""
+    for venue in config.venues:
+        numbers = BudgetArithmetic(
+            venue.name,
+            len(venue.accounts),
+            venue.discovery is not None,
+            venue.max_requests_per_second,
+            venue.poll_interval,
+            venue.max_poll_interval,
+        )
+        if numbers.discovery or numbers.cycle > numbers.poll_interval:
+            print(numbers.describe(), file=out)
 
 
 def _config_rule_files(

@@ -63,6 +63,7 @@ from monitor.engine.lifecycle import Alert, AlertBook, AlertEvent, firing_event
 from monitor.engine.model import InhibitRule, Rule, RuleSet
 from monitor.engine.param_usage import params_read
 from monitor.engine.params_check import ParamPlaces
+from monitor.engine.proximity import RuleProximity
 from monitor.engine.reload import RuleSource, Validate
 from monitor.engine.runbook import runbook_template
 from monitor.engine.suppress import BUILTIN_INHIBIT_RULES
@@ -85,6 +86,10 @@ from monitor.venue_fields import kind_fields_map, often_absent_map
 from monitor.venues.base import create_adapter
 from monitor.venues.http import HttpClient, http_client_for
 from monitor.yamlsource import KeyPath, Location, Problem, SourceError, YamlDocument
+
+# `RISKMON_SCHEDULE=uniform`: an over-subscribed venue's budget is spread over all its
+# accounts alike instead of where the risk is (for comparisons: bench/budget.py).
+SCHEDULE_VARIABLE = "RISKMON_SCHEDULE"
 
 log = structlog.get_logger("riskmon.daemon")
 
@@ -140,6 +145,9 @@ class Daemon(PollListener):
             self.store.close()
             raise self._startup_error(("state_dir",), f"state_dir: {exc}") from None
         runbook_url = runbook_template(config.builtin_alerts.runbook_url)
+        # the rules' proximity, for the schedule of venues whose accounts do not all fit
+        # in their request budget at poll_interval
+        self.proximity = RuleProximity(lambda: self.evaluator.rules, self._alerting)
         self.evaluator = Evaluator(
             self.rule_source.rules,
             self.book,
@@ -387,6 +395,7 @@ class Daemon(PollListener):
             self,
             shard=self.shard,
             supervisor=self.supervisor,
+            risk=None if os.environ.get(SCHEDULE_VARIABLE) == "uniform" else self.proximity,
         )
         gone = poller.adopt(states) if states else []
         self.pollers[venue.name] = poller
@@ -542,6 +551,9 @@ class Daemon(PollListener):
         # First polls are caught up (monitor/poller.py): the daemon may turn ready before
         # its first tick, and the venue's metrics should say so already.
         self._set_venue_metrics(venue)
+
+    def _alerting(self, venue: str, account: str) -> bool:
+        return self.book.holds_any(venue, account)
 
     def _rules_loaded(self, rules: RuleSet) -> None:
         """Each rule's failure counter exists at 0 (so that `increase()` sees the first
@@ -794,6 +806,11 @@ class Daemon(PollListener):
         states = poller.accounts.values()
         failing = sum(1 for s in states if s.consecutive_failures > 0)
         self.metrics.set_venue(venue, up=not states or failing < len(states), accounts=len(states))
+        self.metrics.set_poll_intervals(venue, poller.intervals)
+        budget = poller.adapter.limits.budget
+        self.metrics.set_venue_budget(
+            venue, budget.rate(asyncio.get_running_loop().time()), budget.throttled_total
+        )
 
     def _account_health(self, now: float) -> Iterable[AccountHealth]:
         for name, poller in self.pollers.items():

@@ -44,6 +44,9 @@ account's currency):
 | `riskmon_poll_duration_seconds` | histogram | venue |
 | `riskmon_polls_total` | counter | venue, outcome |
 | `riskmon_venue_up`, `riskmon_venue_accounts` | gauge | venue |
+| `riskmon_venue_request_budget` (requests/s allowed now) | gauge | venue |
+| `riskmon_account_poll_interval_seconds` (the interval planned now) | gauge | venue, account |
+| `riskmon_venue_throttled_total` (429/503 with Retry-After that paused it) | counter | venue |
 | `riskmon_rule_evaluation_failures_total` | counter | alertname |
 | `riskmon_template_failures_total` (renders that failed or went past a bound) | counter | |
 | `riskmon_config_last_reload_successful` | gauge | |
@@ -70,7 +73,8 @@ The currency label is left out when the venue does not name a currency. A family
 series is left out entirely (no HELP/TYPE either). `riskmon_polls_total` outcomes are
 `ok`, the `VenueError.outcome` values (`auth_failed`, `rate_limited`, `unavailable`,
 `connection_error`, `rejected`, `not_found`, `bad_response`, `timeout`, `error`), and
-`skipped_overrun` / `skipped_auth_backoff` for turns not polled.
+`skipped_overrun` / `skipped_auth_backoff` / `skipped_budget` (no turn under riskmon's
+own request budget before the poll's deadline) for turns not polled.
 `riskmon_rule_evaluation_failures_total` is labelled by `alertname` (bounded by the rule
 files) so that on-call sees which rule fails; `inc_rule_evaluation_failures(name, 0)`
 creates a rule's series at 0, so that `increase()` sees its first failure.
@@ -383,6 +387,8 @@ class _Venue:
     labels: bytes  # venue="..."
     up: bool | None = None
     accounts: int | None = None
+    request_budget: float | None = None
+    throttled: int | None = None
     buckets: list[int] = field(default_factory=lambda: [0] * (len(POLL_DURATION_BUCKETS) + 1))
     duration_sum: float = 0.0
     duration_count: int = 0
@@ -404,6 +410,7 @@ class Metrics:
         self._entries: dict[AccountKey, list[bytes | None]] = {}  # the same lists, for render
         self._alerts: dict[AlertKey, bytes] = {}
         self._venues: dict[str, _Venue] = {}
+        self._poll_intervals: dict[str, Mapping[str, float]] = {}  # venue -> the poller's
         self._rule_failures: dict[str, int] = {}
         # id(defaults) -> (defaults, the ends of their riskmon_account_param lines)
         self._default_params: dict[int, tuple[Mapping[str, Any], tuple[bytes, ...]]] = {}
@@ -579,8 +586,8 @@ class Metrics:
         record.duration_count += 1
 
     def count_poll(self, venue: str, outcome: str) -> None:
-        """A turn that did not poll (`skipped_overrun`, `skipped_auth_backoff`): counted
-        in `riskmon_polls_total`, not timed."""
+        """A turn that did not poll (`skipped_overrun`, `skipped_auth_backoff`,
+        `skipped_budget`): counted in `riskmon_polls_total`, not timed."""
         record = self._venue(venue)
         record.polls[outcome] = record.polls.get(outcome, 0) + 1
 
@@ -591,9 +598,22 @@ class Metrics:
         record.up = up
         record.accounts = accounts
 
+    def set_venue_budget(self, venue: str, requests_per_second: float, throttled: int) -> None:
+        """`riskmon_venue_request_budget` (the rate allowed now: lower after the venue
+        throttled, 0 during its pause) and `riskmon_venue_throttled_total`."""
+        record = self._venue(venue)
+        record.request_budget = requests_per_second
+        record.throttled = throttled
+
+    def set_poll_intervals(self, venue: str, intervals: Mapping[str, float]) -> None:
+        """`riskmon_account_poll_interval_seconds`: the poller's own mapping of account
+        to the interval planned for it, read at each render (no copy is kept)."""
+        self._poll_intervals[venue] = intervals
+
     def remove_venue(self, venue: str) -> None:
         """The venue left the config: its series and its accounts' series go."""
         self._venues.pop(venue, None)
+        self._poll_intervals.pop(venue, None)
         for key in [k for k in self._accounts if k[0] == venue]:
             self.remove_account(*key)
 
@@ -784,6 +804,53 @@ class Metrics:
             "Accounts of the venue monitored by this instance.",
             ((r.labels, r.accounts) for r in venues.values()),
         )
+        budgets = [
+            b"riskmon_venue_request_budget{%s} %s\n" % (r.labels, _float_text(r.request_budget))
+            for r in venues.values()
+            if r.request_budget is not None
+        ]
+        if budgets:
+            add(
+                _header(
+                    "riskmon_venue_request_budget",
+                    "gauge",
+                    "Requests per second riskmon allows itself to the venue now (lower after "
+                    "it throttled, 0 during its Retry-After pause).",
+                )
+            )
+            add(b"".join(budgets))
+        self._render_poll_intervals(add)
+        if any(r.throttled is not None for r in venues.values()):
+            add(
+                _header(
+                    "riskmon_venue_throttled_total",
+                    "counter",
+                    "429/503 answers with Retry-After that paused every request to the venue.",
+                )
+            )
+            for record in venues.values():
+                if record.throttled is not None:
+                    add(
+                        b"riskmon_venue_throttled_total{%s} %d\n"
+                        % (record.labels, record.throttled)
+                    )
+
+    def _render_poll_intervals(self, add: _Add) -> None:
+        lines = [
+            b"riskmon_account_poll_interval_seconds{%s} %s\n"
+            % (_labels(venue=venue, account=account), _float_text(seconds))
+            for venue, intervals in self._poll_intervals.items()
+            for account, seconds in intervals.items()
+        ]
+        if lines:
+            add(
+                _header(
+                    "riskmon_account_poll_interval_seconds",
+                    "gauge",
+                    "The interval the account is polled at now, under the venue's budget.",
+                )
+            )
+            add(b"".join(lines))
 
     def _render_process(self, add: _Add) -> None:
         add(

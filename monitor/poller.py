@@ -17,6 +17,15 @@ at most once per interval; its first two polls may be up to two intervals apart,
 catch-up is made only when a venue's `stale_after` is at least three intervals (an
 account may then still miss a poll without turning stale), and only when it finishes
 within one interval; otherwise first polls keep their phases.
+
+"The interval" is the venue's cycle under its request budget (`monitor/schedule.py`):
+`poll_interval` while every account fits in `max_requests_per_second`, longer when they do
+not, so riskmon's own budget never fails a poll. It is planned again every
+`REPLAN_SECONDS` and whenever the accounts change; `intervals` holds each account's.
+Given a `risk` source (the rules' proximity, `monitor/engine/proximity.py`), an
+over-subscribed venue's budget goes where the risk is (`monitor/schedule.py`): an account
+whose interval shrinks is polled at its new interval from its last poll, not at the turn
+planned before.
 """
 
 from __future__ import annotations
@@ -27,15 +36,24 @@ import heapq
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
 from monitor.config import AccountConfig, VenueConfig
 from monitor.errors import VenueAuthError, VenueError
+from monitor.schedule import (
+    PLANNING_SHARE,
+    RiskTrack,
+    plan_intervals,
+    uniform_cycle,
+    wanted_interval,
+)
 from monitor.shard import Shard
 from monitor.snapshot import Snapshot
 from monitor.supervise import Supervisor
 from monitor.venues.base import VenueAdapter
+from monitor.venues.limits import RequestBudgetExceeded
 from monitor.venues.registry import account_id_problem
 
 log = structlog.get_logger("riskmon.poller")
@@ -50,6 +68,8 @@ CREDENTIAL_CHECK_SECONDS = 1.0
 # (bench/latency.py: 51% of a core against 36% with 5 ms, detection latency unchanged).
 START_WINDOW = 0.005
 CATCH_UP_MIN_STALE_INTERVALS = 3.0  # stale_after / poll_interval at which first polls catch up
+REPLAN_SECONDS = 1.0  # how often the intervals follow the budget (which recovers gradually)
+PULL_IN_BELOW = 0.5  # a turn is moved sooner when the new interval is under this share
 
 
 @dataclass(slots=True)
@@ -100,6 +120,18 @@ class PollListener:
         """Every account of `venue` has been polled at least once since start."""
 
 
+class RiskSource(Protocol):
+    """What the risk-aware schedule needs to know of the rules (RuleProximity)."""
+
+    def gaps(self, snapshot: Snapshot) -> Sequence[float | None]:
+        """Each rule comparison's value - threshold on the snapshot."""
+        ...
+
+    def alerting(self, venue: str, account: str) -> bool:
+        """Whether an alert of the account is pending or firing."""
+        ...
+
+
 def _unreported(task: str, error: BaseException) -> None:
     """The default supervisor's report: the crash is logged, nothing else listens."""
 
@@ -122,9 +154,15 @@ class VenuePoller:
         shard: Shard | None = None,
         wall_clock: Callable[[], float] = time.time,
         supervisor: Supervisor | None = None,
+        risk: RiskSource | None = None,
     ) -> None:
         """`supervisor` starts discovery again when it crashes and reports crashed
-        polls (default: one that only logs them)."""
+        polls (default: one that only logs them); `risk`: where the budget goes when
+        the accounts do not all fit at poll_interval (without: to all alike)."""
+        self.risk = risk
+        self._tracks: dict[str, RiskTrack] = {}
+        self._last_start: dict[str, float] = {}  # loop time each account's poll started
+        self._due: dict[str, float] = {}  # the turn each account has in the heap
         self.config = config
         self.adapter = adapter
         self.listener = listener
@@ -147,6 +185,9 @@ class VenuePoller:
         self._refused_credential: str | None = None  # digest of what the venue refused
         self._credential_watch: asyncio.Task[None] | None = None
         self._stopping = False
+        self.intervals: dict[str, float] = {}  # account -> the interval planned for it now
+        self._cycle = config.poll_interval  # the interval every account fits in now
+        self._next_plan = 0.0  # loop time
         # whether the accounts are known: at once without discovery, otherwise once
         # discovery has answered (until then an account may or may not be the venue's)
         self.accounts_settled = config.discovery is None
@@ -175,6 +216,10 @@ class VenuePoller:
                 self._generation.pop(account_id, None)
                 self._resume.pop(account_id, None)
                 self._never_polled.discard(account_id)
+                self.intervals.pop(account_id, None)
+                self._tracks.pop(account_id, None)
+                self._last_start.pop(account_id, None)
+                self._due.pop(account_id, None)
                 removed.append(account_id)
         for account_id, account in wanted.items():
             existing = self.accounts.get(account_id)
@@ -188,6 +233,8 @@ class VenuePoller:
             )
             self._never_polled.add(account_id)
             added.append(account_id)
+        if added or removed:
+            self._plan(asyncio.get_running_loop().time() if self._running else 0.0)
         if added and self._running:
             self._schedule_first(added, asyncio.get_running_loop().time())
         if added or removed:
@@ -219,11 +266,12 @@ class VenuePoller:
             else:
                 self._never_polled.add(account_id)
         self._check_first_cycle()
+        self._plan(0.0)
         return gone
 
     def _phase_turn(self, account_id: str, now: float) -> float:
         """The account's first turn at its phase at or after `now` (loop time)."""
-        interval = self.config.poll_interval
+        interval = self._cycle
         due = now - (now % interval) + phase_of(self.config.name, account_id) * interval
         return due + interval if due < now else due
 
@@ -232,14 +280,15 @@ class VenuePoller:
         never polled are caught up at the spare request rate where that is sooner than
         their phase, the others (a reloaded venue's) wait for their phase."""
         config = self.config
-        interval = config.poll_interval
+        interval = self._cycle
         turns = sorted((self._phase_turn(a, now), a) for a in account_ids)
         new = [t for t in turns if self.accounts[t[1]].polls == 0]
         spacing = 0.0
         start = max(now, self._catch_up_until)
         if new and config.stale_after >= CATCH_UP_MIN_STALE_INTERVALS * interval:
             # What the accounts already on their phases ask of the venue meanwhile.
-            spare = config.max_requests_per_second - (len(self.accounts) - len(new)) / interval
+            rate = self.adapter.limits.budget.planning_rate(now) * PLANNING_SHARE
+            spare = rate - (len(self.accounts) - len(new)) / interval
             if spare > 0 and start + len(new) / spare <= now + interval:
                 spacing = 1.0 / spare
                 self._catch_up_until = start + len(new) * spacing
@@ -258,7 +307,54 @@ class VenuePoller:
                 self._resume.pop(account_id, None)
             else:
                 self._resume[account_id] = turn + interval
-            heapq.heappush(self._heap, (due, generation, account_id))
+            self._push(due, generation, account_id)
+
+    def _push(self, due: float, generation: int, account_id: str) -> None:
+        self._due[account_id] = due
+        heapq.heappush(self._heap, (due, generation, account_id))
+
+    @property
+    def budget_binds(self) -> bool:
+        """Whether the accounts do not all fit at poll_interval now."""
+        return self._cycle > self.config.poll_interval
+
+    def _plan(self, now: float) -> None:
+        """Each account's interval under the venue's budget at `now` (loop time)."""
+        rate = self.adapter.limits.budget.planning_rate(now)
+        config = self.config
+        self._cycle = uniform_cycle(len(self.accounts), rate, config.poll_interval)
+        if self.risk is None or not self.budget_binds:
+            if len(self.intervals) != len(self.accounts) or any(
+                interval != self._cycle for interval in self.intervals.values()
+            ):
+                self.intervals = dict.fromkeys(self.accounts, self._cycle)
+            return
+        risk, venue, tracks = self.risk, config.name, self._tracks
+        wanted = {}
+        for account_id in self.accounts:
+            track = tracks.get(account_id)
+            wanted[account_id] = wanted_interval(
+                track.time_to_cross() if track is not None else None,
+                risk.alerting(venue, account_id),
+                config.poll_interval,
+                config.max_poll_interval,
+            )
+        planned = plan_intervals(wanted, rate, config.poll_interval, config.max_poll_interval)
+        self.intervals = planned
+        if not self._running:
+            return
+        for account_id, interval in planned.items():
+            # Much sooner than its turn in the heap: the account moved closer to a
+            # threshold. Smaller changes wait for that turn: the estimates are noisy, and
+            # every poll made early is one more than planned.
+            started = self._last_start.get(account_id)
+            due = self._due.get(account_id)
+            if started is None or due is None or interval > (due - started) * PULL_IN_BELOW:
+                continue
+            generation = self._generation.get(account_id, 0) + 1
+            self._generation[account_id] = generation
+            self._resume.pop(account_id, None)
+            self._push(max(started + interval, now), generation, account_id)
 
     # -- running -----------------------------------------------------------------------
 
@@ -285,21 +381,40 @@ class VenuePoller:
 
     async def _run_due(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
+        if now >= self._next_plan:
+            self._plan(now)
+            self._next_plan = now + REPLAN_SECONDS
         horizon = now + START_WINDOW
         while self._heap and self._heap[0][0] <= horizon:
             due, generation, account_id = heapq.heappop(self._heap)
             if self._generation.get(account_id) != generation:
                 continue  # the account left or was rescheduled
+            paused_until = self.adapter.limits.budget.paused_until
+            if now < paused_until:
+                # The venue asked for a pause: the turn waits for its end (spread over the
+                # cycle the budget allows then), and is neither a failure nor a skip.
+                later = paused_until + phase_of(self.config.name, account_id) * self._cycle
+                self._push(later, generation, account_id)
+                continue
+            interval = self.intervals.get(account_id, self._cycle)
+            started = self._last_start.get(account_id)
+            if started is not None and due + START_WINDOW < started + interval:
+                # Its interval grew since this turn was planned (the budget went to
+                # others): the turn moves, or the venue would get more than planned.
+                self._push(started + interval, generation, account_id)
+                continue
             next_due = self._resume.pop(account_id, None)
             if next_due is None:  # an account on its phase: the same phase next interval
-                next_due = due + self.config.poll_interval
+                next_due = due + interval
             if next_due <= now:  # the loop fell behind: do not replay missed turns
-                next_due = now + self.config.poll_interval
-            heapq.heappush(self._heap, (next_due, generation, account_id))
+                next_due = now + interval
+            self._push(next_due, generation, account_id)
+            self._last_start[account_id] = now
             self._start_poll(account_id, loop)
-        timeout = (self._heap[0][0] - loop.time()) if self._heap else None
+        timeout = min(self._heap[0][0] if self._heap else self._next_plan, self._next_plan)
+        timeout -= loop.time()
         self._wakeup.clear()
-        if timeout is None or timeout > 0:
+        if timeout > 0:
             try:
                 async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
@@ -340,6 +455,10 @@ class VenuePoller:
         state.last_attempt = self.wall_clock()
         try:
             snapshot = await self.adapter.fetch(state.account, deadline)
+        except RequestBudgetExceeded:
+            # riskmon's own budget (or the venue's pause) had no turn for it in time:
+            # not the venue's failure; the account is polled at its next turn.
+            self.listener.on_skipped(state, "budget")
         except VenueError as error:
             duration = loop.time() - started
             self._failed(state, error, duration, loop)
@@ -362,12 +481,27 @@ class VenuePoller:
                 state.last_error = None
                 state.consecutive_failures = 0
                 self._auth_backoff = AUTH_BACKOFF_MIN
+                if self.risk is not None and self.budget_binds:
+                    self._observe_risk(state.id, snapshot, loop.time())
                 self.listener.on_snapshot(snapshot, duration)
         finally:
             state.in_flight = False
             state.polls += 1
             self._never_polled.discard(state.id)
             self._check_first_cycle()
+
+    def _observe_risk(self, account_id: str, snapshot: Snapshot, now: float) -> None:
+        assert self.risk is not None
+        try:
+            gaps = self.risk.gaps(snapshot)
+        except Exception:  # a bug there must not stop polling: the account goes uniform
+            log.exception("measuring the rules' proximity failed", venue=self.config.name)
+            self._tracks.pop(account_id, None)
+            return
+        track = self._tracks.get(account_id)
+        if track is None:
+            track = self._tracks[account_id] = RiskTrack()
+        track.observe(now, gaps)
 
     def _failed(
         self,

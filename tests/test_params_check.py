@@ -284,6 +284,8 @@ def test_a_param_without_default_that_accounts_lack_is_an_error_naming_them(
         f"{place(path, QUOTED_19817)}: accounts '19817', '19818' and the discover entry of venue "
         f"'cs' do not set params.max_bp_dorp, which BuyingPowerDrop ({rule}:5:9) reads "
         "without a default; did the rule mean params.max_bp_drop, its default?",
+        "venue cs: 3 configured accounts and those discovery finds (unknown until riskmon "
+        "runs), 20 requests/s: 285 fit at max_poll_interval 15s",
         "1 error, 0 warnings",
     ]
 

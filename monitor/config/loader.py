@@ -39,6 +39,7 @@ from monitor.config.model import (
 )
 from monitor.config.venue_transport import TRANSPORT_KEYS, check_venue_transport
 from monitor.durations import format_duration
+from monitor.schedule import BudgetArithmetic
 from monitor.venues import registry
 from monitor.yamlsource import (
     KeyPath,
@@ -70,6 +71,7 @@ _VENUE_KEYS = (
     "kind",
     "base_url",
     "poll_interval",
+    "max_poll_interval",
     "timeout",
     "max_concurrency",
     "max_requests_per_second",
@@ -338,6 +340,7 @@ class _ConfigChecker(AccountChecker):
                 f"poll_interval ({format_duration(poll_interval)}), or every account turns "
                 f"stale between polls; set a longer stale_after in {where}",
             )
+        max_poll_interval = self.max_poll_interval(s, poll_interval, stale_after, before)
         timeout = self.field(s, "timeout", 5.0, self.duration)
         max_concurrency = self.field(
             s, "max_concurrency", 16, lambda p, v: self.integer(p, v, minimum=1)
@@ -348,6 +351,8 @@ class _ConfigChecker(AccountChecker):
         )
         transport = check_venue_transport(self, s, base_url)
         accounts, discovery = self.accounts(s, kind)
+        if len(self.problems) == before:
+            self.budget_fits(s, name, len(accounts), max_rps, poll_interval, max_poll_interval)
         settings = registry.get(kind).parse_settings(self, s, name) if kind else None
         return VenueConfig(
             name=name,
@@ -363,6 +368,58 @@ class _ConfigChecker(AccountChecker):
             max_response_bytes=max_bytes,
             settings=settings,
             transport=transport,
+            max_poll_interval=max_poll_interval,
+        )
+
+    def max_poll_interval(
+        self, s: Section, poll_interval: float, stale_after: float, before: int
+    ) -> float:
+        """`max_poll_interval`: from `poll_interval` to under `stale_after`; by default
+        `stale_after / 2`, so an account may miss a poll without turning stale."""
+        default = max(poll_interval, stale_after / 2)
+        value = self.field(s, "max_poll_interval", default, self.duration)
+        if not s.has("max_poll_interval") or len(self.problems) != before:
+            return value
+        if value < poll_interval:
+            self.error(
+                s.at("max_poll_interval"),
+                f"max_poll_interval ({format_duration(value)}) is shorter than poll_interval "
+                f"({format_duration(poll_interval)}); it is the slowest an account may go",
+            )
+        elif value >= stale_after:
+            self.error(
+                s.at("max_poll_interval"),
+                f"max_poll_interval ({format_duration(value)}) must be shorter than "
+                f"stale_after ({format_duration(stale_after)}), or accounts polled that "
+                "slowly turn stale",
+            )
+        return value
+
+    def budget_fits(
+        self,
+        s: Section,
+        name: str,
+        accounts: int,
+        max_rps: float,
+        poll_interval: float,
+        max_poll_interval: float,
+    ) -> None:
+        """An error when even `max_poll_interval` cannot be met for the configured
+        accounts under `max_requests_per_second`."""
+        numbers = BudgetArithmetic(name, accounts, False, max_rps, poll_interval, max_poll_interval)
+        if numbers.fits:
+            return
+        at = (
+            s.at("max_requests_per_second")
+            if s.has("max_requests_per_second")
+            else s.at("accounts")
+        )
+        self.error(
+            at,
+            f"{accounts} accounts at {max_rps:g} requests/s can be polled only every "
+            f"{numbers.cycle:.3g}s, slower than max_poll_interval "
+            f"({format_duration(max_poll_interval)}); at most {numbers.capacity} accounts "
+            "fit: raise max_requests_per_second or max_poll_interval, or split the accounts",
         )
 
     # -- accounts ----------------------------------------------------------------------

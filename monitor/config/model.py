@@ -60,6 +60,8 @@ class VenueConfig:
     #: (e.g. monitor.venues.clearstreet.ClearStreetSettings)
     settings: Any = None
     transport: VenueTransport = field(default_factory=lambda: VenueTransport())
+    # The slowest any account may be polled when the budget is short (stale_after / 2).
+    max_poll_interval: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1890,6 +1890,48 @@ def guarded_paths(expr: CompiledExpr) -> frozenset[str]:
     return frozenset(_optional_paths(expr._tree, set()))
 
 
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """An ordering `value <op> threshold` inside an expression (either way round):
+    `value` reads the snapshot, `threshold` only params and constants. The alert's state
+    can change where value - threshold changes sign (the risk-aware schedule)."""
+
+    value: CompiledExpr
+    threshold: CompiledExpr
+
+
+def comparisons(expr: CompiledExpr) -> list[Comparison]:
+    """The orderings (`<`, `<=`, `>`, `>=`) of `expr` between something that reads the
+    snapshot and a threshold of params and constants, wherever they are in it."""
+    found: list[Comparison] = []
+    _comparisons(expr._tree, expr, found)
+    return found
+
+
+def _comparisons(node: _Node, expr: CompiledExpr, out: list[Comparison]) -> None:
+    if isinstance(node, _Compare):
+        operands = (node.left, *node.rights)
+        for i, op in enumerate(node.ops):
+            if op not in _ORDER:
+                continue
+            pair = (operands[i], operands[i + 1])
+            if any(_operand_kind(side) in ("string", "bool", "none") for side in pair):
+                continue
+            fixed = [_invariant(side) for side in pair]
+            if fixed[0] == fixed[1]:
+                continue
+            value, threshold = (pair[1], pair[0]) if fixed[0] else pair
+            text = f"{expr.source} (comparison {len(out) + 1})"
+            out.append(
+                Comparison(
+                    CompiledExpr(text, value, expr.where),
+                    CompiledExpr(text, threshold, expr.where),
+                )
+            )
+    for child in _children(node):
+        _comparisons(child, expr, out)
+
+
 def _operand_kind(node: _Node) -> str:
     if isinstance(node, _Field):
         head = node.path.partition(".")[0]

@@ -39,6 +39,18 @@ class RateLimiter:
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
 
+    def set_rate(self, rate: float) -> None:
+        """Pace at `rate` from the next reservation on (the budget changed)."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.interval = 1.0 / rate
+        self.tolerance = max(0.0, self.burst - 1.0) * self.interval
+
+    def hold_until(self, when: float) -> None:
+        """No slot before `when`, and no burst at it: the other side asked for a pause."""
+        self._tat = max(self._tat, when + self.tolerance)
+
     def reserve(self, deadline: float | None = None) -> float:
         """Reserve the next slot; return how long to wait for it."""
         now = self._now()

@@ -256,6 +256,7 @@ class Simulator:
                 handler = route.handler if route.logged else self._fake_handler(fake, route)
                 r.add_route(route.method, f"/{fake.kind}{route.path}", handler)
         r.add_get("/_sim/health", self._c_health)
+        r.add_get("/_sim/clock", self._c_clock)
         r.add_post("/_sim/set", self._c_set)
         r.add_get("/_sim/accounts/{venue}", self._c_list_accounts)
         r.add_post("/_sim/accounts", self._c_add_account)
@@ -571,6 +572,10 @@ class Simulator:
 
     async def _c_health(self, request: web.Request) -> web.Response:
         return self._json({"ok": True})
+
+    async def _c_clock(self, request: web.Request) -> web.Response:
+        """Where the simulator's clock is, for a client that times events against it."""
+        return self._json({"elapsed": self.elapsed(), "timeline": self.timeline_time()})
 
     async def _c_set(self, request: web.Request) -> web.Response:
         def fn(body: dict[str, Any]) -> Any:

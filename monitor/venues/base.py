@@ -18,6 +18,7 @@ from monitor.errors import VenueError
 from monitor.snapshot import FieldSchema, Snapshot
 from monitor.venues import registry
 from monitor.venues.http import HttpClient
+from monitor.venues.limits import VenueLimits
 
 
 class VenueAdapter(abc.ABC):
@@ -29,6 +30,9 @@ class VenueAdapter(abc.ABC):
     def __init__(self, config: VenueConfig, http: HttpClient) -> None:
         self.config = config
         self.http = http
+        # Every request to the venue (polls, discovery, tokens) goes through these; the
+        # poller reads their budget to plan its schedule.
+        self.limits = VenueLimits(config.max_concurrency, config.max_requests_per_second)
 
     @abc.abstractmethod
     async def fetch(self, account: AccountConfig, deadline: float) -> Snapshot:

@@ -20,7 +20,6 @@ from monitor.venues import registry
 from monitor.venues.base import VenueAdapter, settings_of
 from monitor.venues.http import HttpClient, HttpResponse
 from monitor.venues.ids import discovered_ids, path_segment
-from monitor.venues.limits import VenueLimits
 from monitor.venues.retry import with_retries
 from monitor.venues.wire import clip, decode_json, error_for_status, try_decode_json
 
@@ -228,7 +227,6 @@ class ClearStreetAdapter(VenueAdapter):
     def __init__(self, config: VenueConfig, http: HttpClient) -> None:
         super().__init__(config, http)
         self.settings = settings_of(config, ClearStreetSettings)
-        self.limits = VenueLimits(config.max_concurrency, config.max_requests_per_second)
         self._usable_key: str | None = None  # the API key last found fit for a header
 
     async def fetch(self, account: AccountConfig, deadline: float) -> Snapshot:
@@ -338,7 +336,7 @@ class ClearStreetAdapter(VenueAdapter):
                 raise error
             return response
 
-        return await with_retries(attempt, deadline=deadline)
+        return await with_retries(attempt, deadline=deadline, notice=self.limits.notice)
 
     def _api_key(self) -> str:
         secret = self.settings.api_key

@@ -32,6 +32,7 @@ from monitor.errors import (
 )
 from monitor.snapshot import to_decimal
 from monitor.venues.http import HttpClient, HttpResponse, retry_after_seconds
+from monitor.venues.limits import VenueLimits
 from monitor.venues.wire import clip, decode_json, try_decode_json
 
 ASSERTION_LIFETIME = 300.0  # the most the token endpoint accepts between iat and exp
@@ -67,9 +68,12 @@ class TokenProvider:
         audience: str,
         venue: str,
         clock: Callable[[], float] = time.time,
+        limits: VenueLimits | None = None,
     ) -> None:
+        """`limits`: the venue's, when the token endpoint counts against its budget."""
         self.config = config
         self.http = http
+        self.limits = limits
         self.audience = audience
         self.venue = venue
         self.clock = clock
@@ -147,9 +151,11 @@ class TokenProvider:
         }
         started = self.clock()
         try:
-            response = await self.http.request(
-                "POST", self.config.token_url, form=form, deadline=deadline, max_bytes=64 * 1024
-            )
+            if self.limits is None:
+                response = await self._post(form, deadline)
+            else:
+                async with self.limits.slot(deadline):
+                    response = await self._post(form, deadline)
         except VenueError as exc:
             exc.venue = self.venue
             exc.message = f"token request: {exc.message}"
@@ -171,6 +177,11 @@ class TokenProvider:
             raise VenueAuthError(f"token answer: the access_token {problem}", venue=self.venue)
         self.mints += 1
         return AccessToken(token, started + self._lifetime(expires_in))
+
+    async def _post(self, form: dict[str, str], deadline: float) -> HttpResponse:
+        return await self.http.request(
+            "POST", self.config.token_url, form=form, deadline=deadline, max_bytes=64 * 1024
+        )
 
     def _lifetime(self, expires_in: object) -> float:
         """Seconds the token lives: `expires_in` when it is a number of seconds from 1 to

@@ -19,7 +19,6 @@ from monitor.venues import registry
 from monitor.venues.base import VenueAdapter, settings_of
 from monitor.venues.http import HttpClient, HttpResponse
 from monitor.venues.ids import discovered_ids
-from monitor.venues.limits import VenueLimits
 from monitor.venues.retry import with_retries
 from monitor.venues.wire import clip, decode_json, error_for_status, try_decode_json
 
@@ -229,8 +228,8 @@ class PolymarketAdapter(VenueAdapter):
             http,
             audience=auth.audience or config.base_url,
             venue=config.name,
+            limits=self.limits,
         )
-        self.limits = VenueLimits(config.max_concurrency, config.max_requests_per_second)
 
     async def fetch(self, account: AccountConfig, deadline: float) -> Snapshot:
         body = {"name": account.id, "currency": self.settings.currency}
@@ -312,7 +311,7 @@ class PolymarketAdapter(VenueAdapter):
                 raise self._error(response)
             return response
 
-        return await with_retries(attempt, deadline=deadline)
+        return await with_retries(attempt, deadline=deadline, notice=self.limits.notice)
 
     def credential_digest(self) -> str | None:
         return self.auth.config.private_key.digest()

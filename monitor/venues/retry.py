@@ -57,6 +57,7 @@ async def with_retries(
     max_attempts: int = MAX_ATTEMPTS,
     backoff_min: float = BACKOFF_MIN,
     backoff_max: float = BACKOFF_MAX,
+    notice: Callable[[VenueError], object] | None = None,
 ) -> T:
     """Run `attempt` until it succeeds, a non-retryable error, or the deadline.
 
@@ -67,10 +68,15 @@ async def with_retries(
     (bench/poll_cost.py). Only a retryable failure builds the AsyncRetrying, which is
     handed that failure as its first attempt's outcome, so waits, hints, the deadline and
     the attempt count are exactly those of retrying from the start.
+
+    `notice` sees every attempt's VenueError (the venue's request budget pauses on a
+    throttling answer).
     """
     try:
         return await attempt()
     except VenueError as exc:
+        if notice is not None:
+            notice(exc)
         if not exc.retryable:
             raise
         first: VenueError | None = exc
@@ -80,7 +86,12 @@ async def with_retries(
         if first is not None:
             failed, first = first, None
             raise failed  # the first attempt's outcome, without a second request
-        return await attempt()
+        try:
+            return await attempt()
+        except VenueError as exc:
+            if notice is not None:
+                notice(exc)
+            raise
 
     retrying = AsyncRetrying(
         retry=retry_if_exception(_retryable),
