@@ -15,9 +15,9 @@ from conftest import MqttCollector
 from test_daemon import RULES, RiskmonProcess, events
 from test_poller import fast, running
 
+from monitor.check_cmd import run_check
 from monitor.config import AccountConfig, VenueConfig
 from monitor.config.loader import parse_config
-from monitor.check_cmd import run_check
 from monitor.errors import VenueRateLimited, VenueUnavailable
 from monitor.metrics import Metrics
 from monitor.simulator import Simulator
