@@ -212,6 +212,31 @@ async def test_the_token_file_is_read_again_when_it_changes(
     assert sender.sent >= 2
 
 
+async def test_a_refused_token_is_read_again_at_the_next_attempt(
+    store: Store, tmp_path: Path, fake_am: tuple[FakeAlertmanager, str]
+) -> None:
+    fake, url = fake_am
+    fake.status = 401
+    token = tmp_path / "am-token"
+    token.write_text("token-1\n")
+    config = AlertmanagerConfig(url, Secret.file("am token", token), resend_interval=3600)
+    store.set_destinations([url])
+    store.append([entry()])
+    sender = AlertmanagerSender(config, store, api_url="", firing=list)
+    async with running(sender):
+        await fake.until(1)
+        # rotated, same size: without the 401 the file would be looked at only after
+        # RECHECK_SECONDS (1 s), later than the first back-off (at most 1 s)
+        token.write_text("token-2\n")
+        fake.status = 200
+        await fake.until(2)
+    assert [authorization for authorization, _alerts in fake.posts] == [
+        "Bearer token-1",
+        "Bearer token-2",
+    ]
+    assert store.queue_depth(url) == 0
+
+
 async def test_a_refused_batch_is_dropped_and_the_queue_moves_on(
     store: Store, fake_am: tuple[FakeAlertmanager, str]
 ) -> None:
