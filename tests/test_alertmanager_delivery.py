@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -134,17 +135,25 @@ def test_a_resolved_event_ends_when_it_resolved_and_ids_are_url_encoded() -> Non
 
 
 class FakeAlertmanager:
-    """POST /api/v2/alerts: keeps (Authorization header, alerts); answers `status`."""
+    """POST /api/v2/alerts: keeps (Authorization header, alerts) and when each arrived
+    (`times`, time.monotonic()); answers `status` with `reply_headers`."""
 
     def __init__(self) -> None:
         self.posts: list[tuple[str, list[dict[str, Any]]]] = []
+        self.times: list[float] = []
         self.status = 200
+        self.reply_headers: dict[str, str] = {}
         self.arrived = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.Response:
+        self.times.append(time.monotonic())
         self.posts.append((request.headers.get("Authorization", ""), await request.json()))
         self.arrived.set()
-        return web.Response(status=self.status, text="bad alert" if self.status == 400 else "")
+        return web.Response(
+            status=self.status,
+            text="bad alert" if self.status == 400 else "",
+            headers=self.reply_headers,
+        )
 
     async def until(self, count: int) -> None:
         async def arrived() -> None:
@@ -203,6 +212,31 @@ async def test_the_token_file_is_read_again_when_it_changes(
     assert sender.sent >= 2
 
 
+async def test_a_refused_token_is_read_again_at_the_next_attempt(
+    store: Store, tmp_path: Path, fake_am: tuple[FakeAlertmanager, str]
+) -> None:
+    fake, url = fake_am
+    fake.status = 401
+    token = tmp_path / "am-token"
+    token.write_text("token-1\n")
+    config = AlertmanagerConfig(url, Secret.file("am token", token), resend_interval=3600)
+    store.set_destinations([url])
+    store.append([entry()])
+    sender = AlertmanagerSender(config, store, api_url="", firing=list)
+    async with running(sender):
+        await fake.until(1)
+        # rotated, same size: without the 401 the file would be looked at only after
+        # RECHECK_SECONDS (1 s), later than the first back-off (at most 1 s)
+        token.write_text("token-2\n")
+        fake.status = 200
+        await fake.until(2)
+    assert [authorization for authorization, _alerts in fake.posts] == [
+        "Bearer token-1",
+        "Bearer token-2",
+    ]
+    assert store.queue_depth(url) == 0
+
+
 async def test_a_refused_batch_is_dropped_and_the_queue_moves_on(
     store: Store, fake_am: tuple[FakeAlertmanager, str]
 ) -> None:
@@ -245,6 +279,35 @@ async def test_a_failing_alertmanager_keeps_the_events_queued_and_gets_them_late
     metrics = am_metrics.render([sender]).decode()
     assert f'riskmon_alertmanager_alerts_failed_total{{alertmanager="{url}"}} 2\n' in metrics
     assert f'riskmon_alertmanager_pending{{alertmanager="{url}"}} 0\n' in metrics
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "value", "hint"),
+    [(429, "retry-after-ms", "1500", 1.5), (503, "Retry-After", "2", 2.0)],
+)
+async def test_a_throttled_post_waits_as_long_as_alertmanager_asks(
+    store: Store,
+    fake_am: tuple[FakeAlertmanager, str],
+    status: int,
+    header: str,
+    value: str,
+    hint: float,
+) -> None:
+    fake, url = fake_am
+    fake.status = status
+    fake.reply_headers = {header: value}  # longer than the first back-off (at most 1 s)
+    store.set_destinations([url])
+    store.append([entry()])
+    sender = AlertmanagerSender(
+        AlertmanagerConfig(url, resend_interval=3600), store, api_url="", firing=list
+    )
+    async with running(sender):
+        await fake.until(1)
+        fake.status, fake.reply_headers = 200, {}
+        await fake.until(2)
+    assert fake.times[1] - fake.times[0] >= hint
+    assert store.queue_depth(url) == 0
+    assert (sender.failed, sender.sent) == (1, 1)
 
 
 async def test_https_with_a_private_ca(store: Store, tmp_path: Path) -> None:

@@ -19,9 +19,9 @@ from monitor.venues.limits import RateLimiter as VenueRateLimiter
 MONITOR = Path(__file__).resolve().parent.parent / "monitor"
 
 
-def imports(folder: Path) -> Iterator[tuple[str, int, str]]:
-    """(file, line, module) of every `monitor...` import in `folder`'s modules, those
-    inside functions included."""
+def imports(folder: Path, package: str = "monitor") -> Iterator[tuple[str, int, str]]:
+    """(file, line, module) of every import of `package` or its modules in `folder`'s
+    modules, those inside functions included."""
     for path in sorted(folder.glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         for node in ast.walk(tree):
@@ -32,7 +32,7 @@ def imports(folder: Path) -> Iterator[tuple[str, int, str]]:
             else:
                 continue
             for name in names:
-                if name == "monitor" or name.startswith("monitor."):
+                if name == package or name.startswith(package + "."):
                     yield path.name, node.lineno, name
 
 
@@ -71,11 +71,26 @@ def test_the_shared_package_imports_neither_side() -> None:
     assert wrong == []
 
 
-def test_the_venues_old_import_paths_are_the_shared_ones() -> None:
-    from monitor.infra.retry_after import retry_after_seconds
+def test_the_event_senders_post_through_the_shared_poster() -> None:
+    """Alertmanager's sender and the PagerDuty bridge post with `JsonPoster`
+    (monitor/infra/http_post.py: one pooled session, bounded answers), never aiohttp."""
+    assert list(imports(MONITOR / "alertmanager")), "no imports found: wrong folder?"
+    wrong = [
+        f"monitor/{folder}/{file}:{line}: imports {module}"
+        for folder in ("alertmanager", "pagerduty")
+        for file, line, module in imports(MONITOR / folder, "aiohttp")
+    ]
+    assert wrong == []
+
+
+def test_the_old_import_paths_are_the_shared_ones() -> None:
+    from monitor.infra.retry_after import RETRY_AFTER_CAP, retry_after_seconds, retry_wait
+    from monitor.pagerduty import sender as pagerduty_sender
 
     assert venue_retry_after is retry_after_seconds
     assert VenueRateLimiter is RateLimiter
+    assert pagerduty_sender.retry_wait is retry_wait
+    assert pagerduty_sender.RETRY_AFTER_CAP == RETRY_AFTER_CAP
 
 
 def test_backoff_doubles_to_its_cap_with_jitter() -> None:

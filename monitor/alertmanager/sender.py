@@ -6,9 +6,13 @@ that is down or slow loses nothing and holds back neither MQTT nor another Alert
 The sender reads its queue oldest first, in batches, posts them to
 `{url}/api/v2/alerts` (`monitor.alertmanager.payload`) and deletes them once
 Alertmanager answered 2xx. A failure (no connection, timeout, 5xx, 401 ...) is retried
-with back-off (1 s doubling to 30 s), the records staying queued; a 400 (Alertmanager
-refuses the alerts themselves: trying again would not help) drops the batch, logged
-with Alertmanager's reason and counted.
+with back-off (1 s doubling to 30 s, jittered: `monitor.infra.backoff`), the records
+staying queued; a 429 or 503 with `Retry-After` or `retry-after-ms` (a proxy in front
+of Alertmanager throttling) waits that long when it is longer, up to 5 minutes
+(`monitor.infra.retry_after`). A 400 (Alertmanager refuses the alerts themselves:
+trying again would not help) drops the batch, logged with Alertmanager's reason and
+counted. Posts go through `monitor.infra.http_post` (one pooled session, the answer
+read up to 4 KiB, redirects not followed).
 
 When its queue is empty the sender sends every alert still firing again (`firing`:
 the daemon's, as event payloads) every `resend_interval` (1 minute), each with endsAt pushed
@@ -24,32 +28,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-import aiohttp
 import structlog
 
 from monitor.alertmanager.payload import LOOKAHEAD_RESENDS, PayloadError, am_alert
 from monitor.config.model import AlertmanagerConfig
 from monitor.config.secret import SecretUnavailable
+from monitor.infra.backoff import Backoff
+from monitor.infra.http_post import JsonPoster, PostFailed
 from monitor.infra.mqtt_link import ssl_context
+from monitor.infra.retry_after import retry_after_seconds, retry_wait
 from monitor.store import Store, StoreError
 
-__all__ = ["AlertmanagerSender"]
+__all__ = ["BACKOFF", "BATCH", "AlertmanagerSender"]
 
 log = structlog.get_logger("riskmon.alertmanager")
 
 BATCH: Final = 64  # records per POST
-BACKOFF_START: Final = 1.0
-BACKOFF_MAX: Final = 30.0
+BACKOFF: Final = Backoff(initial=1.0, max=30.0)
+_THROTTLING: Final = frozenset({429, 503})  # the answers whose Retry-After is honoured
+_ANSWER_LIMIT: Final = 4096  # bytes of an answer read
 _REASON_LIMIT: Final = 300  # characters of Alertmanager's error text kept for the log
 
 
 class _Refused(Exception):
     """Alertmanager refused the alerts themselves (400): sending them again won't help."""
+
+
+class _NotDelivered(Exception):
+    """The post failed (already logged and counted); `retry_after` is the server's hint."""
+
+    def __init__(self, retry_after: float | None = None) -> None:
+        super().__init__()
+        self.retry_after = retry_after
 
 
 class AlertmanagerSender:
@@ -70,6 +86,7 @@ class AlertmanagerSender:
     ) -> None:
         self.config = config
         self.name = config.url
+        self._url = f"{config.url}/api/v2/alerts"
         self._store = store
         self._api_url = api_url
         self._firing = firing
@@ -93,58 +110,48 @@ class AlertmanagerSender:
         context: ssl.SSLContext | None = None
         if self.config.url.startswith("https:") or self.config.tls is not None:
             context = await asyncio.to_thread(ssl_context, self.config.tls)
-        timeout = aiohttp.ClientTimeout(total=self.config.timeout)
-        connector = aiohttp.TCPConnector(ssl=context if context is not None else True)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            backoff = BACKOFF_START
+        async with JsonPoster(tls=context) as poster:
+            failures = 0  # in a row
             while True:
                 self._wake.clear()
+                hint: float | None = None
                 try:
-                    worked = await self._step(session)
+                    more = await self._step(poster)
+                except _NotDelivered as exc:
+                    hint = exc.retry_after
                 except StoreError as exc:
                     log.error("alertmanager: cannot read its queue", error=str(exc))
-                    worked = False
-                if worked is not False:
-                    backoff = BACKOFF_START
-                if worked is None:  # nothing to do until notified or the next resend
-                    delay = max(0.0, self._next_resend - time.monotonic())
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), delay)
+                else:
+                    failures = 0
+                    if not more:  # nothing to do until notified or the next resend
+                        delay = max(0.0, self._next_resend - time.monotonic())
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), delay)
                     continue
-                if worked:
-                    continue
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                await asyncio.sleep(retry_wait(BACKOFF, failures, hint))
+                failures += 1
 
-    async def _step(self, session: aiohttp.ClientSession) -> bool | None:
+    async def _step(self, poster: JsonPoster) -> bool:
         """One POST: queued records, else (when due) the alerts still firing. True when
-        queued records went (more may wait), False when the POST failed, None when
-        there is nothing to send until notified or the next resend."""
+        queued records went (more may wait), False when there is nothing to send until
+        notified or the next resend; _NotDelivered when the POST failed."""
         records = self._store.queued(self.name, BATCH)
         now = time.time()
         if records:
             alerts = self._alerts([payload for _id, payload in records], now)
             ids = [row_id for row_id, _payload in records]
             try:
-                ok = await self._post(session, alerts)
+                await self._post(poster, alerts)
             except _Refused:
-                self._store.delivered(self.name, ids)
                 self.dropped += len(alerts)
-                return True
-            if ok:
-                self._store.delivered(self.name, ids)
-            return ok
+            self._store.delivered(self.name, ids)
+            return True
         if time.monotonic() < self._next_resend:
-            return None
-        alerts = self._alerts(self._firing(), now)
-        ok = True
-        if alerts:
-            with contextlib.suppress(_Refused):
-                ok = await self._post(session, alerts)
-        if not ok:
             return False
+        with contextlib.suppress(_Refused):
+            await self._post(poster, self._alerts(self._firing(), now))
         self._next_resend = time.monotonic() + self._resend_interval
-        return None
+        return False
 
     def _alerts(
         self, payloads: Sequence[bytes | Mapping[str, Any]], now: float
@@ -165,30 +172,37 @@ class AlertmanagerSender:
                 self.dropped += 1
         return alerts
 
-    async def _post(self, session: aiohttp.ClientSession, alerts: list[dict[str, Any]]) -> bool:
+    async def _post(self, poster: JsonPoster, alerts: list[dict[str, Any]]) -> None:
+        """Alertmanager took `alerts` (2xx); _Refused on 400, _NotDelivered otherwise."""
         if not alerts:
-            return True
+            return
         headers = {}
         token = self.config.bearer_token
         try:
             if token is not None:
                 headers["Authorization"] = f"Bearer {token.get()}"
-        except SecretUnavailable as exc:
-            return self._failure(alerts, str(exc))
-        url = f"{self.config.url}/api/v2/alerts"
+        except SecretUnavailable as exc:  # names the file, never the value
+            raise self._failure(alerts, str(exc)) from None
+        body = json.dumps(alerts, separators=(",", ":")).encode()
         try:
-            async with session.post(url, json=alerts, headers=headers) as response:
-                if 200 <= response.status < 300:
-                    self.sent += len(alerts)
-                    if self._failing:
-                        self._failing = False
-                        self._next_resend = 0.0  # it may have restarted: all firing, now
-                        log.info("alertmanager: delivering again", alertmanager=self.name)
-                    return True
-                text = (await response.text(errors="replace"))[:_REASON_LIMIT].strip()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return self._failure(alerts, f"{type(exc).__name__}: {exc}")
+            answer = await poster.post(
+                self._url,
+                body,
+                within=self.config.timeout,
+                max_bytes=_ANSWER_LIMIT,
+                headers=headers,
+            )
+        except PostFailed as exc:
+            raise self._failure(alerts, str(exc)) from None
+        status = answer.status
+        if 200 <= status < 300:
+            self.sent += len(alerts)
+            if self._failing:
+                self._failing = False
+                self._next_resend = 0.0  # it may have restarted: all firing, now
+                log.info("alertmanager: delivering again", alertmanager=self.name)
+            return
+        text = answer.body.decode("utf-8", errors="replace")[:_REASON_LIMIT].strip()
         if status in (401, 403) and token is not None:
             token.recheck()
         if status == 400:
@@ -199,13 +213,20 @@ class AlertmanagerSender:
                 reason=text,
             )
             raise _Refused
-        return self._failure(alerts, f"HTTP {status}: {text}")
+        hint = retry_after_seconds(answer.headers) if status in _THROTTLING else None
+        raise self._failure(alerts, f"HTTP {status}: {text}", hint)
 
-    def _failure(self, alerts: list[dict[str, Any]], reason: str) -> bool:
+    def _failure(
+        self, alerts: list[dict[str, Any]], reason: str, retry_after: float | None = None
+    ) -> _NotDelivered:
         if not self._failing:
+            hint = {} if retry_after is None else {"retry_after": round(retry_after, 3)}
             log.warning(
-                "alertmanager: cannot deliver, retrying", alertmanager=self.name, error=reason
+                "alertmanager: cannot deliver, retrying",
+                alertmanager=self.name,
+                error=reason,
+                **hint,
             )
         self._failing = True
         self.failed += len(alerts)
-        return False
+        return _NotDelivered(retry_after)

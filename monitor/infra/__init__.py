@@ -10,7 +10,8 @@
 - `locked_sqlite`: `StateLock` (one process per state folder, `StoreLocked` otherwise),
   `connect_wal`, and the `StoreError` both stores raise.
 - `retry_after`: `retry_after_seconds`, a server's hint from `retry-after-ms` or
-  `Retry-After` (seconds or an HTTP date).
+  `Retry-After` (seconds or an HTTP date), and `retry_wait`, the back-off's wait or
+  that hint when longer (capped).
 - `ratelimit`: `RateLimiter`, a token bucket (GCRA) with fair, in-order waiting.
 - `http_post`: `JsonPoster`, one pooled HTTP client that POSTs JSON and reads a capped
   answer, its failures as `PostFailed`.

@@ -7,8 +7,14 @@ import math
 import time
 from collections.abc import Mapping
 from datetime import UTC
+from typing import Final
 
-__all__ = ["retry_after_seconds"]
+from monitor.infra.backoff import Backoff
+
+__all__ = ["RETRY_AFTER_CAP", "retry_after_seconds", "retry_wait"]
+
+#: The longest server hint honoured, in seconds.
+RETRY_AFTER_CAP: Final = 300.0
 
 
 def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
@@ -44,3 +50,12 @@ def _number(text: str) -> float | None:
     except ValueError:
         return None
     return None if math.isnan(value) else value  # a huge value is "much later": the caller caps
+
+
+def retry_wait(backoff: Backoff, failures: int, hint: float | None) -> float:
+    """The wait before the next attempt after `failures` failed ones before the last:
+    the back-off's, or the server's `hint` (capped at RETRY_AFTER_CAP) when longer."""
+    delay = backoff.delay(failures)
+    if hint is not None:
+        delay = max(delay, min(hint, RETRY_AFTER_CAP))
+    return delay

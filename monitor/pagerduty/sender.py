@@ -31,15 +31,13 @@ from monitor.config.secret import Secret, SecretUnavailable
 from monitor.infra.backoff import Backoff
 from monitor.infra.http_post import JsonPoster, PostFailed
 from monitor.infra.ratelimit import RateLimiter
-from monitor.infra.retry_after import retry_after_seconds
+from monitor.infra.retry_after import RETRY_AFTER_CAP, retry_after_seconds, retry_wait
 from monitor.pagerduty.inbound import InboundEvent
 
 __all__ = ["RETRY_AFTER_CAP", "EventsApi", "Outcome", "retry_wait", "scrub"]
 
 log = structlog.get_logger("riskmon.pagerduty")
 
-#: The longest Retry-After honoured, in seconds.
-RETRY_AFTER_CAP: Final = 300.0
 _REFUSED: Final = frozenset({400, 413, 422})
 _RETRIED: Final = frozenset({408, 429})
 _ANSWER_LIMIT: Final = 64 * 1024  # bytes of an answer read
@@ -182,12 +180,3 @@ def _error_text(answer: bytes, routing_key: str) -> str:
             text = ": ".join(parts)
     text = scrub(text, routing_key)
     return text if len(text) <= _TEXT_LIMIT else text[: _TEXT_LIMIT - 1] + "\u2026"
-
-
-def retry_wait(backoff: Backoff, failures: int, hint: float | None) -> float:
-    """The wait before the next attempt after `failures` failed ones before the last:
-    the back-off's, or the server's `hint` (capped at RETRY_AFTER_CAP) when longer."""
-    delay = backoff.delay(failures)
-    if hint is not None:
-        delay = max(delay, min(hint, RETRY_AFTER_CAP))
-    return delay
