@@ -111,7 +111,7 @@ def test_snapshot_into_a_closed_pipe_exits_quietly(example_setup: Path) -> None:
 
 def test_an_answer_nested_900_levels_fails_its_account_only(example_setup: Path) -> None:
     """Issue 11: it raised RecursionError in `flatten`, and nothing was printed at all."""
-    base = re.search(r"http://127\.0\.0\.1:\d+", example_setup.read_text())
+    base = re.search(r"base_url: (http://127\.0\.0\.1:\d+)", example_setup.read_text())
     assert base is not None
     deep = '{"a": ' * 900 + "1" + "}" * 900
     fault = {
@@ -124,7 +124,7 @@ def test_an_answer_nested_900_levels_fails_its_account_only(example_setup: Path)
         "content_type": "application/json",
     }
     request = urllib.request.Request(
-        base.group() + "/_sim/faults", data=json.dumps(fault).encode(), method="POST"
+        base.group(1) + "/_sim/faults", data=json.dumps(fault).encode(), method="POST"
     )
     request.add_header("content-type", "application/json")
     with urllib.request.urlopen(request, timeout=10) as answer:
@@ -132,7 +132,7 @@ def test_an_answer_nested_900_levels_fails_its_account_only(example_setup: Path)
     try:
         result = riskmon("snapshot", "-c", str(example_setup), "--venue", "cs-sim")
     finally:
-        delete = urllib.request.Request(f"{base.group()}/_sim/faults/{fault_id}", method="DELETE")
+        delete = urllib.request.Request(f"{base.group(1)}/_sim/faults/{fault_id}", method="DELETE")
         urllib.request.urlopen(delete, timeout=10).close()
     assert result.returncode == 2, result.stderr
     assert "cs-sim / 19817  FAILED  SnapshotParseError" in result.stdout
