@@ -44,14 +44,42 @@ async def _drive(
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
+def _balances_url(base: str, accounts: list[str]) -> Callable[[int], str]:
+    def url(i: int) -> str:
+        return f"{base}/clearstreet/v1/accounts/{accounts[i % len(accounts)]}/balances"
+
+    return url
+
+
+async def raw_aiohttp_rates(
+    base: str, accounts: list[str], total: int, concurrency: int, windows: int
+) -> list[float]:
+    """Requests per CPU-second of a raw aiohttp GET loop (one pooled session, `concurrency`
+    in flight, the same balances a poller fetches), in `windows` windows of `total`."""
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    url = _balances_url(base, accounts)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency), headers=headers
+    ) as session:
+
+        async def raw(i: int) -> None:
+            async with session.get(url(i)) as response:
+                await response.read()
+                assert response.status == 200
+
+        await _drive(raw, concurrency * 4, concurrency)  # warm the pool
+        rates = []
+        for _ in range(windows):
+            cpu, _wall = await _drive(raw, total, concurrency)
+            rates.append(total / cpu)
+    return rates
+
+
 async def measure(
     base: str, accounts: list[str], total: int, concurrency: int
 ) -> list[dict[str, Any]]:
     headers = {"authorization": f"Bearer {API_KEY}"}
-
-    def url(i: int) -> str:
-        return f"{base}/clearstreet/v1/accounts/{accounts[i % len(accounts)]}/balances"
-
+    url = _balances_url(base, accounts)
     results = []
 
     async with aiohttp.ClientSession(

@@ -150,9 +150,6 @@ MAX_MAGNITUDE = 30
 MAX_KNOWN_TEXT = 64
 
 
-_MAGNITUDES = range(-MAX_MAGNITUDE, MAX_MAGNITUDE + 1)
-
-
 def in_money_range(number: Decimal) -> bool:
     """A finite `number` within MAX_DIGITS and +-MAX_MAGNITUDE."""
     return (
@@ -297,7 +294,7 @@ def _walk(
             schema._steps[pattern] = steps
     outside_collections = path == pattern  # then every child's path is its pattern
     decimal_kind = FieldType.DECIMAL
-    max_digits, magnitudes = MAX_DIGITS, _MAGNITUDES
+    max_digits, low, high = MAX_DIGITS, -MAX_MAGNITUDE, MAX_MAGNITUDE
     for raw_key, value in node.items():
         if value is None:
             continue
@@ -317,7 +314,7 @@ def _walk(
                     number.is_finite()
                     and "_" not in value
                     and len(value) <= max_digits
-                    and number.adjusted() in magnitudes
+                    and low <= number.adjusted() <= high
                 ):
                     converted[key] = out[child_path] = number
                     continue

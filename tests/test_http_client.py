@@ -535,6 +535,28 @@ async def test_a_server_that_never_answers_hits_the_deadline(
     assert not pooled(http_client)
 
 
+async def test_the_deadline_cancels_only_its_request(serve: Any, http_client: HttpClient) -> None:
+    """The deadline ends the request by cancelling its task: that cancellation is taken
+    back (the task goes on), and one from outside, sooner, stays the caller's."""
+    server = await serve(silent)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    with pytest.raises(PollDeadlineExceeded):
+        await http_client.request("GET", server.url(), deadline=loop.time() + 0.1)
+    assert task.cancelling() == 0
+    await asyncio.sleep(0.01)  # no cancellation left pending to land here
+    with pytest.raises(TimeoutError):  # the caller's own timeout, not PollDeadlineExceeded
+        async with asyncio.timeout(0.1):
+            await http_client.request("GET", server.url(), deadline=loop.time() + 30)
+    assert task.cancelling() == 0
+    outer = asyncio.create_task(http_client.request("GET", server.url(), deadline=loop.time() + 30))
+    await until(lambda: len(server.requests) == 3)
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+
+
 async def test_a_stalled_tls_handshake_hits_the_deadline(serve: Any, tls_files: TlsFiles) -> None:
     server = await serve(Conn.until_client_closes)  # plain TCP: never says a TLS word
     client = AiohttpClient(transport=VenueTransport(tls=TlsConfig(ca_file=tls_files.cert)))

@@ -86,6 +86,7 @@ SCHEMA = FieldSchema(
 
 _ZERO = Decimal(0)
 _PAGE_SIZE = 500
+_PATHS_HELD = 100_000  # balances paths kept, one per account id
 _MAX_PAGES = 1000
 
 
@@ -228,14 +229,26 @@ class ClearStreetAdapter(VenueAdapter):
         super().__init__(config, http)
         self.settings = settings_of(config, ClearStreetSettings)
         self._usable_key: str | None = None  # the API key last found fit for a header
+        self._balances_params: dict[str, str | int] = {}
+        if self.settings.top_margin_contributors_limit:
+            limit = self.settings.top_margin_contributors_limit
+            self._balances_params["top_margin_contributors_limit"] = limit
+        # account id -> its balances path: quoting it took a microsecond every poll
+        self._balances_paths: dict[str, str] = {}
+
+    def _balances_path(self, account_id: str) -> str:
+        path = self._balances_paths.get(account_id)
+        if path is None:
+            path = f"/v1/accounts/{path_segment(account_id)}/balances"
+            if len(self._balances_paths) >= _PATHS_HELD:  # accounts discovered away
+                self._balances_paths.clear()
+            self._balances_paths[account_id] = path
+        return path
 
     async def fetch(self, account: AccountConfig, deadline: float) -> Snapshot:
-        params: dict[str, str | int] = {}
-        if self.settings.top_margin_contributors_limit:
-            params["top_margin_contributors_limit"] = self.settings.top_margin_contributors_limit
         with self.errors_about(account.id):
-            path = f"/v1/accounts/{path_segment(account.id)}/balances"
-            response = await self._get(path, params, deadline)
+            path = self._balances_path(account.id)
+            response = await self._get(path, self._balances_params, deadline)
             envelope = decode_json(response)
             request_id = _request_id(envelope, response)
             data = envelope.get("data") if isinstance(envelope, dict) else None
