@@ -101,6 +101,16 @@ def test_only_throttling_answers_with_a_hint_pause_the_venue() -> None:
     assert budget.throttled_total == 1
 
 
+@pytest.mark.parametrize("hint", [301.0, 1e20, float("inf")])
+def test_a_hint_past_the_cap_pauses_the_venue_five_minutes_not_for_ever(hint: float) -> None:
+    # a broken or hostile venue's `Retry-After: 99999999999` must not stop its polls for
+    # good: after 300 s riskmon asks again (and AccountDataStale says so meanwhile)
+    budget = RequestBudget(20.0)
+    assert budget.note(VenueRateLimited("slow down", status=429, retry_after=hint), 10.0)
+    assert budget.paused_until == 310.0
+    assert budget.rate(310.0) == pytest.approx(10.0)
+
+
 def test_budget_metrics_are_rendered_per_venue() -> None:
     metrics = Metrics(start_time=0.0)
     metrics.set_venue_budget("cs", 12.5, 2)

@@ -86,7 +86,9 @@ from monitor.engine.expr import CONTEXT
 from monitor.poller import AccountState, VenuePoller
 from monitor.store import OutboxRecord
 from monitor.venues.base import create_adapter
+from monitor.venues.budget import RequestBudget
 from monitor.venues.http import http_client_for
+from monitor.venues.limits import RateLimiter
 
 REPO = Path(__file__).resolve().parent.parent
 FUZZ_EXAMPLES = 1500  # the fixed-seed part in the normal suite (~40 s here)
@@ -391,6 +393,18 @@ async def build_world(folder: Path, key: RsaKeyPair) -> World:
     return World(venues, pipeline, baseline)
 
 
+def forget_pauses(daemon: Daemon) -> None:
+    """Each answer starts without the pause a Retry-After before it asked of its venue
+    (tests/test_budget.py covers the pause; here it would only carry one hostile answer's
+    wait into the next one's poll)."""
+    for poller in daemon.pollers.values():
+        limits = poller.adapter.limits
+        configured = limits.budget.configured
+        limits.budget = RequestBudget(configured)
+        limits.rate = RateLimiter(configured)
+        limits._paced_at = configured
+
+
 async def one_example(world: World, kind: str, answers: tuple[Answer, ...]) -> None:
     """The hostile account answers `answers`, one per poll (so its alerts and series
     also go from one hostile answer to the next), among the healthy accounts."""
@@ -405,6 +419,7 @@ async def one_example(world: World, kind: str, answers: tuple[Answer, ...]) -> N
     answered_well = False
     for polls, answer in enumerate(answers, 1):
         world.answer(account, answer)
+        forget_pauses(daemon)
         polls_before = daemon.polls
         with capture_logs(processors=[format_exc_info]) as logs:
             await pipeline.poll_all()

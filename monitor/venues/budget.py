@@ -14,6 +14,7 @@ the poller asks it when to start polls.
 from __future__ import annotations
 
 from monitor.errors import VenueError
+from monitor.infra.retry_after import RETRY_AFTER_CAP
 
 RECOVERY_STEP = 0.05  # of the configured rate, added per second after a throttle
 THROTTLING_STATUSES = frozenset({429, 503})
@@ -55,7 +56,9 @@ class RequestBudget:
     def throttle(self, seconds: float, now: float) -> None:
         """The venue asked for no request during `seconds` from `now`. Answers that
         arrive while the venue is already paused (requests sent before it) extend the
-        pause but halve the rate only once."""
+        pause but halve the rate only once. A hint past RETRY_AFTER_CAP (a broken or
+        hostile `Retry-After: 99999999999`) pauses that long, not for ever."""
+        seconds = min(seconds, RETRY_AFTER_CAP)
         if now >= self.paused_until:
             self._floor = max(self.rate(now) / 2, self.configured * MIN_FRACTION)
             self.throttled_total += 1
