@@ -47,6 +47,25 @@ async def test_retryable_errors_are_retried_until_success() -> None:
     assert calls == 3
 
 
+async def test_a_retry_out_of_time_reports_the_failure_that_made_it_retry() -> None:
+    # the venue refused (a TLS handshake, a 503): the retry that then had 11 ms left must
+    # not hide that reason behind "no answer within 0.011s"
+    calls = 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise VenueUnavailable("TLS handshake refused", retry_after=0)
+        await asyncio.sleep(0.06)  # the retry's answer does not come before the deadline
+        raise PollDeadlineExceeded("no answer within 0.011s")
+
+    deadline = asyncio.get_running_loop().time() + 0.05
+    with pytest.raises(VenueUnavailable, match="TLS handshake refused"):
+        await with_retries(attempt, deadline=deadline)
+    assert calls == 2
+
+
 async def test_auth_errors_are_never_retried() -> None:
     calls = 0
 
