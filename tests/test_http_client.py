@@ -1065,3 +1065,21 @@ async def test_connections_use_tcp_keepalive(serve: Any, http_client: HttpClient
     (connection,) = pooled(http_client)
     sock = connection.transport.get_extra_info("socket")
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+
+
+async def test_parsed_urls_are_reused_and_their_table_is_bounded(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The aiohttp client parses each request URL once (bench/poll_cost.py); the table
+    of parsed URLs starts again when full, and every request still goes where it says."""
+    monkeypatch.setattr("monitor.venues.http_aiohttp._TARGETS_HELD", 2)
+    server = await serve(answering(*(ok(str(i).encode()) for i in range(5))))
+    client = AiohttpClient()
+    try:
+        answers = [await get(client, server, path) for path in ("/a", "/b", "/a", "/c", "/a")]
+        assert len(client._targets) <= 2
+        assert [r.target for r in server.requests] == ["/a", "/b", "/a", "/c", "/a"]
+        assert [a.body for a in answers] == [b"0", b"1", b"2", b"3", b"4"]
+        assert answers[0].url == server.url("/a")  # the URL as given, not the parsed one
+    finally:
+        await client.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -229,6 +230,8 @@ class ClearStreetAdapter(VenueAdapter):
         super().__init__(config, http)
         self.settings = settings_of(config, ClearStreetSettings)
         self._usable_key: str | None = None  # the API key last found fit for a header
+        # its request headers, made once per key rather than once per poll
+        self._auth_headers: Mapping[str, str] = {}
         self._balances_params: dict[str, str | int] = {}
         if self.settings.top_margin_contributors_limit:
             limit = self.settings.top_margin_contributors_limit
@@ -330,7 +333,7 @@ class ClearStreetAdapter(VenueAdapter):
 
         async def attempt() -> HttpResponse:
             key = self._api_key()
-            headers = {"authorization": f"Bearer {key}"}
+            headers = self._auth_headers
             async with self.limits.slot(deadline):
                 response = await self.http.request(
                     "GET",
@@ -366,6 +369,7 @@ class ClearStreetAdapter(VenueAdapter):
                     venue=self.config.name,
                 )
             self._usable_key = key
+            self._auth_headers = {"authorization": f"Bearer {key}"}
         return key
 
     def credential_digest(self) -> str | None:

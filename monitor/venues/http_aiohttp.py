@@ -36,6 +36,9 @@ from monitor.venues.http import (
 
 # seconds an idle pooled connection is kept: longer than any poll interval worth pooling for
 KEEPALIVE_SECONDS = 60.0
+# request URLs whose parsed form and proxy are kept (one per account and endpoint); then
+# the table starts again (accounts discovered away)
+_TARGETS_HELD = 10_000
 
 
 class _Connector(aiohttp.TCPConnector):
@@ -57,10 +60,30 @@ class AiohttpClient(HttpClient):
     # aiohttp's trust_env looks it (and ~/.netrc) up in a worker thread for every request,
     # which cost three quarters of a poll's CPU
     _env_proxies: dict[str, tuple[URL | None, aiohttp.BasicAuth | None]]
+    # URL as the adapter gave it -> (its yarl URL, proxy, proxy credentials): aiohttp
+    # parses a str URL at every request, and yarl's cache of parsed URLs holds the last
+    # 128, not an account each: 2.6 us, 3.5% of a poll's CPU (bench/poll_cost.py). A URL
+    # object it takes as it is.
+    _targets: dict[str, tuple[URL | str, URL | str | None, aiohttp.BasicAuth | None]]
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
         self._env_proxies = {}
+        self._targets = {}
+
+    def _target(self, url: str) -> tuple[URL | str, URL | str | None, aiohttp.BasicAuth | None]:
+        target = self._targets.get(url)
+        if target is None:
+            proxy, proxy_auth = self._proxy(url)
+            try:
+                parsed: URL | str = URL(url)
+            except ValueError:  # aiohttp's own error for it, at the request: not kept
+                return url, proxy, proxy_auth
+            target = (parsed, proxy, proxy_auth)
+            if len(self._targets) >= _TARGETS_HELD:
+                self._targets.clear()
+            self._targets[url] = target
+        return target
 
     def _proxy(self, url: str) -> tuple[URL | str | None, aiohttp.BasicAuth | None]:
         if self.transport.proxy_url is not None:
@@ -90,11 +113,11 @@ class AiohttpClient(HttpClient):
         session = self._session
         if session is None or session.closed:
             session = self._session = self._open()
-        proxy, proxy_auth = self._proxy(url)
+        target, proxy, proxy_auth = self._target(url)
         try:
             async with session.request(
                 method,
-                url,
+                target,
                 headers=headers,
                 params=params,
                 json=json_body,
