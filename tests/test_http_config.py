@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_api_auth import Pki, make_pki
+from pki import Pki, make_pki
 from test_config import CS, errors, parse
 
 from monitor.config.http_section import token_file_exposure
