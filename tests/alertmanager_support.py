@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from conftest import _free_port
+from polled_process import PolledProcess
 from prometheus_client.parser import text_string_to_metric_families
 
 ALERTMANAGER_CONFIG = """\
@@ -80,9 +80,11 @@ class Webhook:
             raise AssertionError(f"no {what} after {timeout} s: {self.received}") from None
 
 
-class AlertmanagerProcess:
+class AlertmanagerProcess(PolledProcess):
     """`prometheus-alertmanager` on `port`; `start` again after `stop` keeps the port
     and the storage (an Alertmanager restart)."""
+
+    name = "alertmanager"
 
     def __init__(self, binary: str, folder: Path, webhook_url: str) -> None:
         self.binary = binary
@@ -120,47 +122,23 @@ class AlertmanagerProcess:
             self.process.wait(timeout=30)
         self.process = None
 
-    def log(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in sorted(self.folder.glob("*.log")))
-
-    async def _get(self, path: str) -> tuple[int, str]:
-        async with aiohttp.ClientSession() as session, session.get(self.url + path) as resp:
-            return resp.status, await resp.text()
-
-    async def until(self, check: Callable[[], Any], what: str, timeout: float = 20) -> Any:  # noqa: ASYNC109
-        """Poll Alertmanager (another process) until `check()` is truthy."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            try:
-                result = await check()
-            except aiohttp.ClientError:
-                result = None
-            if result:
-                return result
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"alertmanager exited waiting for {what}:\n{self.log()}")
-            if loop.time() > deadline:
-                raise AssertionError(f"no {what} after {timeout} s:\n{self.log()[-4000:]}")
-            await asyncio.sleep(0.1)  # another process: its state can only be polled
-
     async def ready(self) -> None:
         async def check() -> bool:
-            status, _ = await self._get("/-/ready")
+            status, _ = await self.get("/-/ready")
             return status == 200
 
         await self.until(check, "alertmanager readiness")
 
     async def alerts(self) -> list[dict[str, Any]]:
         """Alertmanager's own /api/v2/alerts (the active ones)."""
-        status, body = await self._get("/api/v2/alerts")
+        status, body = await self.get("/api/v2/alerts")
         assert status == 200, body
         alerts: list[dict[str, Any]] = json.loads(body)
         return alerts
 
     async def received(self, status: str) -> float:
         """`alertmanager_alerts_received_total{status=...}` since this run started."""
-        _, text = await self._get("/metrics")
+        _, text = await self.get("/metrics")
         return sum(
             sample.value
             for family in text_string_to_metric_families(text)

@@ -16,10 +16,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import jsonschema
 import pytest
 from conftest import MosquittoBroker, MqttCollector, _free_port
+from polled_process import PolledProcess
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.daemon import GC_YOUNG_THRESHOLD, settle_heap
@@ -50,8 +50,10 @@ BREACH = "riskmon/events/critical/cs/19816/BuyingPowerBelowFloor"
 RETAINED = "riskmon/alerts/cs/19816/BuyingPowerBelowFloor"
 
 
-class RiskmonProcess:
+class RiskmonProcess(PolledProcess):
     """`riskmon run` as an operator starts it."""
+
+    name = "riskmon"
 
     def __init__(self, folder: Path, config: Path, http_port: int) -> None:
         self.folder = folder
@@ -80,30 +82,6 @@ class RiskmonProcess:
         code = self.process.wait(timeout=30)
         self.process = None
         return code
-
-    def log(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in sorted(self.folder.glob("*.log")))
-
-    async def get(self, path: str) -> tuple[int, str]:
-        async with aiohttp.ClientSession() as session, session.get(self.url + path) as resp:
-            return resp.status, await resp.text()
-
-    async def until(self, check: Callable[[], Any], what: str, timeout: float = 20) -> Any:  # noqa: ASYNC109
-        """Poll the running daemon (a separate process) until `check()` is truthy."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            try:
-                result = await check()
-            except aiohttp.ClientError:
-                result = None
-            if result:
-                return result
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"riskmon exited while waiting for {what}:\n{self.log()}")
-            if loop.time() > deadline:
-                raise AssertionError(f"no {what} after {timeout} s:\n{self.log()[-4000:]}")
-            await asyncio.sleep(0.1)  # another process: its state can only be polled
 
     async def ready(self) -> None:
         async def check() -> bool:
