@@ -248,16 +248,14 @@ def _add_silence(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--url",
-        default=os.environ.get("RISKMON_URL"),
-        help="the daemon's HTTP API instead (default $RISKMON_URL, or without -c "
+        help="the daemon's HTTP API instead (without -c: $RISKMON_API_URL, or "
         "http://127.0.0.1:9817)",
     )
     parser.add_argument(
         "--token-file",
         type=Path,
-        default=os.environ.get("RISKMON_TOKEN_FILE") or None,
-        help="with --url: a file holding the API's bearer token, sent as Authorization: "
-        "Bearer (default $RISKMON_TOKEN_FILE)",
+        help="without -c: a file holding the API's bearer token, sent as Authorization: "
+        "Bearer (default $RISKMON_API_TOKEN_FILE)",
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = actions.add_parser("add", help="silence the alerts all MATCHERs match; prints its id")
@@ -462,12 +460,12 @@ def _silence(args: argparse.Namespace) -> int:
 
     try:
         if args.url is None and args.config is not None:
-            daemon = api_target(load_config(args.config))
+            daemon = api_target(load_config(args.config))  # RISKMON_API_* override it there
         else:
-            token = (
-                None if args.token_file is None else Secret.file("--token-file", args.token_file)
-            )
-            daemon = ApiTarget((args.url or "http://127.0.0.1:9817").rstrip("/"), token)
+            url = args.url or os.environ.get("RISKMON_API_URL") or "http://127.0.0.1:9817"
+            token_file = args.token_file or os.environ.get("RISKMON_API_TOKEN_FILE")
+            token = None if not token_file else Secret.file("--token-file", Path(token_file))
+            daemon = ApiTarget(url.rstrip("/"), token)
     except (ApiError, SourceError) as exc:
         print(f"riskmon silence: {exc}", file=sys.stderr)
         return 1
