@@ -60,10 +60,21 @@ def _poll_cost(r: Results) -> list[Row]:
     if raw:
         rows.append(
             (
-                "  ratio to a raw aiohttp GET loop's requests per CPU-second, same run",
+                "  ratio to a raw aiohttp GET loop's requests per CPU-second, same run,"
+                " answers unchanged",
                 f"{rate / raw:.2f}x ({raw:,})",
                 f">= {r.get('target_ratio_to_raw_aiohttp', 0.5)}x",
                 _verdict(rate / raw >= r.get("target_ratio_to_raw_aiohttp", 0.5)),
+            )
+        )
+    changing = r.get("changing_answers")
+    if changing and changing.get("ratio_to_raw_aiohttp") is not None:
+        rows.append(
+            (
+                "  the same with every answer changing between polls",
+                f"{changing['ratio_to_raw_aiohttp']:.2f}x ({changing['polls_per_cpu_second']:,})",
+                "-",
+                "info",
             )
         )
     if plain:

@@ -42,9 +42,11 @@ def account_ids(count: int) -> list[str]:
     return [str(FIRST_ID + i) for i in range(count)]
 
 
-def scenario(count: int) -> dict[str, Any]:
-    """The simulator's scenario: `count` Clear Street margin accounts."""
-    return {
+def scenario(count: int, *, walk_every: str | None = None) -> dict[str, Any]:
+    """The simulator's scenario: `count` Clear Street margin accounts; with `walk_every`,
+    each one's buying power takes a random step of 100 that often (within 60,000-120,000,
+    never near a floor), so that its answers change."""
+    data: dict[str, Any] = {
         "clearstreet": {
             "api_keys": [API_KEY],
             "accounts": [
@@ -52,6 +54,18 @@ def scenario(count: int) -> dict[str, Any]:
             ],
         }
     }
+    if walk_every is not None:
+        walk = {"field": "buying_power", "step": "100", "every": walk_every}
+        data["timeline"] = [
+            {
+                "at": "0s",
+                "venue": "clearstreet",
+                "account": account,
+                "walk": walk | {"min": "60000", "max": "120000"},
+            }
+            for account in account_ids(count)
+        ]
+    return data
 
 
 def write_config(

@@ -67,6 +67,9 @@ WARMUP = 3.0
 POLL_INTERVAL = "300ms"  # 1,000 accounts due 3,333 times a second: served without overruns
 CONCURRENCY = 64
 HTTP_REQUESTS = 3_000
+# with --answers changing: each account's buying power steps this often, three steps or
+# more between two polls 300 ms apart, so nearly every answer differs from the last
+CHANGING_EVERY = "100ms"
 RAW_WINDOWS = 3  # raw aiohttp windows before the daemon, and as many after it
 RAW = "raw aiohttp session"
 PLAIN = "httpx.AsyncClient (default transport)"
@@ -121,23 +124,18 @@ async def pipeline(config_path: Path, seconds: float, simulator_pid: int) -> dic
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m bench.poll_cost", description=__doc__)
-    parser.add_argument("--accounts", type=int, default=ACCOUNTS)
-    parser.add_argument("--seconds", type=float, default=SECONDS)
-    parser.add_argument("--poll-interval", default=POLL_INTERVAL)
-    parser.add_argument(
-        "--http-requests",
-        type=int,
-        default=HTTP_REQUESTS,
-        help="requests per bare HTTP loop (0: skip them, e.g. to profile the daemon alone)",
-    )
-    args = parser.parse_args(argv)
-    configure_logging("warning")
+def measure_case(
+    args: argparse.Namespace, walk_every: str | None, *, with_clients: bool
+) -> dict[str, Any]:
+    """One simulator (its answers unchanged, or changing with `walk_every`): the raw
+    aiohttp loop's windows around the daemon's, and (`with_clients`) the other HTTP loops."""
     accounts = account_ids(args.accounts)
     with (
         tempfile.TemporaryDirectory(prefix="riskmon-bench-poll-") as folder,
-        simulator_process(scenario(args.accounts)) as (base, simulator_pid),
+        simulator_process(scenario(args.accounts, walk_every=walk_every)) as (
+            base,
+            simulator_pid,
+        ),
     ):
         http_rows: list[dict[str, Any]] = []
         raw_rates: list[float] = []
@@ -150,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
 
         if args.http_requests:
-            http_rows = eventloop.run(measure(base, accounts, args.http_requests, CONCURRENCY))
+            if with_clients:
+                http_rows = eventloop.run(measure(base, accounts, args.http_requests, CONCURRENCY))
             raw_windows()
         config = write_config(
             Path(folder),
@@ -162,8 +161,48 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ours = eventloop.run(pipeline(config, args.seconds, simulator_pid))
         if args.http_requests:
             raw_windows()
-    by_name = {row["client"]: row for row in http_rows}
     raw = round(statistics.median(raw_rates)) if raw_rates else None
+    rate = ours["polls_per_cpu_second"]
+    return {
+        "riskmon": ours,
+        "http_clients": http_rows,
+        "raw_aiohttp_requests_per_cpu_second": raw,
+        "raw_aiohttp_requests_per_cpu_second_windows": [round(r) for r in raw_rates],
+        "polls_per_cpu_second": rate,
+        "ratio_to_raw_aiohttp": round(rate / raw, 2) if raw else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench.poll_cost", description=__doc__)
+    parser.add_argument("--accounts", type=int, default=ACCOUNTS)
+    parser.add_argument("--seconds", type=float, default=SECONDS)
+    parser.add_argument("--poll-interval", default=POLL_INTERVAL)
+    parser.add_argument(
+        "--http-requests",
+        type=int,
+        default=HTTP_REQUESTS,
+        help="requests per bare HTTP loop (0: skip them, e.g. to profile the daemon alone)",
+    )
+    parser.add_argument(
+        "--answers",
+        choices=("unchanged", "changing", "both"),
+        default="both",
+        help="unchanged: every account's answer the same at each poll (the target's case);"
+        " changing: a field of each moves between any two polls; both (default)",
+    )
+    args = parser.parse_args(argv)
+    configure_logging("warning")
+    unchanged = changing = None
+    if args.answers != "changing":
+        unchanged = measure_case(args, None, with_clients=True)
+    if args.answers != "unchanged":
+        changing = measure_case(args, CHANGING_EVERY, with_clients=unchanged is None)
+    main_case = unchanged if unchanged is not None else changing
+    assert main_case is not None
+    ours = main_case["riskmon"]
+    by_name = {row["client"]: row for row in main_case["http_clients"]}
+    raw = main_case["raw_aiohttp_requests_per_cpu_second"]
     plain = by_name.get(PLAIN, {}).get("requests_per_cpu_second")
     rate = ours["polls_per_cpu_second"]
     result: dict[str, Any] = {
@@ -171,18 +210,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rules_per_snapshot": RULES_PER_SNAPSHOT,
         "poll_interval": args.poll_interval,
         "concurrency": CONCURRENCY,
-        "riskmon": ours,
-        "http_clients": http_rows,
-        "raw_aiohttp_requests_per_cpu_second": raw,
-        "raw_aiohttp_requests_per_cpu_second_windows": [round(r) for r in raw_rates],
+        "answers": "changing" if unchanged is None else "unchanged",
+        **main_case,
         "plain_httpx_requests_per_cpu_second": plain,
-        "polls_per_cpu_second": rate,
-        "ratio_to_raw_aiohttp": round(rate / raw, 2) if raw else None,
         "ratio_to_plain_httpx": round(rate / plain, 2) if plain else None,
         "target_polls_per_cpu_second": TARGET,
         "target_holds": rate >= TARGET,
         "target_ratio_to_raw_aiohttp": TARGET_RATIO,
         "ratio_holds": bool(raw) and rate / raw >= TARGET_RATIO,
+        "changing_answers": changing if unchanged is not None else None,
         "event_loop": eventloop.loop_name(),
     }
     print(
@@ -193,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print(f"  {'loop':48} {'per CPU-s':>10} {'CPU ms each':>11} {'per s wall':>10}")
     if raw:
-        label = f"raw aiohttp GET loop (median of {len(raw_rates)} windows)"
+        windows = len(main_case["raw_aiohttp_requests_per_cpu_second_windows"])
+        label = f"raw aiohttp GET loop (median of {windows} windows)"
         print(f"  {label:48} {raw:>10} {1000 / raw:>11.3f} {'-':>10}")
     for label, name in (
         ("plain httpx.AsyncClient GET loop", PLAIN),
@@ -205,21 +242,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"  {label:48} {row['requests_per_cpu_second']:>10} "
                 f"{row['cpu_ms_per_request']:>11.3f} {row['requests_per_second_wall']:>10}"
             )
-    print(
-        f"  {'riskmon daemon, whole poll (HTTP..metrics)':48} {rate:>10} "
-        f"{ours['cpu_ms_per_poll']:>11.3f} {ours['polls_per_second_wall']:>10}"
-    )
-    print(
-        f"  {ours['polls']} polls ({ours['failed_polls']} failed, {ours['skipped_turns']} turns "
-        f"skipped while in flight); riskmon used {ours['riskmon_cpu_share']:.0%} of a core, "
-        f"the simulator {ours['simulator_cpu_share']:.0%}"
-    )
-    if raw:
+    for case, label in (
+        (unchanged, "riskmon daemon, whole poll, answers unchanged"),
+        (changing, "riskmon daemon, whole poll, answers changing"),
+    ):
+        if case is None:
+            continue
+        daemon = case["riskmon"]
         print(
-            f"  raw aiohttp GET loop, {len(raw_rates)} windows of {args.http_requests} requests"
-            f" around the daemon's: {', '.join(f'{r:,.0f}' for r in raw_rates)} per CPU-s,"
-            f" median {raw:,}"
+            f"  {label:48} {case['polls_per_cpu_second']:>10} "
+            f"{daemon['cpu_ms_per_poll']:>11.3f} {daemon['polls_per_second_wall']:>10}"
         )
+        print(
+            f"    {daemon['polls']} polls ({daemon['failed_polls']} failed,"
+            f" {daemon['skipped_turns']} turns skipped while in flight); riskmon used"
+            f" {daemon['riskmon_cpu_share']:.0%} of a core, the simulator"
+            f" {daemon['simulator_cpu_share']:.0%}"
+        )
+        windows = case["raw_aiohttp_requests_per_cpu_second_windows"]
+        if windows:
+            print(
+                f"    raw aiohttp GET loop, {len(windows)} windows of {args.http_requests}"
+                f" requests around the daemon's: {', '.join(f'{r:,}' for r in windows)} per"
+                f" CPU-s, median {case['raw_aiohttp_requests_per_cpu_second']:,}; ratio"
+                f" {case['ratio_to_raw_aiohttp']:.2f}x"
+            )
     if raw and plain:
         print(
             f"  riskmon polls per CPU-second: {rate / raw:.2f}x raw aiohttp requests, "
@@ -228,8 +275,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"target >= {TARGET:,.0f} polls per CPU-second: {verdict(rate >= TARGET)}")
     if raw:
         print(
-            f"ratio to the raw aiohttp GET loop, same run: {rate / raw:.2f}x "
-            f"(target >= {TARGET_RATIO}x): {verdict(rate / raw >= TARGET_RATIO)}"
+            f"ratio to the raw aiohttp GET loop, same run, answers {result['answers']}:"
+            f" {rate / raw:.2f}x (target >= {TARGET_RATIO}x): {verdict(rate / raw >= TARGET_RATIO)}"
         )
     return result
 

@@ -460,15 +460,16 @@ class Metrics:
                 record.params = old_record.params
                 record.info_from = old_record.info_from
                 record.entries[_INFO] = old_record.entries[_INFO]
-        new = list(map(snapshot.fields.get, _PATHS))
         previous = record.fields
-        old = _NEVER_RENDERED if previous is None else list(map(previous.get, _PATHS))
-        record.fields = snapshot.fields
         entries = record.entries
-        if new != old:  # equal numbers have the same float64: keep their text
-            for i, value in enumerate(new):
-                if value != old[i]:
-                    entries[i] = None if value is None else format_value(value)
+        if snapshot.fields is not previous:  # the same answer again shares its fields
+            new = list(map(snapshot.fields.get, _PATHS))
+            old = _NEVER_RENDERED if previous is None else list(map(previous.get, _PATHS))
+            record.fields = snapshot.fields
+            if new != old:  # equal numbers have the same float64: keep their text
+                for i, value in enumerate(new):
+                    if value != old[i]:
+                        entries[i] = None if value is None else format_value(value)
         if record.up is not True:
             record.up = True
             entries[_UP] = b"1"

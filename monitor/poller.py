@@ -65,8 +65,10 @@ AUTH_BACKOFF_MAX = 300.0
 CREDENTIAL_CHECK_SECONDS = 1.0
 # Polls due within this many seconds start together, up to that much before their phase:
 # at 1,000 accounts a second, waking once per poll cost a third of the daemon's CPU
-# (bench/latency.py: 51% of a core against 36% with 5 ms, detection latency unchanged).
-START_WINDOW = 0.005
+# (bench/latency.py: 51% of a core against 36% with 5 ms, detection latency unchanged);
+# at 3,333 polls a second 20 ms took 4% less CPU a poll than 5 ms (bench/poll_cost.py:
+# more answers read per wake-up), and a poll 20 ms early is still on its interval.
+START_WINDOW = 0.02
 CATCH_UP_MIN_STALE_INTERVALS = 3.0  # stale_after / poll_interval at which first polls catch up
 REPLAN_SECONDS = 1.0  # how often the intervals follow the budget (which recovers gradually)
 PULL_IN_BELOW = 0.5  # a turn is moved sooner when the new interval is under this share

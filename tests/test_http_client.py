@@ -1067,19 +1067,35 @@ async def test_connections_use_tcp_keepalive(serve: Any, http_client: HttpClient
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
 
 
-async def test_parsed_urls_are_reused_and_their_table_is_bounded(
+async def test_origins_are_parsed_once_and_every_path_goes_where_it_says(
     serve: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The aiohttp client parses each request URL once (bench/poll_cost.py); the table
-    of parsed URLs starts again when full, and every request still goes where it says."""
-    monkeypatch.setattr("monitor.venues.http_aiohttp._TARGETS_HELD", 2)
-    server = await serve(answering(*(ok(str(i).encode()) for i in range(5))))
+    """The aiohttp client parses each origin once and puts the request's path into it
+    (bench/poll_cost.py); nothing is kept per URL (a parsed URL per account cost 1 KB,
+    bench/memory.py), the table of origins starts again when full, and a path yarl would
+    change (escapes, dot segments, a query) is still sent as yarl sends it."""
+    monkeypatch.setattr("monitor.venues.http_aiohttp._ORIGINS_HELD", 1)
+    paths = ["/a", "/v1/accounts/100001/balances", "/a%2Fb", "/x/../y", "/q?z=1", "/sp ace"]
+    server = await serve(answering(*(ok(str(i).encode()) for i in range(len(paths) + 1))))
+    other = await serve(answering(ok(b"other")))
     client = AiohttpClient()
     try:
-        answers = [await get(client, server, path) for path in ("/a", "/b", "/a", "/c", "/a")]
-        assert len(client._targets) <= 2
-        assert [r.target for r in server.requests] == ["/a", "/b", "/a", "/c", "/a"]
-        assert [a.body for a in answers] == [b"0", b"1", b"2", b"3", b"4"]
+        answers = [await get(client, server, path) for path in paths]
+        assert len(client._origins) == 1
+        assert (await get(client, other, "/b")).body == b"other"
+        assert len(client._origins) == 1  # the first origin gave way
+        assert (await get(client, server, "/a")).body == str(len(paths)).encode()
+        assert [r.target for r in server.requests] == [
+            "/a",
+            "/v1/accounts/100001/balances",
+            "/a%2Fb",
+            "/y",
+            "/q?z=1",
+            "/sp%20ace",
+            "/a",
+        ]
+        assert [r.target for r in other.requests] == ["/b"]
+        assert [a.body for a in answers] == [str(i).encode() for i in range(len(paths))]
         assert answers[0].url == server.url("/a")  # the URL as given, not the parsed one
     finally:
         await client.aclose()

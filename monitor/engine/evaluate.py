@@ -88,6 +88,16 @@ class Evaluator:
         self._programs: dict[tuple[str, str], _Program] = {}
         self._prepared: dict[tuple[str, str], tuple[Mapping[str, Any], PreparedParams]] = {}
         self._labels: dict[tuple[str, str, str], dict[str, str]] = {}
+        # account -> the inputs of its last run that started nothing: (venue, fields,
+        # prepared params, labels, currency, program). The generated rules read nothing
+        # else, so the same objects again (an unchanged answer shares its fields,
+        # `monitor.venues.unchanged`) give the same results, and the run is skipped. Keyed
+        # by the account's id alone, which the snapshot holds anyway: the same id in two
+        # venues takes turns.
+        self._quiet: dict[
+            str,
+            tuple[str, Mapping[str, Any], PreparedParams, Mapping[str, str], str | None, _Program],
+        ] = {}
 
     def replace_rules(
         self, rules: RuleSet, now: float, *, also_keep: RuleSet | None = None
@@ -98,6 +108,7 @@ class Evaluator:
         self.rules = rules
         self._programs.clear()
         self._prepared.clear()
+        self._quiet.clear()
         self._labels.clear()
         keys = {rule.key for rule in rules.rules}
         if also_keep is not None:
@@ -107,6 +118,9 @@ class Evaluator:
     def forget_account(self, venue: str, account: str, now: float) -> list[AlertEvent]:
         """An account left the config or discovery: its alerts resolve, its caches go."""
         self._prepared.pop((venue, account), None)
+        quiet = self._quiet.get(account)
+        if quiet is not None and quiet[0] == venue:
+            del self._quiet[account]
         for key in [k for k in self._labels if k[1] == venue and k[2] == account]:
             del self._labels[key]
         return self.book.forget_account(venue, account, now)
@@ -151,9 +165,22 @@ class Evaluator:
         program = self._program(snapshot.venue, snapshot.venue_kind)
         if not program.rules:
             return []
-        results = program.compiled.run(snapshot, self._params(program, snapshot))
         book = self.book
         venue, account = snapshot.venue, snapshot.account
+        params = self._params(program, snapshot)
+        quiet = self._quiet.get(account)
+        if (
+            quiet is not None
+            and quiet[1] is snapshot.fields
+            and quiet[2] is params
+            and quiet[3] is snapshot.labels
+            and quiet[5] is program
+            and quiet[0] == venue
+            and quiet[4] == snapshot.currency
+            and not book.holds_any(venue, account)
+        ):
+            return []  # the inputs of the last quiet run again: the same results
+        results = program.compiled.run(snapshot, params)
         rules = program.rules
         if (
             # the conditions (the clears after them do not start anything); a result
@@ -163,7 +190,17 @@ class Evaluator:
             and not program.fires_on_missing
             and not book.holds_any(venue, account)
         ):
-            return []  # nothing starts, nothing failed, nothing active: the hot path
+            # nothing starts, nothing failed, nothing active: the hot path
+            self._quiet[account] = (
+                venue,
+                snapshot.fields,
+                params,
+                snapshot.labels,
+                snapshot.currency,
+                program,
+            )
+            return []
+        self._quiet.pop(account, None)
         events: list[AlertEvent] = []
         for index, rule in enumerate(rules):
             condition = results[index]

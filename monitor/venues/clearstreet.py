@@ -22,6 +22,7 @@ from monitor.venues.base import VenueAdapter, settings_of
 from monitor.venues.http import HttpClient, HttpResponse
 from monitor.venues.ids import discovered_ids, path_segment
 from monitor.venues.retry import with_retries
+from monitor.venues.unchanged import ParsedAnswers
 from monitor.venues.wire import clip, decode_json, error_for_status, try_decode_json
 
 DEC, INT, BOOL, STR = FieldType.DECIMAL, FieldType.INTEGER, FieldType.BOOLEAN, FieldType.STRING
@@ -238,6 +239,7 @@ class ClearStreetAdapter(VenueAdapter):
             self._balances_params["top_margin_contributors_limit"] = limit
         # account id -> its balances path: quoting it took a microsecond every poll
         self._balances_paths: dict[str, str] = {}
+        self._parsed = ParsedAnswers()
 
     def _balances_path(self, account_id: str) -> str:
         path = self._balances_paths.get(account_id)
@@ -258,7 +260,7 @@ class ClearStreetAdapter(VenueAdapter):
             try:
                 if not isinstance(data, dict):
                     raise SnapshotParseError("balances answer has no `data` object")
-                fields = self.parse_balances(data, account.id)
+                fields = self._parsed.fields(account.id, data, self.parse_balances)
             except SnapshotParseError as exc:
                 exc.request_id, exc.status = request_id, response.status
                 raise

@@ -36,9 +36,13 @@ from monitor.venues.http import (
 
 # seconds an idle pooled connection is kept: longer than any poll interval worth pooling for
 KEEPALIVE_SECONDS = 60.0
-# request URLs whose parsed form and proxy are kept (one per account and endpoint); then
-# the table starts again (accounts discovered away)
-_TARGETS_HELD = 10_000
+# origins whose parsed form and proxy are kept (one or two per venue); then the table
+# starts again
+_ORIGINS_HELD = 1_000
+# a scheme and host[:port] with nothing yarl would change or read further
+_PLAIN_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?")
+# a path in the form yarl would give it: nothing to escape, no query or fragment
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
 
 
 class _Connector(aiohttp.TCPConnector):
@@ -60,30 +64,39 @@ class AiohttpClient(HttpClient):
     # aiohttp's trust_env looks it (and ~/.netrc) up in a worker thread for every request,
     # which cost three quarters of a poll's CPU
     _env_proxies: dict[str, tuple[URL | None, aiohttp.BasicAuth | None]]
-    # URL as the adapter gave it -> (its yarl URL, proxy, proxy credentials): aiohttp
-    # parses a str URL at every request, and yarl's cache of parsed URLs holds the last
-    # 128, not an account each: 2.6 us, 3.5% of a poll's CPU (bench/poll_cost.py). A URL
-    # object it takes as it is.
-    _targets: dict[str, tuple[URL | str, URL | str | None, aiohttp.BasicAuth | None]]
+    # origin -> (its yarl URL, proxy, proxy credentials). aiohttp parses a str URL at
+    # every request (2.1 us; yarl's cache holds the last 128 URLs, not an account each),
+    # and one parsed URL kept per account cost 1 KB of memory each (bench/memory.py). The
+    # origin is parsed once and the path put in it (0.4 us): a URL object aiohttp takes
+    # as it is.
+    _origins: dict[str, tuple[URL | None, URL | str | None, aiohttp.BasicAuth | None]]
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
         self._env_proxies = {}
-        self._targets = {}
+        self._origins = {}
 
     def _target(self, url: str) -> tuple[URL | str, URL | str | None, aiohttp.BasicAuth | None]:
-        target = self._targets.get(url)
-        if target is None:
+        slash = url.find("/", url.find("//") + 2)
+        origin, path = (url, "") if slash < 0 else (url[:slash], url[slash:])
+        entry = self._origins.get(origin)
+        if entry is None:
             proxy, proxy_auth = self._proxy(url)
             try:
-                parsed: URL | str = URL(url)
-            except ValueError:  # aiohttp's own error for it, at the request: not kept
-                return url, proxy, proxy_auth
-            target = (parsed, proxy, proxy_auth)
-            if len(self._targets) >= _TARGETS_HELD:
-                self._targets.clear()
-            self._targets[url] = target
-        return target
+                base = URL(origin) if _PLAIN_ORIGIN.fullmatch(origin) else None
+            except ValueError:
+                base = None
+            entry = (base, proxy, proxy_auth)
+            if len(self._origins) >= _ORIGINS_HELD:
+                self._origins.clear()
+            self._origins[origin] = entry
+        base, proxy, proxy_auth = entry
+        if base is not None and _PLAIN_PATH.fullmatch(path) and "/." not in path:
+            return base.with_path(path, encoded=True), proxy, proxy_auth
+        try:  # what the path would mean to yarl (escapes, dot segments, a query): its own
+            return URL(url), proxy, proxy_auth
+        except ValueError:  # aiohttp's own error for it, at the request
+            return url, proxy, proxy_auth
 
     def _proxy(self, url: str) -> tuple[URL | str | None, aiohttp.BasicAuth | None]:
         if self.transport.proxy_url is not None:
