@@ -1,9 +1,10 @@
 """Each account's last parsed answer, taken again when the next answer is the same.
 
-Between two polls a second apart most accounts' balances do not move. Parsing an answer
-into snapshot fields (`flatten`: a Decimal and a range check per field, 20 us for a Clear
-Street balance) is then the same work with the same result; a digest of the decoded
-answer (2 us) tells whether it is.
+Between two polls a second apart many accounts' balances do not move (idle or cash-only
+accounts, any account outside market hours). Parsing such an answer into snapshot fields
+(`flatten`: a Decimal and a range check per field, 20 us for a Clear Street balance)
+is the same work with the same result; a digest of the decoded answer (2 us) tells
+whether it is. An answer that changed costs the digest more than before.
 
 The digest is of the answer re-encoded by msgspec with numbers as numbers, so two answers
 share one only if they decode to equal values, key order included: the one pair that
