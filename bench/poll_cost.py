@@ -15,6 +15,12 @@ The simulator serves 1,000 Clear Street accounts from its own process. In this p
    do; the line "turns skipped while in flight" shows whether a run was over-subscribed
    (it is when other work on the machine takes riskmon's core).
 
+The daemon runs twice, each time against its own simulator: with every account's answer
+the same at each poll (the target's case: then riskmon takes the last parse, and skips the
+last quiet rule run, of an equal answer, `monitor/venues/unchanged.py`), and with each
+account's buying power walking in 100 ms steps, so that nearly every answer changes and
+everything runs at every poll (`--answers changing`; printed beside the target, no target).
+
 After a warm-up, completed polls and `time.process_time()` (this process only: the
 simulator and Mosquitto are other processes) are counted over three 4-second windows:
 polls per CPU-second, the median window's (other work on the machine moves single
