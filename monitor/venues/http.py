@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,3 +182,15 @@ def check_size(size: int | None, max_bytes: int, status: int) -> None:
             "(max_response_bytes); stopped reading",
             status=status,
         )
+
+
+async def read_capped(chunks: AsyncIterator[bytes], max_bytes: int, status: int) -> bytes:
+    """A body read chunk by chunk as it arrives; reading stops (SnapshotParseError) as
+    soon as it passes `max_bytes`."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        check_size(size, max_bytes, status)
+        parts.append(chunk)
+    return b"".join(parts)

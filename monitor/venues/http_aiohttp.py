@@ -32,6 +32,7 @@ from monitor.venues.http import (
     check_size,
     closed_early,
     declared_size,
+    read_capped,
 )
 
 # seconds an idle pooled connection is kept: longer than any poll interval worth pooling for
@@ -60,20 +61,17 @@ class _Connector(aiohttp.TCPConnector):
 
 class AiohttpClient(HttpClient):
     _session: aiohttp.ClientSession | None = None
-    # origin -> (proxy, its credentials) from the environment, looked up once per origin:
-    # aiohttp's trust_env looks it (and ~/.netrc) up in a worker thread for every request,
-    # which cost three quarters of a poll's CPU
-    _env_proxies: dict[str, tuple[URL | None, aiohttp.BasicAuth | None]]
-    # origin -> (its yarl URL, proxy, proxy credentials). aiohttp parses a str URL at
-    # every request (2.1 us; yarl's cache holds the last 128 URLs, not an account each),
-    # and one parsed URL kept per account cost 1 KB of memory each (bench/memory.py). The
-    # origin is parsed once and the path put in it (0.4 us): a URL object aiohttp takes
-    # as it is.
+    # origin -> (its yarl URL, proxy, proxy credentials), found once per origin.
+    # The proxy: aiohttp's trust_env looks it (and ~/.netrc) up in a worker thread for
+    # every request, which cost three quarters of a poll's CPU.
+    # The URL: aiohttp parses a str URL at every request (2.1 us; yarl's cache holds the
+    # last 128 URLs, not an account each), and one parsed URL kept per account cost 1 KB
+    # of memory each (bench/memory.py). The origin is parsed once and the path put in it
+    # (0.4 us): a URL object aiohttp takes as it is.
     _origins: dict[str, tuple[URL | None, URL | str | None, aiohttp.BasicAuth | None]]
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
-        self._env_proxies = {}
         self._origins = {}
 
     def _target(self, url: str) -> tuple[URL | str, URL | str | None, aiohttp.BasicAuth | None]:
@@ -81,7 +79,7 @@ class AiohttpClient(HttpClient):
         origin, path = (url, "") if slash < 0 else (url[:slash], url[slash:])
         entry = self._origins.get(origin)
         if entry is None:
-            proxy, proxy_auth = self._proxy(url)
+            proxy, proxy_auth = self._proxy(origin)
             try:
                 base = URL(origin) if _PLAIN_ORIGIN.fullmatch(origin) else None
             except ValueError:
@@ -98,18 +96,13 @@ class AiohttpClient(HttpClient):
         except ValueError:  # aiohttp's own error for it, at the request
             return url, proxy, proxy_auth
 
-    def _proxy(self, url: str) -> tuple[URL | str | None, aiohttp.BasicAuth | None]:
+    def _proxy(self, origin: str) -> tuple[URL | str | None, aiohttp.BasicAuth | None]:
         if self.transport.proxy_url is not None:
             return self.transport.proxy_url, None
-        slash = url.find("/", url.find("//") + 2)
-        origin = url if slash < 0 else url[:slash]
-        if origin in self._env_proxies:
-            return self._env_proxies[origin]
         try:
             found: tuple[URL | None, aiohttp.BasicAuth | None] = get_env_proxy_for_url(URL(origin))
         except (LookupError, ValueError):
             found = (None, None)
-        self._env_proxies[origin] = found
         return found
 
     async def _send(
@@ -145,14 +138,8 @@ class AiohttpClient(HttpClient):
                 if declared is not None and response.headers.get("content-encoding") is None:
                     # the length is known and within the cap: one read (aiohttp stops at it)
                     return HttpResponse(status, response.headers, await response.read(), url)
-                chunks: list[bytes] = []
-                size = 0
-                stream = response.content
-                while chunk := await stream.readany():
-                    size += len(chunk)
-                    check_size(size, max_bytes, status)
-                    chunks.append(chunk)
-                return HttpResponse(status, response.headers, b"".join(chunks), url)
+                body = await read_capped(response.content.iter_any(), max_bytes, status)
+                return HttpResponse(status, response.headers, body, url)
         except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
             raise VenueConnectionError(f"TLS failed: {self.scrub(_reason(exc))}") from None
         except aiohttp.ClientHttpProxyError as exc:

@@ -19,6 +19,7 @@ from monitor.venues.http import (
     check_size,
     closed_early,
     declared_size,
+    read_capped,
 )
 
 
@@ -51,13 +52,8 @@ class HttpxClient(HttpClient):
             ) as response:
                 status = response.status_code
                 check_size(declared_size(response.headers.get("content-length")), max_bytes, status)
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    check_size(size, max_bytes, status)
-                    chunks.append(chunk)
-                return HttpResponse(status, response.headers, b"".join(chunks), url)
+                body = await read_capped(response.aiter_bytes(), max_bytes, status)
+                return HttpResponse(status, response.headers, body, url)
         except httpx.TimeoutException:
             raise TimeoutError from None
         except httpx.ProxyError as exc:

@@ -71,8 +71,5 @@ class ParsedAnswers:
         self._last[account_id] = (digest, fields)
         return fields
 
-    def forget(self, account_id: str) -> None:
-        self._last.pop(account_id, None)
-
     def __len__(self) -> int:
         return len(self._last)
