@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from monitor.engine import expr as expr_module
 from monitor.engine.expr import MISSING, EvalError, compile_expression, compile_rules
 from monitor.snapshot import Snapshot
 from monitor.yamlsource import Location, SourceError
@@ -409,3 +410,40 @@ def test_rule_sets_agree_with_each_expression_alone(
         alone = expr.evaluate(snapshot, p)
         assert type(result) is type(alone), (expr, result, alone)
         assert isinstance(alone, EvalError) or result is alone or str(result) == str(alone)
+
+
+_item_values = st.one_of(
+    st.decimals(
+        allow_nan=False, allow_infinity=False, places=2, min_value=-(10**9), max_value=10**9
+    ),
+    st.sampled_from([None, True, "12", 7, MISSING]),
+)
+_items = st.one_of(
+    st.dictionaries(st.sampled_from(["v", "w", "v.x"]), _item_values, max_size=3),
+    st.dictionaries(st.just("v"), _item_values, min_size=1),  # the usual: the number there
+    st.sampled_from([None, "text", 3, [1], {"v": {"x": Decimal(1)}}]),
+)
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    name=st.sampled_from(["sum_of", "max_of", "min_of"]),
+    items=st.lists(_items, max_size=6),
+    as_map=st.booleans(),
+    key=st.sampled_from(["v", "w", "v.x"]),
+)
+def test_aggregates_agree_with_the_item_by_item_loop(
+    name: str, items: list[Any], as_map: bool, key: str
+) -> None:
+    """`sum_of`/`max_of`/`min_of` over plain objects each with a number are picked out in
+    C; any collection gives what the item-by-item loop gives, or the same refusal."""
+    collection: Any = {f"k{i}": item for i, item in enumerate(items)} if as_map else items
+
+    def outcome(agg: Any) -> tuple[str, str]:
+        try:
+            result = agg(name, collection, key)
+        except Exception as exc:
+            return type(exc).__name__, str(exc)
+        return type(result).__name__, repr(result)  # repr: 1.0 and 1.00 differ
+
+    assert outcome(expr_module._agg) == outcome(expr_module._agg_loop)

@@ -83,6 +83,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import repeat as _repeat
 from typing import Any, Final, NewType
 
 from monitor.schema import MAX_DIGITS, MAX_EXPONENT, number_problem
@@ -924,7 +925,32 @@ def _dig(container: Any, path: str) -> Any:
     return container
 
 
+_DECIMAL_ONLY: Final = {Decimal}
+_dict_get: Final = dict.get
+
+
 def _agg(name: str, collection: Any, key: str) -> Any:
+    kind = type(collection)
+    if (kind is list or kind is dict) and "." not in key:
+        # The usual: a venue's list (or map) of plain objects, each with a number at
+        # `key`. Picked out and compared in C: the loop below took 5.5 us for 5 items
+        # (a shipped rule's `max_of(margin_details.top_contributors, ...)`), more than
+        # the 20 other rules together. Anything else takes the loop, which says why.
+        try:
+            values = list(
+                map(_dict_get, collection if kind is list else collection.values(), _repeat(key))
+            )
+        except TypeError:  # an item that is not a plain object
+            values = None
+        if values is not None and set(map(type, values)) == _DECIMAL_ONLY:
+            if name == "sum_of":
+                return sum(values, Decimal(0))
+            return max(values) if name == "max_of" else min(values)
+    return _agg_loop(name, collection, key)
+
+
+def _agg_loop(name: str, collection: Any, key: str) -> Any:
+    """`_agg` item by item: any collection, dotted keys, skipped and refused items."""
     collection = _norm(collection)
     if collection is MISSING:
         return MISSING
