@@ -107,8 +107,12 @@ async def measure(
         )
 
     loop = asyncio.get_running_loop()
-    for backend, client in (("aiohttp", AiohttpClient), ("httpx", HttpxClient)):
-        ours = client(max_connections=concurrency)
+    clients: list[tuple[str, type[HttpClient]]] = [
+        ("aiohttp", AiohttpClient),
+        ("httpx", HttpxClient),
+    ]
+    for backend, client_class in clients:
+        ours = client_class(max_connections=concurrency)
 
         async def riskmon(i: int, ours: HttpClient = ours) -> None:
             response = await ours.request("GET", url(i), headers=headers, deadline=loop.time() + 10)

@@ -44,7 +44,7 @@ from bench.harness import (
 )
 from monitor import eventloop
 from monitor.config import Config, load_config
-from monitor.engine.lifecycle import AlertEvent
+from monitor.engine.lifecycle import Alert, AlertEvent
 from monitor.history.journal import Journal, NullJournal
 from monitor.logs import configure_logging
 from monitor.publish.events import to_entry
@@ -79,10 +79,17 @@ class EventCountingDaemon(CountingDaemon):
         super().__init__(config)
         self.events = 0
 
-    def _emit(self, events: Iterable[AlertEvent], *, answered_at: float | None = None) -> None:
+    def _emit(
+        self,
+        events: Iterable[AlertEvent],
+        *,
+        answered_at: float | None = None,
+        announced: bool = False,
+        retained: Iterable[Alert] = (),
+    ) -> None:
         events = list(events)
         self.events += len(events)
-        super()._emit(events, answered_at=answered_at)
+        super()._emit(events, answered_at=answered_at, announced=announced, retained=retained)
 
 
 def flapping_scenario(count: int, flapping: int) -> dict[str, Any]:

@@ -13,10 +13,13 @@ by up to 2x within minutes). No target: the figures behind `flatten`'s inlined c
 from __future__ import annotations
 
 import copy
+import json
 import re
+import statistics
 import timeit
 from collections.abc import Callable
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from monitor.simulator.templates import _CS_MARGIN, _PM_DEFAULT, CS_TOP_CONTRIBUTORS
@@ -62,29 +65,34 @@ def main() -> dict[str, object]:
         texts = _texts(data, [])
         fields = parse(data)
         steps: dict[str, Callable[[], object]] = {
-            "decode": lambda body=body: _loads(body),
-            "digest": lambda data=data: answer_digest(data),
-            "parse": lambda data=data, parse=parse: parse(data),
-            "Decimal() alone": lambda texts=texts: list(map(Decimal, texts)),
+            "decode": partial(_loads, body),
+            "digest": partial(answer_digest, data),
+            "parse": partial(parse, data),
+            "Decimal() alone": partial(_decimals, texts),
         }
         best = dict.fromkeys(steps, float("inf"))
+        ratios = []
         for _ in range(ROUNDS):
-            for name, step in steps.items():
-                best[name] = min(best[name], timeit.timeit(step, number=CALLS) / CALLS)
-        ratio = best["parse"] / best["Decimal() alone"]
+            took = {name: timeit.timeit(step, number=CALLS) / CALLS for name, step in steps.items()}
+            ratios.append(took["parse"] / took["Decimal() alone"])
+            best = {name: min(best[name], took[name]) for name in steps}
+        ratio = statistics.median(ratios)
         print(
             f"{venue}: {len(body)} bytes, {len(fields)} fields, {len(texts)} decimal texts: "
             + ", ".join(f"{name} {seconds * 1e6:.1f} us" for name, seconds in best.items())
-            + f"; parse / Decimal() alone {ratio:.2f}x"
+            + f"; parse / Decimal() alone {ratio:.2f}x (median round; {min(ratios):.2f}x-"
+            f"{max(ratios):.2f}x)"
         )
         results[venue] = {name: round(seconds * 1e6, 2) for name, seconds in best.items()}
         results[f"{venue}_parse_ratio"] = round(ratio, 2)
     return results
 
 
-def _json(data: dict[str, Any]) -> bytes:
-    import json
+def _decimals(texts: list[str]) -> list[Decimal]:
+    return list(map(Decimal, texts))
 
+
+def _json(data: dict[str, Any]) -> bytes:
     return json.dumps({"data": data, "error": None, "metadata": {"request_id": "r"}}).encode()
 
 
