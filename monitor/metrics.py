@@ -363,13 +363,23 @@ _TEMPLATE_FAILURES_HEADER: Final = _header(
 
 
 class _Account:
-    __slots__ = ("currency", "entries", "fields", "info_from", "params", "params_from", "up")
+    __slots__ = (
+        "currency",
+        "entries",
+        "fields",
+        "info_from",
+        "params",
+        "params_defaults",
+        "params_overrides",
+        "up",
+    )
 
     def __init__(self, venue: str, account: str, currency: str | None) -> None:
         self.currency = currency
         # riskmon_account_param: the mappings it was rendered from, and the ends of its
         # lines (`,param="..."} value\n`), shared by the accounts that use the defaults
-        self.params_from: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None
+        self.params_defaults: Mapping[str, Any] | None = None
+        self.params_overrides: Mapping[str, Any] | None = None  # not a pair: 56 B an account
         self.params: tuple[bytes, ...] = ()
         # riskmon_account_info: the labels mapping entries[_INFO] was rendered from
         self.info_from: Mapping[str, str] | None = None
@@ -456,7 +466,8 @@ class Metrics:
             )
             self._entries[key] = record.entries
             if old_record is not None:  # params and info have no currency label: they stay
-                record.params_from = old_record.params_from
+                record.params_defaults = old_record.params_defaults
+                record.params_overrides = old_record.params_overrides
                 record.params = old_record.params
                 record.info_from = old_record.info_from
                 record.entries[_INFO] = old_record.entries[_INFO]
@@ -490,10 +501,9 @@ class Metrics:
         set's), and a poll costs two identity checks. Call after `update_account`.
         """
         record = self._account(venue, account, None)
-        source = record.params_from
-        if source is not None and source[0] is defaults and source[1] is overrides:
+        if record.params_defaults is defaults and record.params_overrides is overrides:
             return
-        record.params_from = (defaults, overrides)
+        record.params_defaults, record.params_overrides = defaults, overrides
         if overrides:
             record.params = _param_ends(defaults, overrides)
             return
