@@ -26,7 +26,8 @@ from aiohttp import web
 from monitor import __version__, schema
 from monitor.engine.lifecycle import Alert
 from monitor.engine.suppress import alert_labels
-from monitor.silences import SilenceError, SilenceNotSaved, time_text
+from monitor.publish.events import rfc3339
+from monitor.silences import SilenceError, SilenceNotSaved
 
 __all__ = ["AlertmanagerSource", "add_routes", "alertmanager_alert", "alertmanager_status"]
 
@@ -42,9 +43,9 @@ def alertmanager_alert(alert: Alert, now: float) -> dict[str, Any]:
     return {
         "labels": alert_labels(alert),
         "annotations": dict(alert.annotations),
-        "startsAt": time_text(alert.active_at if alert.active_at is not None else now),
-        "endsAt": time_text(now + FIRING_ENDS_AFTER),
-        "updatedAt": time_text(updated),
+        "startsAt": rfc3339(alert.active_at if alert.active_at is not None else now),
+        "endsAt": rfc3339(now + FIRING_ENDS_AFTER),
+        "updatedAt": rfc3339(updated),
         "fingerprint": alert.fingerprint,
         "receivers": [{"name": RECEIVER}],
         "status": {
@@ -68,7 +69,7 @@ def alertmanager_status(instance: str, started_at: float) -> dict[str, Any]:
             "goVersion": "riskmon (Python)",
         },
         "config": {"original": ""},
-        "uptime": time_text(started_at),
+        "uptime": rfc3339(started_at),
     }
 
 

@@ -656,7 +656,7 @@ class Daemon(PollListener):
             event_payload(firing_event(alert, now), event_id="", instance=self.config.instance)
             for alert in self.book.firing()
             # what riskmon suppresses goes nowhere, as on MQTT
-            if alert.announced and not (alert.inhibited_by or alert.silenced_by)
+            if alert.announced and not alert.suppressed
         ]
 
     def _follow_suppression(self, now: float) -> None:

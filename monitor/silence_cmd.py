@@ -9,19 +9,16 @@ from __future__ import annotations
 import getpass
 import json
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from monitor import schema
 from monitor.api_client import ApiError, ApiTarget, call_api
-from monitor.silences import matcher_json, parse_time, time_text
+from monitor.publish.events import rfc3339
+from monitor.silences import matcher_json, parse_time
 
 __all__ = ["SilenceCommandError", "add", "expire", "list_silences"]
-
-TIMEOUT = 10.0  # seconds for each request to the daemon
 
 
 class SilenceCommandError(Exception):
@@ -59,8 +56,8 @@ def add(
     start = time.time() if now is None else now
     body = {
         "matchers": [matcher_json(m) for m in parsed],
-        "startsAt": time_text(start),
-        "endsAt": time_text(start + duration),
+        "startsAt": rfc3339(start),
+        "endsAt": rfc3339(start + duration),
         "createdBy": author or getpass.getuser(),
         "comment": comment,
     }

@@ -32,7 +32,6 @@ __all__ = [
     "parse_time",
     "silence_from_json",
     "silence_json",
-    "time_text",
 ]
 
 RETENTION: Final = 5 * 24 * 3600.0  # seconds an expired silence is kept
@@ -46,11 +45,6 @@ class SilenceError(ValueError):
 
 class SilenceNotSaved(Exception):
     """The state database refused the change (a full or failing disk): nothing changed."""
-
-
-def time_text(at: float) -> str:
-    """RFC 3339 UTC with milliseconds, as the rest of riskmon writes times."""
-    return rfc3339(at)
 
 
 def parse_time(text: Any, name: str) -> float:
@@ -142,10 +136,10 @@ def silence_json(silence: Silence, now: float) -> dict[str, Any]:
     return {
         "id": silence.id,
         "status": {"state": silence.state(now)},
-        "updatedAt": time_text(silence.updated_at),
+        "updatedAt": rfc3339(silence.updated_at),
         "matchers": [matcher_json(m) for m in silence.matchers],
-        "startsAt": time_text(silence.starts_at),
-        "endsAt": time_text(silence.ends_at),
+        "startsAt": rfc3339(silence.starts_at),
+        "endsAt": rfc3339(silence.ends_at),
         "createdBy": silence.created_by,
         "comment": silence.comment,
     }

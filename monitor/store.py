@@ -251,27 +251,24 @@ class Store:
     def _open(self, synchronous: str) -> sqlite3.Connection:
         if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK):
             raise StoreError(f"{self.path}: cannot read and write it (permissions)")
-        db = connect_wal(self.path, synchronous=synchronous, kind="riskmon database")
-        try:
-            db.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
-            check = db.execute("PRAGMA quick_check").fetchall()
-            if check != [("ok",)]:
-                problems = "; ".join(str(row[0]) for row in check[:3])
-                raise StoreError(f"{self.path}: the database is corrupt: {problems}")
-            db.executescript(_SCHEMA)
-            self._check_version(db)
-            self._add_answered_at(db)
-            self._depth = int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
-            self._dead = int(db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
-            if self._keep_journal:
-                self.journal = Journal.load(db)
-        except sqlite3.Error as exc:
-            db.close()
-            raise StoreError(f"{self.path}: not a readable riskmon database: {exc}") from None
-        except BaseException:
-            db.close()
-            raise
-        return db
+        return connect_wal(
+            self.path, synchronous=synchronous, kind="riskmon database", init=self._prepare
+        )
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        """The opened database checked, its schema brought up to date, its counts read."""
+        db.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
+        check = db.execute("PRAGMA quick_check").fetchall()
+        if check != [("ok",)]:
+            problems = "; ".join(str(row[0]) for row in check[:3])
+            raise StoreError(f"{self.path}: the database is corrupt: {problems}")
+        db.executescript(_SCHEMA)
+        self._check_version(db)
+        self._add_answered_at(db)
+        self._depth = int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        self._dead = int(db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+        if self._keep_journal:
+            self.journal = Journal.load(db)
 
     def _check_version(self, db: sqlite3.Connection) -> None:
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -373,24 +370,17 @@ class Store:
         is deleted: how many records, by destination."""
         wanted = list(dict.fromkeys(names))
         with self._transaction("set the delivery destinations") as db:
-            dropped = {
+            counts = {
                 str(name): int(count)
                 for name, count in db.execute(
                     "SELECT destination, COUNT(*) FROM delivery_queue GROUP BY destination"
                 )
-                if name not in wanted
             }
+            dropped = {name: count for name, count in counts.items() if name not in wanted}
             db.executemany(
                 "DELETE FROM delivery_queue WHERE destination = ?", [(d,) for d in dropped]
             )
-            depths = {
-                name: int(
-                    db.execute(
-                        "SELECT COUNT(*) FROM delivery_queue WHERE destination = ?", (name,)
-                    ).fetchone()[0]
-                )
-                for name in wanted
-            }
+            depths = {name: counts.get(name, 0) for name in wanted}
         self._destinations = depths
         return dropped
 

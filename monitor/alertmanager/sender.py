@@ -42,7 +42,7 @@ from monitor.config.secret import SecretUnavailable
 from monitor.infra.backoff import Backoff
 from monitor.infra.http_post import JsonPoster, PostFailed
 from monitor.infra.mqtt_link import ssl_context
-from monitor.infra.retry_after import retry_after_seconds, retry_wait
+from monitor.infra.retry_after import THROTTLING_STATUSES, retry_after_seconds, retry_wait
 from monitor.store import Store, StoreError
 
 __all__ = ["BACKOFF", "BATCH", "AlertmanagerSender"]
@@ -51,7 +51,6 @@ log = structlog.get_logger("riskmon.alertmanager")
 
 BATCH: Final = 64  # records per POST
 BACKOFF: Final = Backoff(initial=1.0, max=30.0)
-_THROTTLING: Final = frozenset({429, 503})  # the answers whose Retry-After is honoured
 _ANSWER_LIMIT: Final = 4096  # bytes of an answer read
 _REASON_LIMIT: Final = 300  # characters of Alertmanager's error text kept for the log
 
@@ -213,7 +212,7 @@ class AlertmanagerSender:
                 reason=text,
             )
             raise _Refused
-        hint = retry_after_seconds(answer.headers) if status in _THROTTLING else None
+        hint = retry_after_seconds(answer.headers) if status in THROTTLING_STATUSES else None
         raise self._failure(alerts, f"HTTP {status}: {text}", hint)
 
     def _failure(

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 
-from monitor.engine.lifecycle import Alert, AlertBook, AlertEvent, AlertPhase, firing_event
+from monitor.engine.lifecycle import Alert, AlertBook, AlertEvent, firing_event
 from monitor.engine.suppress import (
     NOT_SUPPRESSED,
     InhibitRule,
@@ -159,8 +159,3 @@ class Announcer:
             return True
         del self._waiting[fp]
         return False
-
-
-def is_suppressed_firing(alert: Alert) -> bool:
-    """A firing alert that something suppresses (the `suppressed` state of metrics)."""
-    return alert.phase is AlertPhase.FIRING and alert.suppressed

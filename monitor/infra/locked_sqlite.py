@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -51,10 +52,6 @@ class StateLock:
             raise StoreLocked(f"{path}{in_use}") from None
         self._lock: IO[bytes] | None = lock
 
-    @property
-    def held(self) -> bool:
-        return self._lock is not None
-
     def release(self) -> None:
         """Let another owner open the database; safe to call twice."""
         if self._lock is not None:
@@ -70,10 +67,11 @@ def connect_wal(
     synchronous: str = "NORMAL",
     check_same_thread: bool = True,
     kind: str = "database",
+    init: Callable[[sqlite3.Connection], object] | None = None,
 ) -> sqlite3.Connection:
     """`path` opened in autocommit mode (transactions are explicit), WAL journal and
-    `synchronous` set; StoreError naming the file (and what it should be, `kind`) when
-    SQLite refuses."""
+    `synchronous` set, then `init(db)` (the schema, checks); StoreError naming the file
+    (and what it should be, `kind`) when SQLite refuses. Nothing is left open on error."""
     try:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread)
     except sqlite3.Error as exc:
@@ -83,6 +81,8 @@ def connect_wal(
         if str(mode).lower() != "wal":
             raise StoreError(f"{path}: cannot switch the database to WAL mode")
         db.execute(f"PRAGMA synchronous={synchronous}")
+        if init is not None:
+            init(db)
     except sqlite3.Error as exc:
         db.close()
         raise StoreError(f"{path}: not a readable {kind}: {exc}") from None

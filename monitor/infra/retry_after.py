@@ -11,10 +11,12 @@ from typing import Final
 
 from monitor.infra.backoff import Backoff
 
-__all__ = ["RETRY_AFTER_CAP", "retry_after_seconds", "retry_wait"]
+__all__ = ["RETRY_AFTER_CAP", "THROTTLING_STATUSES", "retry_after_seconds", "retry_wait"]
 
 #: The longest server hint honoured, in seconds.
 RETRY_AFTER_CAP: Final = 300.0
+#: The answers whose Retry-After (or retry-after-ms) is honoured.
+THROTTLING_STATUSES: Final = frozenset({429, 503})
 
 
 def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

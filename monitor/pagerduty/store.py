@@ -49,19 +49,12 @@ class BridgeStore:
         self.retention = retention
         self._lock = StateLock(path, in_use=" is in use by another riskmon pagerduty")
         try:
-            db = connect_wal(path, check_same_thread=False)
+            self._db = connect_wal(
+                path, check_same_thread=False, init=lambda db: db.executescript(_SCHEMA)
+            )
         except BaseException:
             self._lock.release()
             raise
-        try:
-            db.executescript(_SCHEMA)
-        except BaseException as exc:
-            db.close()
-            self._lock.release()
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"{path}: not a readable database: {exc}") from None
-            raise
-        self._db = db
 
     def add(self, event_id: str, payload: bytes | None, state: State = "pending") -> bool:
         """Remember `event_id` (with its payload while pending); False when it was seen."""

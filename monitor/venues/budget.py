@@ -14,10 +14,9 @@ the poller asks it when to start polls.
 from __future__ import annotations
 
 from monitor.errors import VenueError
-from monitor.infra.retry_after import RETRY_AFTER_CAP
+from monitor.infra.retry_after import RETRY_AFTER_CAP, THROTTLING_STATUSES
 
 RECOVERY_STEP = 0.05  # of the configured rate, added per second after a throttle
-THROTTLING_STATUSES = frozenset({429, 503})
 MIN_FRACTION = 1 / 64  # the budget never halves below this share of the configured rate
 
 
