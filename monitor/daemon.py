@@ -610,16 +610,17 @@ class Daemon(PollListener):
             )
             for event in events
         ]
-        now = time.time()
-        entries += [
-            to_entry(
-                firing_event(alert, now),
-                prefix=self.config.mqtt.topic_prefix,
-                instance=self.config.instance,
-                announce=False,
-            )
-            for alert in retained
-        ]
+        if retained:
+            now = time.time()
+            entries += [
+                to_entry(
+                    firing_event(alert, now),
+                    prefix=self.config.mqtt.topic_prefix,
+                    instance=self.config.instance,
+                    announce=False,
+                )
+                for alert in retained
+            ]
         if not entries:
             return
         journal = self.store.journal

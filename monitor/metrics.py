@@ -846,10 +846,19 @@ class Metrics:
                         % (record.labels, record.throttled)
                     )
 
+    def _short_labels(self, venue: str, account: str) -> bytes:
+        """`venue="..",account=".."} `: the account's own, made when it was first seen,
+        else (not polled yet) made now."""
+        entries = self._entries.get((venue, account))
+        labels = None if entries is None else entries[_LABELS_SHORT]
+        return labels if labels is not None else _labels(venue=venue, account=account) + b"} "
+
     def _render_poll_intervals(self, add: _Add) -> None:
         lines = [
-            b"riskmon_account_poll_interval_seconds{%s} %s\n"
-            % (_labels(venue=venue, account=account), _float_text(seconds))
+            b"riskmon_account_poll_interval_seconds{"
+            + self._short_labels(venue, account)
+            + _float_text(seconds)
+            + b"\n"
             for venue, intervals in self._poll_intervals.items()
             for account, seconds in intervals.items()
         ]

@@ -390,11 +390,11 @@ class VenuePoller:
             self._plan(now)
             self._next_plan = now + REPLAN_SECONDS
         horizon = now + START_WINDOW
+        paused_until = self.adapter.limits.budget.paused_until  # starting polls leaves it
         while self._heap and self._heap[0][0] <= horizon:
             due, generation, account_id = heapq.heappop(self._heap)
             if self._generation.get(account_id) != generation:
                 continue  # the account left or was rescheduled
-            paused_until = self.adapter.limits.budget.paused_until
             if now < paused_until:
                 # The venue asked for a pause: the turn waits for its end (spread over the
                 # cycle the budget allows then), and is neither a failure nor a skip.

@@ -238,17 +238,9 @@ class ClearStreetAdapter(VenueAdapter):
             self._balances_params["top_margin_contributors_limit"] = limit
         self._parsed = ParsedAnswers()
 
-    @staticmethod
-    def _balances_path(account_id: str) -> str:
-        # Clear Street's ids are digits (the config and discovery check), which need no
-        # quoting; quoting took a microsecond, and a table of paths 100 bytes an account.
-        if account_id.isdigit() and account_id.isascii():
-            return f"/v1/accounts/{account_id}/balances"
-        return f"/v1/accounts/{path_segment(account_id)}/balances"
-
     async def fetch(self, account: AccountConfig, deadline: float) -> Snapshot:
         with self.errors_about(account.id):
-            path = self._balances_path(account.id)
+            path = f"/v1/accounts/{path_segment(account.id)}/balances"
             response = await self._get(path, self._balances_params, deadline)
             envelope = decode_json(response)
             request_id = _request_id(envelope, response)

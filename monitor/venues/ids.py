@@ -22,6 +22,8 @@ def path_segment(account_id: str) -> str:
     """`account_id` as one URL path segment: every reserved character percent-encoded.
     `.` and `..` would be dot segments (`/v1/accounts/../balances` is `/v1/balances`)
     and an empty id no segment at all: VenueRequestError, the request is not sent."""
+    if account_id.isdigit() and account_id.isascii():
+        return account_id  # the usual (Clear Street's ids): nothing to quote, 1 us less
     if account_id in ("", ".", ".."):
         raise VenueRequestError(f"account id {account_id!r} cannot be a URL path segment")
     return quote(account_id, safe="")

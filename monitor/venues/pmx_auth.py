@@ -67,10 +67,10 @@ class TokenProvider:
         *,
         audience: str,
         venue: str,
+        limits: VenueLimits,
         clock: Callable[[], float] = time.time,
-        limits: VenueLimits | None = None,
     ) -> None:
-        """`limits`: the venue's, when the token endpoint counts against its budget."""
+        """`limits`: the venue's: the token endpoint counts against its budget."""
         self.config = config
         self.http = http
         self.limits = limits
@@ -151,11 +151,10 @@ class TokenProvider:
         }
         started = self.clock()
         try:
-            if self.limits is None:
-                response = await self._post(form, deadline)
-            else:
-                async with self.limits.slot(deadline):
-                    response = await self._post(form, deadline)
+            async with self.limits.slot(deadline):
+                response = await self.http.request(
+                    "POST", self.config.token_url, form=form, deadline=deadline, max_bytes=64 * 1024
+                )
         except VenueError as exc:
             exc.venue = self.venue
             exc.message = f"token request: {exc.message}"
@@ -177,11 +176,6 @@ class TokenProvider:
             raise VenueAuthError(f"token answer: the access_token {problem}", venue=self.venue)
         self.mints += 1
         return AccessToken(token, started + self._lifetime(expires_in))
-
-    async def _post(self, form: dict[str, str], deadline: float) -> HttpResponse:
-        return await self.http.request(
-            "POST", self.config.token_url, form=form, deadline=deadline, max_bytes=64 * 1024
-        )
 
     def _lifetime(self, expires_in: object) -> float:
         """Seconds the token lives: `expires_in` when it is a number of seconds from 1 to
