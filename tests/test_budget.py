@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import io
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 
 import aiohttp
 import pytest
 from conftest import MqttCollector
-from test_daemon import RULES, RiskmonProcess, events
+from test_daemon import RULES, RiskmonProcess, events, subscriber
 from test_poller import fast, running
 
 from monitor.check_cmd import run_check
@@ -25,14 +25,7 @@ from monitor.venues.budget import RECOVERY_STEP, RequestBudget
 from monitor.venues.http import HttpClient
 from monitor.yamlsource import SourceError
 
-
-@pytest.fixture
-async def subscriber(
-    mqtt_collector: Callable[..., MqttCollector],
-) -> AsyncIterator[MqttCollector]:
-    async with mqtt_collector(["riskmon/#"]) as collector:
-        yield collector
-
+__all__ = ["subscriber"]  # the fixture of test_daemon, used here as it is
 
 # A request already on its way when the 429 came back may arrive just after it.
 IN_FLIGHT = 0.05

@@ -8,16 +8,24 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 from conftest import MqttCollector
-from test_daemon import BREACH, RETAINED, SCHEMA, RiskmonProcess, events, riskmon_process
+from test_daemon import (
+    BREACH,
+    RETAINED,
+    SCHEMA,
+    RiskmonProcess,
+    events,
+    riskmon,
+    subscriber,
+)
 
 from monitor.simulator import Simulator
+
+__all__ = ["riskmon", "subscriber"]  # the fixtures of test_daemon, used here as they are
 
 AMTOOL = shutil.which("amtool")
 needs_amtool = pytest.mark.skipif(
@@ -52,22 +60,6 @@ async def api(riskmon: RiskmonProcess, path: str) -> Any:
     status, body = await riskmon.get(path)
     assert status == 200, body
     return json.loads(body)
-
-
-@pytest.fixture
-async def subscriber(
-    mqtt_collector: Callable[..., MqttCollector],
-) -> AsyncIterator[MqttCollector]:
-    async with mqtt_collector(["riskmon/#"]) as collector:
-        yield collector
-
-
-@pytest.fixture
-def riskmon(
-    tmp_path: Path, riskmon_config: Callable[..., tuple[Path, int]]
-) -> AsyncIterator[RiskmonProcess]:
-    with riskmon_process(tmp_path, riskmon_config) as process:
-        yield process
 
 
 @needs_amtool
