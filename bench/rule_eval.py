@@ -16,14 +16,22 @@ memory (about 9 ms of the total); "cache-hot" evaluates 100 snapshots 100 times.
 yardstick row times the rules' Decimal operations alone over values already in local
 variables: the floor of exact evaluation on the machine at hand, however it is
 organized, so that figures from machines of different speeds can be compared.
+
+The snapshots are a Clear Street venue's as its adapter makes them: Clear Street's field
+paths (interned, as `flatten` interns them), carrying its parser's guarantee that its
+numbers are Decimals (`Snapshot.decimal_fields`), with the rules compiled for that venue
+as the daemon compiles them. The "without the parser's guarantee" row evaluates the same
+snapshots as a rule test or a replay builds them, each number's type checked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import decimal
 import gc
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -32,6 +40,7 @@ from typing import Any
 from bench.timing import best_of
 from monitor.engine.expr import CONTEXT, CompiledExpr, compile_expression, compile_rules
 from monitor.snapshot import Snapshot
+from monitor.venues.clearstreet import SCHEMA as CLEAR_STREET
 
 TARGET_MS = 20.0
 # as the daemon evaluates, at most this many times the yardstick (the rules' Decimal
@@ -56,21 +65,24 @@ RULES: tuple[tuple[str, Mapping[str, Any]], ...] = (
         {},
     ),
     ("day_trade_count >= params.max_day_trades - 1", {"max_day_trades": 4}),
-    ("margin_details.reg_t_excess < 0", {}),
+    ("margin_details.initial_margin_excess < 0", {}),
     ("equity < params.min_equity", {"min_equity": 10_000}),
     ("margin_excess / equity < params.min_excess_ratio", {"min_excess_ratio": "0.05"}),
     (
         "margin_requirement > equity * params.max_requirement_ratio",
         {"max_requirement_ratio": "0.8"},
     ),
-    ("intraday_buying_power < params.intraday_floor", {"intraday_floor": 5_000}),
+    (
+        "margin_details.intraday_details.buying_power < params.intraday_floor",
+        {"intraday_floor": 5_000},
+    ),
     ("abs(coalesce(daily_pnl, 0)) > params.max_abs_pnl", {"max_abs_pnl": 100_000}),
     ("sod.equity - equity > params.max_drawdown", {"max_drawdown": 20_000}),
     ("(sod.equity - equity) / sod.equity > params.max_drawdown_pct", {"max_drawdown_pct": "0.1"}),
     ('currency != "USD"', {}),
     (
-        'venue_kind == "polymarket" and buying_power < params.pm_floor',
-        {"pm_floor": 1_000},
+        'venue == "cs-prime" and buying_power < params.prime_floor',
+        {"prime_floor": 1_000},
     ),
     ("min(buying_power, margin_excess) < params.min_cushion", {"min_cushion": 2_000}),
     ('labels.tier == "gold" and equity < params.gold_min', {"gold_min": 500_000}),
@@ -101,10 +113,10 @@ def make_snapshots(count: int, seed: int = 7) -> list[Snapshot]:
             "margin_excess": _money(rng, -5_000, 1_000_000),
             "margin_requirement": _money(rng, 0, 1_500_000),
             "day_trade_count": Decimal(rng.randint(0, 5)),
-            "intraday_buying_power": _money(rng, 0, 4_000_000),
+            "margin_details.intraday_details.buying_power": _money(rng, 0, 4_000_000),
             "sod.equity": equity + _money(rng, -50_000, 50_000),
             "margin_details.maintenance_margin_excess": _money(rng, -10_000, 900_000),
-            "margin_details.reg_t_excess": _money(rng, -10_000, 900_000),
+            "margin_details.initial_margin_excess": _money(rng, -10_000, 900_000),
             "margin_details.usage.used": used,
             "margin_details.usage.total": total,
             "margin_details.pattern_day_trader": rng.random() < 0.3,
@@ -115,15 +127,17 @@ def make_snapshots(count: int, seed: int = 7) -> list[Snapshot]:
             fields["daily_pnl"] = _money(rng, -200_000, 200_000)
         if rng.random() < 0.1:
             del fields["margin_details.pattern_day_trader"]
+        fields = {sys.intern(path): value for path, value in fields.items()}  # as flatten's
         snapshots.append(
             Snapshot(
-                venue="cs" if i % 4 else "pm",
-                venue_kind="clearstreet" if i % 4 else "polymarket",
+                venue="cs" if i % 4 else "cs-prime",
+                venue_kind="clearstreet",
                 account=str(10_000 + i),
                 fields=fields,
                 taken_at=0.0,
                 currency="USD" if i % 10 else "USDC",
                 labels={"tier": "gold" if i % 3 == 0 else "silver"},
+                decimal_fields=CLEAR_STREET.decimal_paths,  # as its adapter's snapshots
             )
         )
     return snapshots
@@ -136,8 +150,9 @@ def decimal_floor(snapshots: list[Snapshot]) -> Callable[[], None]:
     The gap between it and the rows above is reading, checking and bookkeeping."""
     names = (
         "buying_power equity margin_excess margin_requirement day_trade_count"
-        " intraday_buying_power sod.equity margin_details.maintenance_margin_excess"
-        " margin_details.reg_t_excess margin_details.usage.used margin_details.usage.total"
+        " margin_details.intraday_details.buying_power sod.equity"
+        " margin_details.maintenance_margin_excess margin_details.initial_margin_excess"
+        " margin_details.usage.used margin_details.usage.total"
     ).split()
     zero = Decimal(0)
     rows = [(*(s.fields[n] for n in names), s.fields.get("daily_pnl", zero)) for s in snapshots]
@@ -176,7 +191,8 @@ def decimal_floor(snapshots: list[Snapshot]) -> Callable[[], None]:
 def main(argv: list[str] | None = None) -> dict[str, object]:
     exprs: list[CompiledExpr] = [compile_expression(text) for text, _ in RULES]
     params = [_params(raw) for _, raw in RULES]
-    rules = compile_rules(exprs)
+    # as the daemon compiles them for a Clear Street venue: its parser vouches for types
+    rules = compile_rules(exprs, decimal_fields=CLEAR_STREET.decimal_paths)
     prepared = rules.prepare(params)  # once per account and config load
     run = rules.run
     snapshots = make_snapshots(SNAPSHOTS)
@@ -223,10 +239,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         return daemon, yard
 
     switching = best_of(RUNS, rule_set(snapshots))
+    unvouched = [dataclasses.replace(s, decimal_fields=frozenset()) for s in snapshots]
     old = decimal.getcontext()
     decimal.setcontext(CONTEXT)  # as in an evaluation task that runs under CONTEXT
     try:
         in_context = best_of(RUNS, rule_set(snapshots))
+        in_context_unvouched = best_of(RUNS, rule_set(unvouched))
         in_context_hot = best_of(RUNS, rule_set(hot))
         # The ratio's two figures are taken batch by batch, side by side, over the same
         # just-built snapshots: this machine's speed drifts by up to 2x within minutes
@@ -255,6 +273,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         ),
         ("rules.run, all built first, context switched per call", switching, RUNS),
         ("rules.run, all built first, task under CONTEXT", in_context, RUNS),
+        (
+            "rules.run, the same without the parser's guarantee",
+            in_context_unvouched,
+            RUNS,
+        ),
         ("rules.run, task under CONTEXT, cache-hot snapshots", in_context_hot, RUNS),
         ("CompiledExpr.evaluate one by one", separate, RUNS),
         ("yardstick: the rules' Decimal operations alone, in locals", floor, RATIO_ROUNDS),
@@ -280,6 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "ms_as_daemon": round(daemon_ms, 2),
         "ms_context_switched": round(switching * 1000, 2),
         "ms_under_context": round(in_context * 1000, 2),
+        "ms_under_context_unvouched": round(in_context_unvouched * 1000, 2),
         "ms_under_context_cache_hot": round(in_context_hot * 1000, 2),
         "ms_one_by_one": round(separate * 1000, 2),
         "ms_decimal_operations_alone": round(floor * 1000, 2),

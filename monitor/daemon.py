@@ -82,7 +82,7 @@ from monitor.silences import SilenceBook, SilenceError, silence_json
 from monitor.snapshot import Snapshot
 from monitor.store import Store, StoreError
 from monitor.supervise import Supervisor
-from monitor.venue_fields import kind_fields_map, often_absent_map
+from monitor.venue_fields import decimal_fields_map, kind_fields_map, often_absent_map
 from monitor.venues.base import create_adapter
 from monitor.venues.http import HttpClient, http_client_for
 from monitor.yamlsource import KeyPath, Location, Problem, SourceError, YamlDocument
@@ -154,6 +154,7 @@ class Daemon(PollListener):
             on_eval_failure=self._evaluation_failed,
             runbook_url=runbook_url,
             often_absent=often_absent_map(),
+            decimal_fields=decimal_fields_map(),
         )
         self.health = Evaluator(
             builtin_rules(config.builtin_alerts), self.book, runbook_url=runbook_url

@@ -52,6 +52,10 @@ class Snapshot:
     request_id: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
+    # The paths whose values the producer guarantees are Decimals wherever present: its
+    # schema's `decimal_paths` for a snapshot that `flatten` parsed (and the rules' fast
+    # path then skips its per-field type checks); empty for any other snapshot.
+    decimal_fields: frozenset[str] = frozenset()
 
     def get(self, path: str, default: Any = None) -> Any:
         """A field by its SPEC path, including venue/account/labels.x/params.x."""
@@ -181,9 +185,33 @@ class FieldSchema:
     _steps: dict[str, dict[str, tuple[str, str, FieldType | None]]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    #: The paths at which `flatten` stores nothing but a Decimal: those of known decimal
+    #: and integer fields outside maps and lists (where a data key or an index is part
+    #: of the path, so that a path is not its pattern). The adapters' snapshots carry it
+    #: as `Snapshot.decimal_fields`.
+    decimal_paths: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decimal_paths", _decimal_paths(self))
 
     def type_of(self, pattern: str) -> FieldType | None:
         return self.types.get(pattern)
+
+
+def _decimal_paths(schema: FieldSchema) -> frozenset[str]:
+    collections = set(schema.maps)
+    collections.update(p for p, kind in schema.types.items() if kind is FieldType.LIST)
+    paths = set()
+    for path, kind in schema.types.items():
+        if kind is not FieldType.DECIMAL and kind is not FieldType.INTEGER:
+            continue
+        parts = path.split(".")
+        if any(part == "*" or part.isdigit() for part in parts):
+            continue
+        if any(".".join(parts[:i]) in collections for i in range(1, len(parts))):
+            continue
+        paths.add(sys.intern(path))
+    return frozenset(paths)
 
 
 def _coerce(value: Any, kind: FieldType | None, path: str) -> Any:

@@ -10,7 +10,7 @@ from monitor.engine.check import KindFields
 from monitor.snapshot import NORMALIZED_FIELDS
 from monitor.venues import registry
 
-__all__ = ["kind_fields", "kind_fields_map", "often_absent_map"]
+__all__ = ["decimal_fields_map", "kind_fields", "kind_fields_map", "often_absent_map"]
 
 _cache: dict[str, KindFields] = {}
 
@@ -46,3 +46,9 @@ def kind_fields_map() -> dict[str, KindFields]:
 def often_absent_map() -> dict[str, frozenset[str]]:
     """Per kind, the fields its rules' fast path treats as optional (deprecated ones)."""
     return {kind: fields.often_absent() for kind, fields in kind_fields_map().items()}
+
+
+def decimal_fields_map() -> dict[str, frozenset[str]]:
+    """Per kind, the fields its parser guarantees are Decimals wherever present: the very
+    set its adapter's snapshots carry as `Snapshot.decimal_fields`."""
+    return {kind.name: kind.schema.decimal_paths for kind in registry.all_kinds()}

@@ -23,6 +23,7 @@ from monitor.errors import (
     VenueRequestError,
 )
 from monitor.simulator import Simulator
+from monitor.venue_fields import decimal_fields_map
 from monitor.venues.clearstreet import ClearStreetAdapter
 from monitor.venues.http import HttpClient
 from monitor.venues.http_httpx import HttpxClient
@@ -57,6 +58,8 @@ async def test_cs_balances_become_a_snapshot(
     assert snap.fields["buying_power"] == Decimal("12345.67")
     assert isinstance(snap.fields["margin_excess"], Decimal)
     assert snap.request_id
+    # the parser's guarantee, which rules compiled for the kind take by identity
+    assert snap.decimal_fields is decimal_fields_map()["clearstreet"]
 
 
 async def test_cs_deprecated_pdt_fields_are_missing_not_false(
@@ -325,6 +328,7 @@ async def test_pmx_balance_with_minted_token(
     assert snap.venue_kind == "polymarket"
     assert snap.currency == "USD"
     assert "excess_capital" in snap.fields
+    assert snap.decimal_fields is decimal_fields_map()["polymarket"]
     assert adapter.auth.mints == 1
     assert len(simulator.requests(endpoint="token")) == 1
 

@@ -8,6 +8,7 @@ with an audit hook and patched builtins proving nothing outside the allow-list r
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -447,3 +448,63 @@ def test_aggregates_agree_with_the_item_by_item_loop(
         return type(result).__name__, repr(result)  # repr: 1.0 and 1.00 differ
 
     assert outcome(expr_module._agg) == outcome(expr_module._agg_loop)
+
+
+# A venue's parser vouches that its snapshots hold Decimals wherever its typed numeric
+# fields are present (`FieldSchema.decimal_paths`, carried as `Snapshot.decimal_fields`);
+# rules compiled for that venue skip those fields' type checks in such snapshots. These
+# vouch for all of the numeric fields or for some, as a venue's schema covers some.
+VOUCHING = [frozenset(NUMERIC_FIELDS), frozenset({"a", "zero"})]
+
+
+@st.composite
+def vouched_snapshots(draw: st.DrawFn, vouched: frozenset[str]) -> Snapshot:
+    """Usual snapshots; those that keep the guarantee (a Decimal wherever a vouched field
+    is present) mostly carry it, as a parser's snapshots do."""
+    snapshot = draw(usual_snapshots())
+    keeps = all(type(snapshot.fields.get(path, Decimal(0))) is Decimal for path in vouched)
+    if keeps and draw(st.integers(0, 3)):
+        return dataclasses.replace(snapshot, decimal_fields=vouched)
+    return snapshot
+
+
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    texts=st.lists(fast_expressions, min_size=1, max_size=4),
+    data=st.data(),
+    rule_params=st.lists(usual_params(), min_size=4, max_size=4),
+    which=st.sampled_from(range(len(VOUCHING))),
+)
+def test_a_parsers_guarantee_changes_no_result(
+    texts: list[str], data: st.DataObject, rule_params: list[dict[str, Any]], which: int
+) -> None:
+    vouched = VOUCHING[which]
+    snapshot = data.draw(vouched_snapshots(vouched))
+    exprs = [compile_expression(text) for text in texts]
+    params = rule_params[: len(exprs)]
+    trusting = compile_rules(exprs, decimal_fields=vouched)
+    checking = compile_rules(exprs)
+    results = trusting.run(snapshot, trusting.prepare(params))
+    expected = checking.run(snapshot, checking.prepare(params))
+    for expr, result, wanted in zip(exprs, results, expected, strict=True):
+        assert type(result) is type(wanted), (expr, result, wanted)
+        assert result is wanted or str(result) == str(wanted), (expr, result, wanted)
+
+
+def test_the_guarantee_is_taken_only_from_snapshots_that_carry_that_very_set() -> None:
+    """An equal set is not the parser's: a snapshot built elsewhere (a rule test, a
+    replay) is checked field by field, so a bool where a number belongs is no number."""
+    rules = compile_rules([compile_expression("a < 1")], decimal_fields=frozenset({"a"}))
+    prepared = rules.prepare([{}])
+    fields = {"a": True}
+    copy = Snapshot(
+        venue="cs",
+        venue_kind="clearstreet",
+        account="1",
+        fields=fields,
+        taken_at=0.0,
+        decimal_fields=frozenset({"a"}),
+    )
+    [result] = rules.run(copy, prepared)
+    assert isinstance(result, EvalError)

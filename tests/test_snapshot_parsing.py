@@ -351,3 +351,125 @@ def test_paths_under_markets_that_come_and_go_are_not_kept_once_their_snapshots_
     # 26 MB before; 2-4 MB now (the cache at its bound, and the interpreter's table of
     # interned strings, whose size depends on what ran before in the process)
     assert kept < 8_000_000, f"{kept:,} bytes kept after 30,000 markets"
+
+
+def test_decimal_paths_are_the_known_numbers_outside_maps_and_lists() -> None:
+    """The paths at which `flatten` stores only Decimals, which the rules' fast path then
+    does not check: under a map or a list the path holds a data key or an index, and
+    is not the pattern whose type was checked."""
+    schema = FieldSchema(
+        {
+            "n": FieldType.DECIMAL,
+            "count": FieldType.INTEGER,
+            "name": FieldType.STRING,
+            "flag": FieldType.BOOLEAN,
+            "o": FieldType.OBJECT,
+            "o.n": FieldType.DECIMAL,
+            "xs": FieldType.LIST,
+            "xs.*.v": FieldType.DECIMAL,
+            "xs.v": FieldType.DECIMAL,  # a list's "v" item would not be at this path
+            "m.*.v": FieldType.DECIMAL,
+            "m.v": FieldType.DECIMAL,  # nor a map's key "v"
+            "o.0": FieldType.DECIMAL,
+        },
+        maps=frozenset({"m"}),
+    )
+    assert schema.decimal_paths == {"n", "count", "o.n"}
+    assert "margin_excess" in _CS_SCHEMA.decimal_paths  # the normalized fields too
+    assert "margin_details.usage.used" in _CS_SCHEMA.decimal_paths
+
+
+_JSON_SCALARS = st.one_of(
+    st.sampled_from(["12.5", "-3", "7", "", "abc", "1_000", "NaN", "1e999", "0x10"]),
+    st.integers(-5, 5),
+    st.decimals(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+)
+_JSON_VALUES = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=2),
+        st.dictionaries(st.sampled_from(["v", "used", "equity", "0"]), inner, max_size=2),
+    ),
+    max_leaves=4,
+)
+# keys that collide with typed paths in every way the wire allows: camelCase, dotted,
+# the normalized names themselves, nested spellings
+_CS_KEYS = [
+    ("buyingPower",),
+    ("marginExcess",),
+    ("margin_excess",),
+    ("marginRequirement",),
+    ("dayTradeCount",),
+    ("day_trade_count",),
+    ("dailyPnl",),
+    ("daily_total_pnl",),
+    ("margin_details.usage.used",),
+    ("sod.equity",),
+    ("sod", "equity"),
+    ("margin_details",),
+    ("margin_details", "maintenanceMarginExcess"),
+    ("margin_details", "usage", "total"),
+    ("margin_details", "dayTradeCount"),
+    ("margin_details", "top_contributors"),
+]
+_PM_KEYS = [
+    ("buyingPower",),
+    ("excessCapital",),
+    ("marginExcess",),
+    ("margin_requirement",),
+    ("securities",),
+    ("securities", "buying_power"),
+    ("securities.x",),
+]
+
+
+def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = data
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[path[-1]] = value
+
+
+def _keeps_its_guarantee(parse: Any, data: dict[str, Any], schema: FieldSchema) -> None:
+    try:
+        fields = parse(data)
+    except SnapshotParseError:
+        return
+    for path in schema.decimal_paths:
+        if path in fields:
+            assert type(fields[path]) is Decimal, (path, fields[path])
+            assert fields[path].is_finite(), (path, fields[path])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    answer=st.sampled_from(["cs_balances_margin.json", "cs_balances_cash.json"]),
+    changes=st.lists(st.tuples(st.sampled_from(_CS_KEYS), _JSON_VALUES), max_size=4),
+)
+def test_a_clear_street_snapshot_holds_decimals_wherever_its_parser_vouches(
+    answer: str, changes: list[tuple[tuple[str, ...], Any]]
+) -> None:
+    """Whatever Clear Street sends, a parsed answer holds a finite Decimal at every path
+    of `decimal_paths`, which its snapshots carry and the rules then do not check."""
+    data = cs(answer)
+    for path, value in changes:
+        _set(data, path, value)
+    _keeps_its_guarantee(lambda d: ClearStreetAdapter.parse_balances(d, "19816"), data, _CS_SCHEMA)
+
+
+@settings(max_examples=200, deadline=None)
+@given(changes=st.lists(st.tuples(st.sampled_from(_PM_KEYS), _JSON_VALUES), max_size=4))
+def test_a_polymarket_snapshot_holds_decimals_wherever_its_parser_vouches(
+    changes: list[tuple[tuple[str, ...], Any]],
+) -> None:
+    from monitor.venues.polymarket import SCHEMA
+
+    data = load("pmx_balance.json")
+    for path, value in changes:
+        _set(data, path, value)
+    _keeps_its_guarantee(PolymarketAdapter.parse_balance, data, SCHEMA)

@@ -75,11 +75,16 @@ class Evaluator:
         on_eval_failure: EvalFailureHook | None = None,
         runbook_url: Template | None = None,
         often_absent: Mapping[str, frozenset[str]] | None = None,
+        decimal_fields: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         self.rules = rules
         #: per venue kind, the fields the fast path treats as optional (its deprecated
         #: ones: absent from nearly every snapshot); `monitor.venue_fields` builds it
         self.often_absent = often_absent if often_absent is not None else {}
+        #: per venue kind, the fields its parser guarantees are Decimals wherever present
+        #: (`FieldSchema.decimal_paths`, which its snapshots carry): the fast path checks
+        #: their types only in snapshots that do not carry that guarantee
+        self.decimal_fields = decimal_fields if decimal_fields is not None else {}
         #: `{{ runbook_url }}` of the annotations (`builtin_alerts.runbook_url`)
         self.runbook_url = runbook_url if runbook_url is not None else runbook_template()
         self.book = book if book is not None else AlertBook()
@@ -137,7 +142,11 @@ class Evaluator:
                 else:
                     clear_at.append(len(exprs))
                     exprs.append(rule.clear)
-            compiled = compile_rules(exprs, optional=self.often_absent.get(venue_kind, frozenset()))
+            compiled = compile_rules(
+                exprs,
+                optional=self.often_absent.get(venue_kind, frozenset()),
+                decimal_fields=self.decimal_fields.get(venue_kind, frozenset()),
+            )
             program = _Program(
                 rules,
                 compiled,

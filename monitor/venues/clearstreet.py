@@ -73,6 +73,12 @@ SCHEMA = FieldSchema(
         "margin_details.intraday_details.multiplier": DEC,
         "margin_details.overnight_details.buying_power": DEC,
         "margin_details.overnight_details.multiplier": DEC,
+        # the normalized fields copied from margin_details (`_normalize`): typed, so that
+        # the venue's own field of that name, if it ever sent one, is held to the type too
+        "margin_excess": DEC,
+        "margin_requirement": DEC,
+        "day_trade_count": INT,
+        "pattern_day_trader": BOOL,
     },
     # Deprecated by Clear Street on 2026-06-04 with the end of the FINRA PDT rule.
     deprecated=frozenset(
@@ -263,6 +269,7 @@ class ClearStreetAdapter(VenueAdapter):
             request_id=request_id,
             labels=account.labels,
             params=account.params,
+            decimal_fields=SCHEMA.decimal_paths,
         )
 
     @staticmethod

@@ -35,6 +35,7 @@ SCHEMA = FieldSchema(
                 "balance capital_requirement excess_capital buying_power "
                 "total_security_notional_value total_security_available_value open_orders "
                 "alternate_capital_requirement unsettled_funds margin_requirement"
+                " margin_excess"  # normalized, copied from excess_capital
             ).split()
         },
         "alternate_capital_requirement_currency": STR,
@@ -253,6 +254,7 @@ class PolymarketAdapter(VenueAdapter):
             request_id=response.headers.get("x-request-id"),
             labels=account.labels,
             params=account.params,
+            decimal_fields=SCHEMA.decimal_paths,
         )
 
     @staticmethod
