@@ -473,3 +473,20 @@ def test_a_polymarket_snapshot_holds_decimals_wherever_its_parser_vouches(
     for path, value in changes:
         _set(data, path, value)
     _keeps_its_guarantee(PolymarketAdapter.parse_balance, data, SCHEMA)
+
+
+@pytest.mark.parametrize("kind", ["clearstreet", "polymarket"])
+def test_a_normalized_field_the_parser_vouches_for_is_copied_from_one_it_vouches_for(
+    kind: str,
+) -> None:
+    """The adapters copy normalized fields after `flatten` (margin_excess from
+    margin_details.maintenance_margin_excess): a copy into a vouched path from a field
+    of another type would break the guarantee the rules take on trust."""
+    from monitor.venues import registry
+
+    venue = registry.get(kind)
+    vouched = venue.schema.decimal_paths
+    for item in venue.normalized:
+        if item.name in vouched:
+            assert item.source in vouched, item
+            assert item.fallback is None or item.fallback in vouched, item
